@@ -254,6 +254,7 @@ def prepare_preset(name: str, install: bool = False, verbose: bool = True) -> Pa
         try:
             _convert_gguf(src, tmp)
             _write_manifest(tmp, src)
+            tmp.chmod(0o755)  # mkdtemp makes it private
             os.replace(tmp, folder)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
