@@ -123,7 +123,7 @@ def test_broken_chunk_package_gives_one_clear_message(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "devft_fake_assembler", broken)
     monkeypatch.setenv("DEVFT_LAB_CACHE", str(tmp_path))
     preset = GGUFPreset("fake", "pip", "1", "x", "none", assembler="devft_fake_assembler")
-    with pytest.raises(ModelLoadError, match="sha256 did not match.*Reinstall"):
+    with pytest.raises(ModelLoadError, match="(?s)sha256 did not match.*Reinstall"):
         models.gguf_path(preset)
 
 
