@@ -1,0 +1,14 @@
+"""devft_lab: teach and reproduce DevFT (Developmental Federated Tuning, arXiv 2508.00041).
+
+Floors (imports only point down):
+
+* method math   ``devft_lab.method``  schedule, similarity, grouping (DGLG), fusion (DBLF),
+                                      submodel, transfer — knows nothing of federation
+* federated     ``devft_lab.fl``      clients, strategies, accounting, checkpoints
+* foundations   ``devft_lab.models``  presets and loading; ``devft_lab.layers`` the
+                                      architecture adapter; ``devft_lab.data``; ``devft_lab.evaluate``
+* surface       ``devft_lab.cli``, notebooks
+
+Start with ``from devft_lab.models import load_model``.
+"""
+__version__ = "0.1.0"
