@@ -1,0 +1,618 @@
+"""Run configuration: one dataclass tree, loaded from YAML, overridden from the command line.
+
+A run is described by a :class:`RunConfig`::
+
+    RunConfig
+      model   ModelConfig    which LLM, dtype, quantization
+      lora    LoraConfig     rank r, alpha, dropout, target modules
+      data    DataConfig     instruction data source, partitioner, number of clients
+      train   TrainConfig    local steps, batch, learning-rate schedule, seed
+      fed     FedConfig      rounds, clients per round, strategy (FedIT, FFA-LoRA, ...)
+      devft   DevFTConfig    stages, capacity growth, grouping (DGLG), fusion (DBLF), beta
+      eval    EvalConfig     how often and on which suites to evaluate
+
+Load one with :func:`load_config`::
+
+    cfg = load_config("tiny")                                   # shipped devft_lab/configs/tiny.yaml
+    cfg = load_config("my_run.yaml", ["fed.strategy=fedsa-lora", "devft.beta=0.15"])
+
+Overrides are ``dotted.key=value``; the value is parsed with ``yaml.safe_load`` (so
+``true``, ``0.1``, ``[q_proj, v_proj]`` and ``null`` mean what they look like). Every
+mistake raises :class:`ConfigError` (a ``ValueError``) whose message names the field and
+the fix; the CLI maps it to exit code 2.
+
+Choices made where the paper is silent (see ``docs``/DEVFT_METHOD.md, "OPEN"):
+
+* ``fed.num_rounds`` is the total; with DevFT on, ``devft.rounds_per_stage`` (an int or a
+  list, one entry per stage) splits it. Leave ``rounds_per_stage`` null to split
+  ``num_rounds`` evenly (later stages take the remainder). If both are given they must agree.
+* ``devft.capacities`` null means geometric growth ending at the full model:
+  ``L_s = ceil(L / growth**(S - s))``; it can only be checked against a model with
+  :func:`validate_against_model`.
+* ``fed.clients_per_round`` is a count (int >= 1) or a fraction (float in (0, 1]).
+* :func:`config_hash` ignores ``name``, ``out_dir``, ``device`` and ``eval``: the fields
+  that do not change what is trained, so a run can be resumed elsewhere.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid; the message names the field and how to fix it."""
+
+
+# Names the runtime implements. devft_lab.fl.strategies keeps its registry in sync
+# with this table (a test checks it); the tuples list the parameters each one accepts.
+STRATEGY_PARAMS: dict[str, tuple[str, ...]] = {
+    "fedit": (),
+    "ffa-lora": ("a_seed",),
+    "fedsa-lora": ("eval_mode",),
+    "flora": ("a_seed",),
+    "fedprox": ("mu",),
+}
+STRATEGY_ALIASES: dict[str, str] = {"fedavg": "fedit", "ffa": "ffa-lora", "fedsa": "fedsa-lora"}
+SCHEDULES = ("cosine", "linear", "constant")
+GROUPINGS = ("spectral", "contiguous", "even", "random")
+AFFINITIES = ("clip", "shift")
+FUSIONS = ("dblf", "r-one", "sum", "mean", "laco")
+ANCHORS = ("first",)
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZATIONS = ("none", "int4", "int8")
+
+
+def canonical_strategy(name: str) -> str:
+    """Lower-case, ``_`` -> ``-``, aliases resolved (``FedSA`` -> ``fedsa-lora``)."""
+    n = str(name).strip().lower().replace("_", "-")
+    return STRATEGY_ALIASES.get(n, n)
+
+
+# --------------------------------------------------------------------------- dataclasses
+@dataclass
+class ModelConfig:
+    name: str = "tiny-llama"  # a devft_lab preset, a hub id or a local folder
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    quantization: str = "none"  # none | int4 | int8 (the paper loads INT4)
+    revision: str | None = None
+
+
+@dataclass
+class LoraConfig:
+    r: int = 32
+    alpha: float = 64.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class DataConfig:
+    source: str = "vicgalle/alpaca-gpt4"  # a datasets id, a local file, or a builtin name
+    split: str = "train"
+    partitioner: str = "iid"  # e.g. iid | dirichlet | shards (devft_lab.data.partition)
+    partitioner_params: dict[str, Any] = field(default_factory=dict)  # e.g. {alpha: 0.5}
+    num_clients: int = 20
+    min_samples: int = 1  # every client gets at least this many examples
+    max_samples: int | None = None  # cap on the examples used in total (None: all)
+
+
+@dataclass
+class TrainConfig:
+    local_steps: int = 10
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 5e-5
+    lr_min: float = 1e-6
+    schedule: str = "cosine"  # cosine | linear | constant, across rounds
+    max_grad_norm: float | None = 1.0
+    seq_len: int = 512
+    seed: int = 42
+
+
+@dataclass
+class FedConfig:
+    num_rounds: int = 200  # total over all stages
+    clients_per_round: Union[int, float] = 2  # count (int) or fraction (float in (0, 1])
+    strategy: str = "fedit"
+    strategy_params: dict[str, Any] = field(default_factory=dict)  # e.g. {mu: 0.01}
+
+
+@dataclass
+class DevFTConfig:
+    enabled: bool = True
+    stages: int = 4
+    growth: float = 2.0
+    capacities: list[int] | None = None  # None: ceil(L / growth**(S - s))
+    rounds_per_stage: Union[int, list[int], None] = None  # None: split fed.num_rounds evenly
+    beta: float = 0.1
+    grouping: str = "spectral"  # spectral (DGLG) | contiguous | even | random
+    affinity: str = "clip"  # how negative similarities enter the graph: clip | shift
+    fusion: str = "dblf"  # dblf | r-one | sum | mean | laco
+    anchor: str = "first"
+
+
+@dataclass
+class EvalConfig:
+    every_n_rounds: int = 0  # 0: only at the end of each stage and of the run
+    suites: list[str] = field(default_factory=list)
+    max_per_task: int | None = None
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "runs"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fed: FedConfig = field(default_factory=FedConfig)
+    devft: DevFTConfig = field(default_factory=DevFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------- building
+def _closest(name: str, valid: Iterable[str]) -> str:
+    m = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f" Did you mean {m[0]!r}?" if m else ""
+
+
+def _unknown_key(path: str, key: str, valid: Iterable[str]) -> ConfigError:
+    valid = list(valid)
+    where = f"{path}.{key}" if path else key
+    return ConfigError(
+        f"unknown config key {where!r}.{_closest(key, valid)} "
+        f"Valid keys{' of ' + path if path else ''}: {', '.join(valid)}."
+    )
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin in _UNIONS:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
+        return f"{origin.__name__}[{args}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+_UNIONS = (Union, types.UnionType)
+
+
+class _NoMatch(Exception):
+    pass
+
+
+def _coerce_one(value: Any, tp: Any, where: str) -> Any:
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _NoMatch
+    origin = typing.get_origin(tp)
+    if origin in _UNIONS:
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce_one(value, arg, where)
+            except _NoMatch:
+                continue
+        raise _NoMatch
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise _NoMatch
+        (arg,) = typing.get_args(tp)
+        out = []
+        for i, v in enumerate(value):
+            try:
+                out.append(_coerce_one(v, arg, f"{where}[{i}]"))
+            except _NoMatch:
+                raise ConfigError(
+                    f"{where}[{i}] = {v!r} should be {_type_name(arg)}; fix the list entry."
+                ) from None
+        return out
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise _NoMatch
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise _NoMatch
+        return _build(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _NoMatch
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        raise _NoMatch
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 5e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise _NoMatch from None
+        raise _NoMatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _NoMatch
+    raise _NoMatch  # pragma: no cover
+
+
+def _build(cls: type, data: Mapping[str, Any] | None, path: str = ""):
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown_key(path, str(key), names)
+        where = f"{path}.{key}" if path else key
+        try:
+            kwargs[key] = _coerce_one(value, hints[key], where)
+        except _NoMatch:
+            raise ConfigError(
+                f"{where} = {value!r} should be {_type_name(hints[key])}; "
+                f"fix the value in the YAML file or pass {where}=<value>."
+            ) from None
+    return cls(**kwargs)
+
+
+def from_dict(data: Mapping[str, Any] | None, validate_: bool = True) -> RunConfig:
+    """Build (and by default validate) a :class:`RunConfig` from a nested dict."""
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(f"a run config must be a mapping of sections, got {type(data).__name__}")
+    cfg = _build(RunConfig, data)
+    if validate_:
+        validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Plain nested dict of the resolved config (write it next to the run's outputs)."""
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """SHA-256 (16 hex digits) of what determines training; ignores name, out_dir, device, eval."""
+    d = to_dict(cfg)
+    for k in ("name", "out_dir", "device", "eval"):
+        d.pop(k, None)
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- overrides
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(
+            f"override {item!r} has no '='; write it as dotted.key=value, e.g. fed.strategy=fedsa-lora"
+        )
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key; write it as dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({e})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of the raw config dict with ``dotted.key=value`` overrides applied.
+
+    Keys are checked against the dataclasses (unknown -> :class:`ConfigError` with the
+    valid keys and the closest match). Below a ``dict`` field (``strategy_params``,
+    ``partitioner_params``) any key is allowed.
+    """
+    out = json.loads(json.dumps(dict(data or {}), default=str))  # deep copy of plain data
+    if isinstance(overrides, Mapping):
+        items = [(str(k).split("."), v) for k, v in overrides.items()]
+    else:
+        items = [_parse_override(o) for o in overrides]
+    for parts, value in items:
+        cls: Any = RunConfig
+        node = out
+        for depth, part in enumerate(parts):
+            path = ".".join(parts[:depth])
+            last = depth == len(parts) - 1
+            if cls is not None:
+                names = [f.name for f in dataclasses.fields(cls)]
+                if part not in names:
+                    raise _unknown_key(path, part, names)
+                tp = typing.get_type_hints(cls)[part]
+                cls = tp if dataclasses.is_dataclass(tp) else None
+                free = typing.get_origin(tp) is dict
+            elif not free:
+                raise ConfigError(f"override key {'.'.join(parts)!r}: {path!r} is not a section")
+            if last:
+                node[part] = value
+            else:
+                if cls is None and not free:
+                    raise ConfigError(
+                        f"override key {'.'.join(parts)!r}: {'.'.join(parts[: depth + 1])!r} "
+                        "is a value, not a section; drop the part after it"
+                    )
+                child = node.get(part)
+                if not isinstance(child, dict):
+                    child = {}
+                    node[part] = child
+                node = child
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+def shipped_configs() -> list[str]:
+    """Names of the YAML configs shipped in ``devft_lab/configs``."""
+    folder = resources.files("devft_lab") / "configs"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, origin: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{origin} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin} must hold a mapping of sections (model:, lora:, ...)")
+    return data
+
+
+def load_raw(name_or_path: str | Path) -> dict[str, Any]:
+    """The raw dict of a shipped config (by name) or a YAML file (by path)."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists() or "/" in str(name_or_path):
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist; pass a YAML path or one of: "
+                              f"{', '.join(shipped_configs())}")
+        return _read_yaml(p.read_text(), str(p))
+    name = str(name_or_path)
+    res = resources.files("devft_lab") / "configs" / f"{name}.yaml"
+    if not res.is_file():
+        shipped = shipped_configs()
+        raise ConfigError(
+            f"no shipped config named {name!r}.{_closest(name, shipped)} "
+            f"Shipped: {', '.join(shipped)}; or pass a path to a .yaml file."
+        )
+    return _read_yaml(res.read_text(), f"devft_lab/configs/{name}.yaml")
+
+
+def load_config(
+    name_or_path: str | Path,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    validate_: bool = True,
+) -> RunConfig:
+    """Load a shipped config by name (``"tiny"``) or a YAML file by path, apply overrides, validate."""
+    return from_dict(apply_overrides(load_raw(name_or_path), overrides), validate_=validate_)
+
+
+# --------------------------------------------------------------------------- validation
+def _one_of(where: str, value: str, allowed: Iterable[str]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(
+            f"{where} = {value!r} is not one of {', '.join(allowed)}.{_closest(str(value), allowed)}"
+        )
+
+
+def _positive(where: str, value: float, allow_zero: bool = False) -> None:
+    bad = value < 0 if allow_zero else value <= 0
+    if bad or (isinstance(value, float) and math.isnan(value)):
+        need = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{where} = {value!r} must be {need}; set {where} to a {'non-negative' if allow_zero else 'positive'} value")
+
+
+def stage_rounds(cfg: RunConfig) -> list[int]:
+    """Rounds of each stage (one entry when DevFT is off)."""
+    f, d = cfg.fed, cfg.devft
+    if not d.enabled:
+        return [f.num_rounds]
+    rps = d.rounds_per_stage
+    if rps is None:
+        base, extra = divmod(f.num_rounds, d.stages)
+        return [base + (1 if s >= d.stages - extra else 0) for s in range(d.stages)]
+    if isinstance(rps, int):
+        return [rps] * d.stages
+    return list(rps)
+
+
+def clients_per_round_count(fed: FedConfig, num_clients: int) -> int:
+    """Number of clients sampled per round (a fraction is rounded half up, at least 1)."""
+    c = fed.clients_per_round
+    if isinstance(c, float):
+        return max(1, min(num_clients, int(math.floor(c * num_clients + 0.5))))
+    return int(c)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check a config without a model; raises :class:`ConfigError` naming the field and the fix."""
+    if not cfg.name.strip():
+        raise ConfigError("name is empty; give the run a name, e.g. name=my_run")
+    if not cfg.model.name.strip():
+        raise ConfigError("model.name is empty; set a preset (e.g. tiny-llama, smollm2-135m) or a hub id")
+    _one_of("model.dtype", cfg.model.dtype, DTYPES)
+    _one_of("model.quantization", cfg.model.quantization, QUANTIZATIONS)
+    if not (cfg.device in ("auto", "cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
+        raise ConfigError(f"device = {cfg.device!r} is not auto, cpu, cuda, cuda:N or mps")
+
+    lo = cfg.lora
+    if lo.r < 1:
+        raise ConfigError(f"lora.r = {lo.r} must be >= 1; LoRA rank is the inner dimension of B @ A")
+    _positive("lora.alpha", lo.alpha)
+    if not 0 <= lo.dropout < 1:
+        raise ConfigError(f"lora.dropout = {lo.dropout} must be in [0, 1)")
+    if not lo.target_modules:
+        raise ConfigError("lora.target_modules is empty; list module names, e.g. [q_proj, v_proj]")
+
+    da = cfg.data
+    if not da.source.strip():
+        raise ConfigError("data.source is empty; set a datasets id (vicgalle/alpaca-gpt4) or a file")
+    if not da.partitioner.strip():
+        raise ConfigError("data.partitioner is empty; set e.g. iid or dirichlet")
+    if da.num_clients < 1:
+        raise ConfigError(f"data.num_clients = {da.num_clients} must be >= 1")
+    if da.min_samples < 0:
+        raise ConfigError(f"data.min_samples = {da.min_samples} must be >= 0")
+    if da.max_samples is not None and da.max_samples < max(1, da.min_samples * da.num_clients):
+        raise ConfigError(
+            f"data.max_samples = {da.max_samples} is less than data.min_samples * data.num_clients "
+            f"= {da.min_samples * da.num_clients}; raise it or set it to null"
+        )
+
+    t = cfg.train
+    for k in ("local_steps", "batch_size", "grad_accum", "seq_len"):
+        if getattr(t, k) < 1:
+            raise ConfigError(f"train.{k} = {getattr(t, k)} must be >= 1")
+    _positive("train.lr", t.lr)
+    _positive("train.lr_min", t.lr_min, allow_zero=True)
+    if t.lr_min > t.lr:
+        raise ConfigError(f"train.lr_min = {t.lr_min} is larger than train.lr = {t.lr}; lower train.lr_min")
+    _one_of("train.schedule", t.schedule, SCHEDULES)
+    if t.max_grad_norm is not None:
+        _positive("train.max_grad_norm", t.max_grad_norm)
+
+    f = cfg.fed
+    if f.num_rounds < 1:
+        raise ConfigError(f"fed.num_rounds = {f.num_rounds}: zero rounds trains nothing; set fed.num_rounds >= 1")
+    c = f.clients_per_round
+    if isinstance(c, float):
+        if not 0 < c <= 1:
+            raise ConfigError(
+                f"fed.clients_per_round = {c}: a fraction must be in (0, 1]; or give a count like 2"
+            )
+    elif not 1 <= c <= da.num_clients:
+        raise ConfigError(
+            f"fed.clients_per_round = {c} must be between 1 and data.num_clients = {da.num_clients}"
+        )
+    name = canonical_strategy(f.strategy)
+    if name not in STRATEGY_PARAMS:
+        raise ConfigError(
+            f"fed.strategy = {f.strategy!r} is unknown.{_closest(name, STRATEGY_PARAMS)} "
+            f"Known strategies: {', '.join(STRATEGY_PARAMS)}."
+        )
+    f.strategy = name
+    for p in f.strategy_params:
+        if p not in STRATEGY_PARAMS[name]:
+            ok = ", ".join(STRATEGY_PARAMS[name]) or "none"
+            raise ConfigError(
+                f"fed.strategy_params.{p} is not a parameter of {name}; it accepts: {ok}"
+            )
+    if "mu" in f.strategy_params:
+        mu = f.strategy_params["mu"]
+        if not isinstance(mu, (int, float)) or isinstance(mu, bool) or mu < 0:
+            raise ConfigError(f"fed.strategy_params.mu = {mu!r} must be a number >= 0 (FedProx's mu)")
+    if "eval_mode" in f.strategy_params:
+        _one_of("fed.strategy_params.eval_mode", f.strategy_params["eval_mode"], ("mean_b", "per_client"))
+
+    d = cfg.devft
+    if d.stages < 1:
+        raise ConfigError(f"devft.stages = {d.stages} must be >= 1 (the paper uses 4)")
+    if not d.growth > 1:
+        raise ConfigError(f"devft.growth = {d.growth} must be > 1 (the paper doubles: 2)")
+    if d.capacities is not None:
+        if len(d.capacities) != d.stages:
+            raise ConfigError(
+                f"devft.capacities has {len(d.capacities)} entries but devft.stages = {d.stages}; "
+                "give one capacity per stage or set devft.capacities to null"
+            )
+        if any(cap < 1 for cap in d.capacities):
+            raise ConfigError(f"devft.capacities = {d.capacities}: every capacity must be >= 1 layer")
+        if any(b <= a for a, b in zip(d.capacities, d.capacities[1:])):
+            raise ConfigError(
+                f"devft.capacities = {d.capacities} must be strictly increasing (each stage grows the submodel)"
+            )
+    if not 0 < d.beta <= 1:
+        raise ConfigError(f"devft.beta = {d.beta} must be in (0, 1] (paper: 0.1, 0.15 for 13B; LaCo = 1)")
+    _one_of("devft.grouping", d.grouping, GROUPINGS)
+    _one_of("devft.affinity", d.affinity, AFFINITIES)
+    _one_of("devft.fusion", d.fusion, FUSIONS)
+    _one_of("devft.anchor", d.anchor, ANCHORS)
+    if d.enabled:
+        rps = d.rounds_per_stage
+        if isinstance(rps, list):
+            if len(rps) != d.stages:
+                raise ConfigError(
+                    f"devft.rounds_per_stage has {len(rps)} entries but devft.stages = {d.stages}"
+                )
+        if rps is not None:
+            rounds = stage_rounds(cfg)
+            if any(r < 1 for r in rounds):
+                raise ConfigError(f"devft.rounds_per_stage = {rps}: every stage needs >= 1 round")
+            if sum(rounds) != f.num_rounds:
+                raise ConfigError(
+                    f"devft.rounds_per_stage = {rps} sums to {sum(rounds)} but fed.num_rounds = "
+                    f"{f.num_rounds}; make them agree (or set devft.rounds_per_stage to null)"
+                )
+        elif f.num_rounds < d.stages:
+            raise ConfigError(
+                f"fed.num_rounds = {f.num_rounds} is less than devft.stages = {d.stages}; "
+                "every stage needs at least one round"
+            )
+
+    e = cfg.eval
+    if e.every_n_rounds < 0:
+        raise ConfigError(f"eval.every_n_rounds = {e.every_n_rounds} must be >= 0 (0: end of stages only)")
+    if e.max_per_task is not None and e.max_per_task < 1:
+        raise ConfigError(f"eval.max_per_task = {e.max_per_task} must be >= 1 or null (all)")
+    return cfg
+
+
+def default_capacities(num_layers: int, stages: int, growth: float) -> list[int]:
+    """Geometric schedule ending at the full model: ``L_s = ceil(L / growth**(S - s))``."""
+    return [max(1, math.ceil(num_layers / growth ** (stages - s))) for s in range(1, stages + 1)]
+
+
+def validate_against_model(cfg: RunConfig, num_layers: int) -> list[int]:
+    """Check the DevFT schedule against a model with ``num_layers`` decoder layers.
+
+    Returns the capacities the run will use. Raises :class:`ConfigError` if a capacity
+    exceeds the model, the last stage is not the full model, or the default geometric
+    schedule collapses (two stages of the same size).
+    """
+    d = cfg.devft
+    if num_layers < 1:
+        raise ConfigError(f"the model has {num_layers} decoder layers")
+    caps = list(d.capacities) if d.capacities is not None else default_capacities(num_layers, d.stages, d.growth)
+    if any(c > num_layers for c in caps):
+        raise ConfigError(
+            f"devft.capacities = {caps}: the model has only {num_layers} layers; "
+            f"lower the capacities so that the last one is {num_layers}"
+        )
+    if caps[-1] != num_layers:
+        raise ConfigError(
+            f"devft.capacities = {caps}: the last stage must be the full model ({num_layers} layers); "
+            f"set the last capacity to {num_layers}"
+        )
+    if any(b <= a for a, b in zip(caps, caps[1:])):
+        raise ConfigError(
+            f"devft.stages = {d.stages} with devft.growth = {d.growth} gives capacities {caps} for "
+            f"{num_layers} layers, which do not grow every stage; use fewer stages or set devft.capacities"
+        )
+    return caps
