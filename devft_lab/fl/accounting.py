@@ -1,0 +1,261 @@
+"""What a round costs: bytes up and down, FLOPs, seconds, memory -- and a ledger that logs them.
+
+Communication is counted two ways, reported side by side:
+
+* **paper** -- what DevFT's paper counts: the uplink of LoRA parameters only;
+* **full**  -- uplink + downlink + submodel delivery (the server sending a stage's fused
+  submodel weights to a client, when the runtime does so).
+
+Bytes are ``numel * element_size`` of the tensors actually sent (dtype-aware: a bf16 LoRA
+costs half of an fp32 one). Serialisation framing (headers, protobuf) is not counted.
+
+FLOPs (:func:`training_flops`) follow the usual dense-transformer estimate (Kaplan et al.
+2020): a forward pass costs ``2 N`` FLOPs per token, a backward pass ``4 N`` (``2 N`` for
+the gradients w.r.t. activations, ``2 N`` w.r.t. weights), where ``N`` counts the parameters
+on the path actually run -- for a DevFT stage, the submodel's decoder layers plus the LM
+head (embedding lookups are free). Training therefore costs ``6 N`` per token. With LoRA
+only the adapters need weight gradients, but activation gradients must still flow back
+through every frozen layer down to the first adapted one, so the honest LoRA estimate is
+``4 N + 6 N_lora`` per token (``lora_only=True``); ``6 N`` is the conventional upper bound.
+Attention-score FLOPs (``~ 4 * layers * seq * d`` per token) are not included.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+
+# --------------------------------------------------------------------------- sizes
+def tensor_bytes(obj: torch.Tensor | Mapping[str, torch.Tensor] | Iterable[torch.Tensor]) -> int:
+    """Bytes of a tensor, a dict of tensors or an iterable of tensors: ``sum numel * element_size``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        obj = obj.values()
+    return sum(t.numel() * t.element_size() for t in obj)
+
+
+def num_params(obj: torch.nn.Module | Mapping[str, torch.Tensor], trainable_only: bool = False) -> int:
+    """Parameter count of a module (optionally trainable only) or of a state dict."""
+    if isinstance(obj, torch.nn.Module):
+        return sum(p.numel() for p in obj.parameters() if p.requires_grad or not trainable_only)
+    return sum(t.numel() for t in obj.values())
+
+
+def forward_flops(n_params: int, tokens: int) -> float:
+    """``2 N`` FLOPs per token for a forward pass over ``N`` parameters."""
+    return 2.0 * n_params * tokens
+
+
+def training_flops(n_params: int, tokens: int, lora_params: int = 0, lora_only: bool = False) -> float:
+    """Forward + backward FLOPs for ``tokens`` tokens through ``n_params`` parameters.
+
+    Default ``6 N T`` (forward ``2 N T`` + backward ``4 N T``). ``lora_only=True`` gives
+    ``(4 N + 6 N_lora) T``: forward, activation gradients through the frozen weights, and
+    forward + both backward halves for the ``lora_params`` adapter weights.
+    """
+    if lora_only:
+        return (4.0 * n_params + 6.0 * lora_params) * tokens
+    return 6.0 * (n_params + lora_params) * tokens
+
+
+# --------------------------------------------------------------------------- memory and time
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (``getrusage``: KiB on Linux, bytes on macOS)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
+
+
+def current_rss_mb() -> float | None:
+    """Current resident memory in MiB (needs psutil; None without it)."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover
+        return None
+    return psutil.Process().memory_info().rss / (1024 * 1024)
+
+
+def cuda_peak_mb(reset: bool = False) -> float:
+    """Peak CUDA memory allocated by torch in MiB since the last reset (0 without CUDA)."""
+    if not torch.cuda.is_available():
+        return 0.0
+    v = torch.cuda.max_memory_allocated() / (1024 * 1024)
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+    return v
+
+
+class Timer:
+    """``with Timer() as t: ...``; then ``t.seconds`` (synchronises CUDA if ``cuda=True``)."""
+
+    def __init__(self, cuda: bool = False):
+        self.cuda = cuda and torch.cuda.is_available()
+        self.seconds = 0.0
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self._t0
+        return False
+
+
+# --------------------------------------------------------------------------- records
+@dataclass
+class RoundCost:
+    """The cost of one federated round (bytes summed over the round's clients)."""
+
+    round: int
+    stage: int = 0
+    num_clients: int = 0
+    uplink_bytes: int = 0  # LoRA tensors sent client -> server
+    downlink_bytes: int = 0  # LoRA tensors sent server -> clients
+    submodel_delivery_bytes: int = 0  # fused submodel weights sent to clients (if any)
+    flops_estimate: float = 0.0
+    train_s: float = 0.0
+    aggregate_s: float = 0.0
+    eval_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    cuda_peak_mb: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # metrics (loss, scores), free-form
+
+
+SUMMED = ("uplink_bytes", "downlink_bytes", "submodel_delivery_bytes", "flops_estimate",
+          "train_s", "aggregate_s", "eval_s")
+CSV_FIELDS = [f.name for f in dataclasses.fields(RoundCost) if f.name != "extra"] + [
+    f"cum_{k}" for k in SUMMED] + ["cum_paper_bytes", "cum_full_bytes", "extra"]
+
+
+class Ledger:
+    """Accumulates :class:`RoundCost` records; appends one JSONL and one CSV line per round.
+
+    ``position()`` is what a checkpoint stores; ``Ledger.resume(..., position)`` truncates
+    the files back to it (dropping rounds logged after the checkpoint, which will be re-run)
+    and rebuilds the cumulative totals from the JSONL.
+    """
+
+    def __init__(self, jsonl_path: str | os.PathLike | None = None, csv_path: str | os.PathLike | None = None):
+        self.jsonl_path = Path(jsonl_path) if jsonl_path else None
+        self.csv_path = Path(csv_path) if csv_path else None
+        self.rows: list[dict[str, Any]] = []
+        self.cum = {k: 0.0 for k in SUMMED}
+        for p in (self.jsonl_path, self.csv_path):
+            if p is not None:
+                p.parent.mkdir(parents=True, exist_ok=True)
+
+    # recording ------------------------------------------------------------------
+    def record(self, cost: RoundCost) -> dict[str, Any]:
+        row = dataclasses.asdict(cost)
+        for k in SUMMED:
+            self.cum[k] += row[k]
+            row[f"cum_{k}"] = self.cum[k]
+        row["cum_paper_bytes"] = self.cum["uplink_bytes"]
+        row["cum_full_bytes"] = (self.cum["uplink_bytes"] + self.cum["downlink_bytes"]
+                                 + self.cum["submodel_delivery_bytes"])
+        for k in row:
+            if k.startswith("cum_") and k.endswith("bytes"):
+                row[k] = int(row[k])
+        self.rows.append(row)
+        self._append(row)
+        return row
+
+    def _append(self, row: dict[str, Any]) -> None:
+        if self.jsonl_path is not None:
+            with open(self.jsonl_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row, default=str) + "\n")
+                f.flush()
+        if self.csv_path is not None:
+            new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+            if new:
+                w.writeheader()
+            w.writerow({**{k: row[k] for k in CSV_FIELDS if k != "extra"},
+                        "extra": json.dumps(row["extra"], default=str)})
+            with open(self.csv_path, "a", encoding="utf-8") as f:
+                f.write(buf.getvalue())
+                f.flush()
+
+    # reporting ------------------------------------------------------------------
+    def totals(self) -> dict[str, Any]:
+        """Cumulative values, with communication both the paper's way and in full."""
+        c = self.cum
+        return {
+            "rounds": len(self.rows),
+            "paper_bytes": int(c["uplink_bytes"]),
+            "full_bytes": int(c["uplink_bytes"] + c["downlink_bytes"] + c["submodel_delivery_bytes"]),
+            "uplink_bytes": int(c["uplink_bytes"]),
+            "downlink_bytes": int(c["downlink_bytes"]),
+            "submodel_delivery_bytes": int(c["submodel_delivery_bytes"]),
+            "flops_estimate": c["flops_estimate"],
+            "train_s": c["train_s"],
+            "aggregate_s": c["aggregate_s"],
+            "eval_s": c["eval_s"],
+            "peak_rss_mb": max((r["peak_rss_mb"] for r in self.rows), default=0.0),
+            "cuda_peak_mb": max((r["cuda_peak_mb"] for r in self.rows), default=0.0),
+        }
+
+    def summary(self) -> str:
+        t = self.totals()
+        gb = 1e9
+        return (f"{t['rounds']} rounds | communication: paper (LoRA uplink) {t['paper_bytes'] / gb:.4f} GB, "
+                f"full (up {t['uplink_bytes'] / gb:.4f} + down {t['downlink_bytes'] / gb:.4f} + submodel "
+                f"{t['submodel_delivery_bytes'] / gb:.4f}) {t['full_bytes'] / gb:.4f} GB | "
+                f"{t['flops_estimate']:.3g} FLOPs | train {t['train_s']:.1f} s")
+
+    # resume ---------------------------------------------------------------------
+    def position(self) -> dict[str, int]:
+        """Byte offsets and line counts of the log files (store it in a checkpoint)."""
+        pos = {"rounds": len(self.rows)}
+        for name, p in (("jsonl", self.jsonl_path), ("csv", self.csv_path)):
+            if p is not None and p.exists():
+                pos[f"{name}_bytes"] = p.stat().st_size
+                with open(p, "rb") as f:
+                    pos[f"{name}_lines"] = sum(1 for _ in f)
+            else:
+                pos[f"{name}_bytes"] = 0
+                pos[f"{name}_lines"] = 0
+        return pos
+
+    @classmethod
+    def resume(cls, jsonl_path, csv_path=None, position: Mapping[str, int] | None = None) -> "Ledger":
+        """Reopen the logs of a run, truncated to ``position`` (from a checkpoint) if given."""
+        led = cls(jsonl_path, csv_path)
+        for name, p in (("jsonl", led.jsonl_path), ("csv", led.csv_path)):
+            if p is None or not p.exists() or position is None:
+                continue
+            size = int(position.get(f"{name}_bytes", p.stat().st_size))
+            if p.stat().st_size < size:
+                raise ValueError(f"{p} is shorter ({p.stat().st_size} bytes) than the checkpoint "
+                                 f"recorded ({size} bytes); the log was truncated or replaced")
+            with open(p, "r+b") as f:
+                f.truncate(size)
+        if led.jsonl_path is not None and led.jsonl_path.exists():
+            with open(led.jsonl_path, encoding="utf-8") as f:
+                for i, line in enumerate(f):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        raise ValueError(f"{led.jsonl_path}: line {i + 1} is not valid JSON") from None
+                    led.rows.append(row)
+                    for k in SUMMED:
+                        led.cum[k] += row.get(k, 0)
+        return led
