@@ -1,0 +1,110 @@
+"""Run configs: loading, overrides, validation messages."""
+import pytest
+
+from devft_lab.config import (
+    ConfigError, RunConfig, config_hash, from_dict, load_config, shipped_configs, stage_rounds,
+    to_dict, to_yaml, validate_against_model,
+)
+
+SHIPPED_LAYERS = {"tiny": 8, "smollm2_lab": 30, "llama2_7b": 32, "llama31_8b": 32, "llama2_13b": 40}
+
+
+@pytest.mark.parametrize("name", shipped_configs())
+def test_every_shipped_yaml_loads_and_validates(name):
+    cfg = load_config(name)
+    assert isinstance(cfg, RunConfig)
+    assert sum(stage_rounds(cfg)) == cfg.fed.num_rounds
+    if name in SHIPPED_LAYERS:
+        caps = validate_against_model(cfg, SHIPPED_LAYERS[name])
+        assert caps[-1] == SHIPPED_LAYERS[name]
+    # resolved config round-trips
+    assert from_dict(to_dict(cfg)) == cfg
+
+
+def test_paper_settings():
+    for name, beta, caps in (("llama2_7b", 0.1, [4, 8, 16, 32]), ("llama31_8b", 0.1, [4, 8, 16, 32]),
+                             ("llama2_13b", 0.15, [5, 10, 20, 40])):
+        c = load_config(name)
+        assert (c.devft.stages, c.devft.growth, c.devft.beta) == (4, 2.0, beta)
+        assert validate_against_model(c, caps[-1]) == caps
+        assert (c.lora.r, c.lora.alpha, c.lora.target_modules) == (32, 64.0, ["q_proj", "v_proj"])
+        assert (c.data.num_clients, c.fed.clients_per_round) == (20, 2)
+        assert (c.train.local_steps, c.train.batch_size, c.train.seq_len) == (10, 16, 512)
+        assert (c.train.lr, c.train.lr_min, c.train.schedule) == (5e-5, 1e-6, "cosine")
+        assert c.data.source == "vicgalle/alpaca-gpt4"
+
+
+def test_overrides_apply():
+    c = load_config("tiny", ["fed.strategy=fedsa", "devft.beta=0.15", "train.lr=5e-3",
+                             "fed.strategy_params.eval_mode=per_client", "lora.target_modules=[q_proj]",
+                             "devft.capacities=[1, 2, 4, 8]", "fed.clients_per_round=0.5"])
+    assert c.fed.strategy == "fedsa-lora"
+    assert c.devft.beta == 0.15 and c.train.lr == 5e-3
+    assert c.fed.strategy_params == {"eval_mode": "per_client"}
+    assert c.lora.target_modules == ["q_proj"]
+    assert c.fed.clients_per_round == 0.5
+    c2 = load_config("tiny", {"fed.strategy": "fedprox", "fed.strategy_params.mu": 0.01})
+    assert c2.fed.strategy_params["mu"] == 0.01
+    assert config_hash(c2) != config_hash(load_config("tiny"))
+    assert config_hash(load_config("tiny", ["out_dir=elsewhere"])) == config_hash(load_config("tiny"))
+
+
+def test_load_by_path(tmp_path):
+    p = tmp_path / "run.yaml"
+    p.write_text(to_yaml(load_config("tiny", ["name=mine"])))
+    assert load_config(p).name == "mine"
+    assert load_config(str(p), ["fed.num_rounds=4", "devft.rounds_per_stage=1"]).fed.num_rounds == 4
+
+
+@pytest.mark.parametrize("override, field", [
+    (["fed.strategi=fedit"], "fed.strategi"),
+    (["fed.num_rounds=0"], "fed.num_rounds"),
+    (["train.lr=-1e-4"], "train.lr"),
+    (["fed.strategy=fedsaa"], "fed.strategy"),
+    (["devft.capacities=[4, 2, 6, 8]"], "devft.capacities"),
+    (["devft.capacities=[1, 2, 8]"], "devft.capacities"),
+    (["lora.r=abc"], "lora.r"),
+    (["fed.clients_per_round=1.5"], "fed.clients_per_round"),
+    (["fed.clients_per_round=99"], "fed.clients_per_round"),
+    (["fed.strategy_params.mu=0.1"], "fed.strategy_params.mu"),
+    (["devft.rounds_per_stage=3"], "devft.rounds_per_stage"),
+    (["devft.grouping=spectal"], "devft.grouping"),
+    (["devft.beta=0"], "devft.beta"),
+    (["train.lr_min=1"], "train.lr_min"),
+])
+def test_bad_inputs_name_the_field(override, field):
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", override)
+    assert field in str(e.value)
+    assert isinstance(e.value, ValueError)
+
+
+def test_unknown_key_lists_valid_keys_and_closest_match():
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", ["devft.betta=0.2"])
+    msg = str(e.value)
+    assert "'beta'" in msg and "grouping" in msg  # closest match and the valid keys
+    with pytest.raises(ConfigError, match="no '='"):
+        load_config("tiny", ["devft.beta"])
+    with pytest.raises(ConfigError, match="tiny"):
+        load_config("tinyy")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("nowhere/run.yaml")
+
+
+def test_capacity_checks_against_model():
+    c = load_config("tiny", ["devft.capacities=[2, 4, 8, 16]"])
+    with pytest.raises(ConfigError, match="only 8 layers"):
+        validate_against_model(c, 8)
+    with pytest.raises(ConfigError, match="full model"):
+        validate_against_model(load_config("tiny", ["devft.capacities=[1, 2, 3, 4]"]), 8)
+    with pytest.raises(ConfigError, match="do not grow"):
+        validate_against_model(load_config("tiny"), 2)  # 4 stages of x2 over 2 layers collapse
+    assert validate_against_model(load_config("tiny"), 8) == [1, 2, 4, 8]
+
+
+def test_stage_rounds_default_split():
+    c = load_config("tiny", ["fed.num_rounds=10", "devft.rounds_per_stage=null"])
+    assert stage_rounds(c) == [2, 2, 3, 3]
+    c = load_config("tiny", ["devft.enabled=false"])
+    assert stage_rounds(c) == [c.fed.num_rounds]
