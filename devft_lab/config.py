@@ -26,8 +26,9 @@ Choices made where the paper is silent (see ``docs``/DEVFT_METHOD.md, "OPEN"):
 * ``fed.num_rounds`` is the total; with DevFT on, ``devft.rounds_per_stage`` (an int or a
   list, one entry per stage) splits it. Leave ``rounds_per_stage`` null to split
   ``num_rounds`` evenly (later stages take the remainder). If both are given they must agree.
-* ``devft.capacities`` null means geometric growth ending at the full model:
-  ``L_s = ceil(L / growth**(S - s))``; it can only be checked against a model with
+* ``devft.capacities`` null means geometric growth ending at the full model
+  (``devft_lab.method.schedule.stage_capacities``: ``round(L / growth**(S - s))``, made
+  strictly increasing); it can only be checked against a model with
   :func:`validate_against_model`.
 * ``fed.clients_per_round`` is a count (int >= 1) or a fraction (float in (0, 1]).
 * :func:`config_hash` ignores ``name``, ``out_dir``, ``device`` and ``eval``: the fields
@@ -133,7 +134,7 @@ class DevFTConfig:
     enabled: bool = True
     stages: int = 4
     growth: float = 2.0
-    capacities: list[int] | None = None  # None: ceil(L / growth**(S - s))
+    capacities: list[int] | None = None  # None: ~ L / growth**(S - s), see method.schedule
     rounds_per_stage: Union[int, list[int], None] = None  # None: split fed.num_rounds evenly
     beta: float = 0.1
     grouping: str = "spectral"  # spectral (DGLG) | contiguous | even | random
@@ -585,8 +586,14 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 
 def default_capacities(num_layers: int, stages: int, growth: float) -> list[int]:
-    """Geometric schedule ending at the full model: ``L_s = ceil(L / growth**(S - s))``."""
-    return [max(1, math.ceil(num_layers / growth ** (stages - s))) for s in range(1, stages + 1)]
+    """The geometric schedule of :func:`devft_lab.method.schedule.stage_capacities` (one rule,
+    one place): ``round(L / growth**(S - s))``, made strictly increasing, ending at ``L``."""
+    from devft_lab.method.schedule import stage_capacities  # pure math, imported on use
+
+    try:
+        return stage_capacities(num_layers, stages, growth)
+    except ValueError as e:
+        raise ConfigError(f"devft.stages = {stages}, devft.growth = {growth}: {e}") from None
 
 
 def validate_against_model(cfg: RunConfig, num_layers: int) -> list[int]:

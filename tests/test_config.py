@@ -98,8 +98,9 @@ def test_capacity_checks_against_model():
         validate_against_model(c, 8)
     with pytest.raises(ConfigError, match="full model"):
         validate_against_model(load_config("tiny", ["devft.capacities=[1, 2, 3, 4]"]), 8)
-    with pytest.raises(ConfigError, match="do not grow"):
-        validate_against_model(load_config("tiny"), 2)  # 4 stages of x2 over 2 layers collapse
+    with pytest.raises(ConfigError, match="devft.stages"):
+        validate_against_model(load_config("tiny"), 2)  # 4 stages cannot grow over 2 layers
+    assert validate_against_model(load_config("tiny"), 18) == [2, 5, 9, 18]  # method.schedule's rule
     assert validate_against_model(load_config("tiny"), 8) == [1, 2, 4, 8]
 
 
