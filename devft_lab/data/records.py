@@ -1,0 +1,104 @@
+"""Records on disk: JSONL reading/writing and the checks every example passes.
+
+Two record shapes flow through devft_lab:
+
+* an **instruction example** (the fine-tuning pool, users' data)::
+
+      {"instruction": str, "input": str, "response": str, "category": str}
+      (optionally "messages": [{"role", "content"}, ...] for chat data)
+
+* a **closed-ended item** (the evaluation suites)::
+
+      {"id", "task", "category", "prompt", "choices": [str, ...], "answer": int, "split"}
+
+Every check raises :class:`DataError` naming the file and line (``where``) and the fix.
+"""
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+MC_FIELDS = ("id", "task", "category", "prompt", "choices", "answer", "split")
+
+
+class DataError(ValueError):
+    """Bad data; the message says where (file:line) and what to do."""
+
+
+def where(path: str | Path, line: int | None = None) -> str:
+    """``file:line`` (or just ``file``) for error messages."""
+    return f"{path}:{line}" if line is not None else str(path)
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line of a JSONL file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file. Check the path, or build the lab data: "
+                        "python -m devft_lab.data.build")
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where(path, n)}: malformed JSON ({e.msg} at column {e.colno}). "
+                                "Each line must be one complete JSON object.") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{where(path, n)}: expected a JSON object, got {type(obj).__name__}.")
+            yield n, obj
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write rows deterministically (sorted keys, UTF-8, ``\\n`` endings); return the count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n")
+            n += 1
+    return n
+
+
+def normalise_text(text: str) -> str:
+    """Text for duplicate/leak checks: NFKC, lower case, whitespace collapsed."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().lower()
+
+
+def check_mc_item(item: dict[str, Any], at: str) -> dict[str, Any]:
+    """Validate one closed-ended item; return it unchanged or raise :class:`DataError`."""
+    missing = [k for k in MC_FIELDS if k not in item]
+    if missing:
+        raise DataError(f"{at}: missing field(s) {missing}; an evaluation item needs {list(MC_FIELDS)}.")
+    if not isinstance(item["prompt"], str) or not item["prompt"].strip():
+        raise DataError(f"{at}: 'prompt' must be a non-empty string.")
+    choices = item["choices"]
+    if not isinstance(choices, list) or not choices:
+        raise DataError(f"{at}: 'choices' is empty; give at least one answer string "
+                        "(exact-match items list their accepted answers here).")
+    if not all(isinstance(c, str) and c for c in choices):
+        raise DataError(f"{at}: every entry of 'choices' must be a non-empty string.")
+    ans = item["answer"]
+    if isinstance(ans, bool) or not isinstance(ans, int) or not 0 <= ans < len(choices):
+        raise DataError(f"{at}: 'answer' = {ans!r} is out of range; it must be an index "
+                        f"0..{len(choices) - 1} into 'choices'.")
+    return item
+
+
+def check_instruction(ex: dict[str, Any], at: str) -> dict[str, Any]:
+    """Validate one instruction example (instruction/input/response/category)."""
+    for key in ("instruction", "response"):
+        if not isinstance(ex.get(key), str):
+            raise DataError(f"{at}: field {key!r} must be a string, got {type(ex.get(key)).__name__}.")
+    if not ex["instruction"].strip() and not ex.get("messages"):
+        raise DataError(f"{at}: empty instruction.")
+    if not ex["response"].strip():
+        raise DataError(f"{at}: empty response; the loss is computed on the response only.")
+    if not isinstance(ex.get("input", ""), str):
+        raise DataError(f"{at}: field 'input' must be a string.")
+    return ex
