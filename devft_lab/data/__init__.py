@@ -2,3 +2,6 @@
 from devft_lab.data.records import (DataError, check_instruction, check_mc_item, iter_jsonl,
                                     normalise_text, write_jsonl)
 from devft_lab.data.templates import PromptTemplate, get_template
+from devft_lab.data.loaders import load_examples, tiny_examples
+from devft_lab.data.partition import (PARTITIONERS, category_skew, partition, partition_counts,
+                                      partition_examples, plot_partition)
