@@ -3,5 +3,6 @@ from devft_lab.data.records import (DataError, check_instruction, check_mc_item,
                                     normalise_text, write_jsonl)
 from devft_lab.data.templates import PromptTemplate, get_template
 from devft_lab.data.loaders import load_examples, tiny_examples
-from devft_lab.data.partition import (PARTITIONERS, category_skew, partition, partition_counts,
-                                      partition_examples, plot_partition)
+# partition() itself stays at devft_lab.data.partition.partition: exporting it here would shadow the module
+from devft_lab.data.partition import (PARTITIONERS, category_skew, partition_counts, partition_examples,
+                                      plot_partition)
