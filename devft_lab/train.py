@@ -1,0 +1,192 @@
+"""Local training: the plain-PyTorch loop a client (or a centralised fine-tune) runs.
+
+Three pieces, each small:
+
+``encode_example``  an instruction example -> token ids and labels; the labels are
+                    ``IGNORE`` on the prompt, so the loss is on the response (and EOS) only.
+``lm_loss``         summed cross-entropy over the response tokens. The LM head is applied
+                    only where a label exists: with a 49k vocabulary the head dominates a
+                    shallow submodel's cost, and prompt positions need no logits at all.
+``train_local``     AdamW steps over shuffled batches with gradient accumulation and
+                    clipping; a fixed learning rate (the federated runtime sets it per round
+                    from a cosine across rounds, :func:`round_lr`).
+
+No TRL, no Trainer: nothing here breaks when those APIs move.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from devft_lab.data.templates import PromptTemplate, get_template
+
+IGNORE = -100
+
+
+# --------------------------------------------------------------------------- encoding
+def encode_example(tokenizer, example: Mapping[str, Any], template: str | PromptTemplate = "chat",
+                   seq_len: int = 256) -> dict[str, list[int]]:
+    """Token ids and labels of one example (``labels = IGNORE`` on the prompt).
+
+    The response is followed by the tokenizer's EOS. Too long: the response is kept (up to
+    ``seq_len - 1`` tokens) and the prompt is cut from the left, so the model still sees
+    the text nearest the answer.
+    """
+    tmpl = get_template(template)
+    prompt = tmpl.prompt(example, tokenizer)
+    response = tmpl.response(example["response"])
+    p_ids = tokenizer(prompt, add_special_tokens=tmpl.adds_special_tokens)["input_ids"]
+    r_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        r_ids = r_ids + [tokenizer.eos_token_id]
+    if not r_ids:
+        raise ValueError("example has an empty response after tokenisation.")
+    r_ids = r_ids[: max(1, seq_len - 1)]
+    p_ids = p_ids[max(0, len(p_ids) - (seq_len - len(r_ids))):] if len(p_ids) + len(r_ids) > seq_len else p_ids
+    return {"input_ids": list(p_ids) + list(r_ids), "labels": [IGNORE] * len(p_ids) + list(r_ids)}
+
+
+def encode_examples(tokenizer, examples: Sequence[Mapping[str, Any]], template: str | PromptTemplate = "chat",
+                    seq_len: int = 256) -> list[dict[str, list[int]]]:
+    """:func:`encode_example` over a list."""
+    return [encode_example(tokenizer, ex, template, seq_len) for ex in examples]
+
+
+def collate(encoded: Sequence[Mapping[str, list[int]]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
+    n = max(len(e["input_ids"]) for e in encoded)
+    ids = torch.full((len(encoded), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(encoded), n), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(encoded), n), dtype=torch.long)
+    for i, e in enumerate(encoded):
+        k = len(e["input_ids"])
+        ids[i, :k] = torch.tensor(e["input_ids"])
+        labels[i, :k] = torch.tensor(e["labels"])
+        mask[i, :k] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# --------------------------------------------------------------------------- loss
+def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The ``*ForCausalLM`` module inside a PEFT wrapper (or the model itself)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def lm_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(summed next-token cross-entropy over labelled positions, number of those positions).
+
+    Runs the decoder stack, then the LM head on the labelled positions only; falls back to
+    the full logits for models without the usual ``.model`` / ``.lm_head`` split.
+    """
+    labels = batch["labels"]
+    target = labels[:, 1:]
+    where = target != IGNORE
+    n = int(where.sum())
+    lm = causal_lm(model)
+    decoder, head = getattr(lm, "model", None), getattr(lm, "get_output_embeddings", lambda: None)()
+    if decoder is not None and head is not None:
+        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = head(hidden[:, :-1][where])
+        cap = getattr(lm.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+    else:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logits = out.logits[:, :-1][where]
+    loss = F.cross_entropy(logits.float(), target[where], reduction="sum")
+    return loss, n
+
+
+# --------------------------------------------------------------------------- loop
+@dataclass
+class TrainStats:
+    """What one call of :func:`train_local` did."""
+
+    loss: float  # mean response-token loss over all steps
+    steps: int
+    samples: int  # examples seen (with repeats)
+    tokens: int  # tokens processed (prompt + response, no padding)
+    target_tokens: int  # response tokens the loss was taken on
+    seconds: float
+
+
+def round_lr(round_idx: int, num_rounds: int, lr: float, lr_min: float = 0.0, schedule: str = "cosine") -> float:
+    """Learning rate of a round: cosine (or linear, constant) from ``lr`` to ``lr_min`` across rounds."""
+    if schedule == "constant" or num_rounds <= 1:
+        return lr
+    t = min(max(round_idx / (num_rounds - 1), 0.0), 1.0)
+    if schedule == "linear":
+        return lr + (lr_min - lr) * t
+    if schedule == "cosine":
+        return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * t))
+    raise ValueError(f"unknown lr schedule {schedule!r}; use cosine, linear or constant (train.schedule).")
+
+
+def batch_order(n: int, steps: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """``steps`` batches of indices: epochs of a seeded shuffle, concatenated."""
+    if n == 0:
+        raise ValueError("no training examples: this client has an empty shard.")
+    need, order = steps * batch_size, []
+    while len(order) < need:
+        order += torch.randperm(n, generator=generator).tolist()
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+
+
+def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]]], *, steps: int,
+                batch_size: int, lr: float, grad_accum: int = 1, max_grad_norm: float | None = 1.0,
+                weight_decay: float = 0.0, seed: int = 0, pad_id: int = 0,
+                penalty: Callable[[], torch.Tensor] | None = None, device: str | torch.device | None = None,
+                progress: Callable[[int, float], None] | None = None) -> TrainStats:
+    """Train the parameters with ``requires_grad`` for ``steps`` optimizer steps (AdamW).
+
+    Each step accumulates ``grad_accum`` micro-batches of ``batch_size`` examples; the loss
+    is the mean over response tokens (plus ``penalty()``, e.g. FedProx's proximal term).
+    Batches come from ``seed`` alone, and dropout from the global torch RNG, which the
+    caller seeds: the same seed and state give the same result.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("train_local: the model has no trainable parameters (is the LoRA attached?).")
+    device = torch.device(device) if device is not None else params[0].device
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(int(seed))
+    batches = batch_order(len(encoded), steps * grad_accum, batch_size, gen)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+    was_training = model.training
+    model.train()
+    t0, total, n_tok, n_target, seen = time.perf_counter(), 0.0, 0, 0, 0
+    for step in range(steps):
+        opt.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for micro in range(grad_accum):
+            idx = batches[step * grad_accum + micro]
+            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
+            if autocast is not None:
+                with autocast:
+                    loss_sum, n = lm_loss(model, batch)
+            else:
+                loss_sum, n = lm_loss(model, batch)
+            loss = loss_sum / max(n, 1)
+            if penalty is not None:
+                loss = loss + penalty()
+            (loss / grad_accum).backward()
+            step_loss += float(loss_sum.detach()) / max(n, 1) / grad_accum
+            n_tok += int(batch["attention_mask"].sum())
+            n_target += n
+            seen += len(idx)
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        opt.step()
+        total += step_loss
+        if progress is not None:
+            progress(step, step_loss)
+    model.train(was_training)
+    opt.zero_grad(set_to_none=True)
+    return TrainStats(loss=total / max(steps, 1), steps=steps, samples=seen, tokens=n_tok,
+                      target_tokens=n_target, seconds=time.perf_counter() - t0)
