@@ -216,3 +216,85 @@ def block_influence(model: nn.Module, batches: Iterable[Mapping[str, torch.Tenso
     if count == 0:
         raise ValueError("block_influence got no tokens; pass at least one non-empty batch.")
     return (1 - sums / count).float()
+
+
+def layer_parameter_similarity_per_tensor(model: nn.Module, global_lora: GlobalLoRA | None = None,
+                                          scaling: float = 2.0, include_lora: bool = True,
+                                          center: bool = True,
+                                          skip: Sequence[str] = ()) -> torch.Tensor:
+    """L x L similarity averaged over tensor names instead of over one concatenated vector.
+
+    sim_pt(i, j) = 1/T sum_t corr(theta_i_t, theta_j_t)
+
+    with ``corr`` the Pearson correlation of the flattened tensors (each centred on its own
+    mean) when ``center`` (default), else their cosine; two constant tensors (e.g. norm
+    weights still at 1) have no correlation and get their plain cosine instead. Every tensor name counts once,
+    whatever its size: in :func:`layer_parameter_similarity` the big projection matrices
+    (nearly orthogonal between layers of a trained LLM) drown the small norm vectors, whose
+    weights *do* vary smoothly with depth. Names containing any string of ``skip`` are left
+    out (e.g. ``skip=("norm",)``). LoRA enters as in :func:`layer_parameter_similarity`.
+    This is a devft_lab alternative to the paper's W, not the paper's definition.
+    """
+    layers = list(decoder_layers(model))
+    lora = global_lora if (include_lora and global_lora) else {}
+    states = [_LazyMerged(layer, lora.get(i), scaling) for i, layer in enumerate(layers)]
+    names = [t for t in _common_names(states) if not any(s in t for s in skip)]
+    if not names:
+        raise ValueError(f"skip={tuple(skip)} leaves no tensor to compare.")
+    total = torch.zeros(len(states), len(states), dtype=torch.float64)
+    for t in names:
+        x = torch.stack([s[t].detach().reshape(-1).double().cpu() for s in states])
+        sim = cosine_from_gram(x @ x.T)
+        if center:
+            xc = x - x.mean(dim=1, keepdim=True)
+            flat = xc.norm(dim=1) <= 1e-12 * x.norm(dim=1).clamp_min(1e-300)  # constant tensor (e.g. norms at 1)
+            both_flat = flat[:, None] & flat[None, :]
+            sim = torch.where(both_flat, sim, cosine_from_gram(xc @ xc.T))
+        total += sim
+    return (total / len(names)).float()
+
+
+@torch.no_grad()
+def layer_function_similarity(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> torch.Tensor:
+    """L x L similarity of what the layers *do*: cosine of their residual updates, per token.
+
+    sim_f(i, j) = E_tokens [ cos(dh_i, dh_j) ],   dh_i = h_out_i - h_in_i
+
+    (the change layer i writes into the residual stream), averaged over the non-padding
+    tokens of ``batches``. A functional view beside the parameter view of DGLG; not the
+    paper's definition.
+    """
+    layers = list(decoder_layers(model))
+    n = len(layers)
+    total = torch.zeros(n, n, dtype=torch.float64)
+    count = 0
+    deltas: dict[int, torch.Tensor] = {}
+
+    def hook(i):
+        def fn(module, args, kwargs, output):
+            h_in = args[0] if args else kwargs["hidden_states"]
+            h_out = output[0] if isinstance(output, tuple) else output
+            d = (h_out.float() - h_in.float())
+            deltas[i] = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return fn
+
+    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            m = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool()
+            deltas.clear()
+            model(**batch, use_cache=False)
+            u = torch.stack([deltas[i][m] for i in range(n)])  # n x tokens x d
+            total += torch.einsum("itd,jtd->ij", u, u).double()
+            count += int(m.sum())
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("layer_function_similarity got no tokens; pass at least one non-empty batch.")
+    return (total / count).float()
