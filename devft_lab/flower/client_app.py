@@ -1,0 +1,66 @@
+"""The Flower ClientApp: answer the partition query, run the workload's local update.
+
+The client's data shard is chosen by its node config: ``partition-id`` (set by
+``flower-supernode --node-config 'partition-id=0 num-partitions=3'`` in deployment, and by
+the simulation engine for each virtual SuperNode). What a workload keeps on the client
+between rounds (FedSA-LoRA's local B, say) lives in the node's ``context.state`` and never
+leaves the node.
+
+Only the workload *name* travels in the message; its class comes from
+:data:`devft_lab.flower.workload.WORKLOADS`, i.e. from code installed on the client.
+"""
+from __future__ import annotations
+
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from devft_lab.flower.records import pack_config, records_to_state, state_to_records, unpack_config
+from devft_lab.flower.workload import Workload, WorkloadSpec, build_workload
+
+_LOCAL = "devft.local"          # context.state key of the client's kept tensors
+_LOCAL_DTYPES = "devft.local.dtypes"
+_cache: dict[str, Workload] = {}  # workload objects by spec (reused while the process lives)
+
+app = ClientApp()
+
+
+def partition_id(context: Context) -> int:
+    """This node's partition id (node config ``partition-id``)."""
+    if "partition-id" not in context.node_config:
+        raise ValueError("node config lacks 'partition-id'; start the SuperNode with "
+                         "--node-config 'partition-id=<k> num-partitions=<n>'")
+    return int(context.node_config["partition-id"])
+
+
+def _workload(spec_json: str) -> Workload:
+    if spec_json not in _cache:
+        _cache.clear()
+        _cache[spec_json] = build_workload(WorkloadSpec.from_json(spec_json))
+    return _cache[spec_json]
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node serves."""
+    return Message(RecordDict({"config": pack_config({"partition_id": partition_id(context)})}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of local training on this node's partition."""
+    cfg = unpack_config(msg.content.config_records["config"])
+    pid = partition_id(context)
+    if int(cfg["partition_id"]) != pid:
+        raise ValueError(f"instruction for partition {cfg['partition_id']} reached partition {pid}")
+    state = records_to_state(msg.content.array_records["arrays"], msg.content.config_records["dtypes"])
+    local = None
+    if _LOCAL in context.state.array_records:
+        local = records_to_state(context.state.array_records[_LOCAL], context.state.config_records[_LOCAL_DTYPES])
+    reply = _workload(str(cfg["workload"])).train(pid, int(cfg["round"]), state, cfg, local)
+    if reply.local is not None:
+        arrays, dtypes = state_to_records(reply.local)
+        context.state[_LOCAL], context.state[_LOCAL_DTYPES] = arrays, dtypes
+    arrays, dtypes = state_to_records(reply.state)
+    meta = pack_config({"num_examples": reply.num_examples, "metrics": reply.metrics, "partition_id": pid})
+    return Message(RecordDict({"arrays": arrays, "dtypes": dtypes, "config": meta}), reply_to=msg)
+

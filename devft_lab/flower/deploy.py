@@ -1,0 +1,263 @@
+"""Flower's Deployment Engine on one machine: a SuperLink and SuperNodes as real processes.
+
+:class:`LocalFederation` starts ``flower-superlink --insecure`` and N ``flower-supernode
+--insecure --node-config 'partition-id=k num-partitions=N'`` on free loopback ports, submits
+the run with ``flwr run <app dir> <connection> --stream`` exactly as a user would, waits for it
+and reads the report the ServerApp wrote. It exists for tests and for trying the deployment
+on a laptop; across machines you start the same commands by hand (see README.md here).
+
+Teardown is explicit because Flower detaches its helpers: each SuperLink/SuperNode spawns a
+``flower-superexec`` in a new session, which spawns ``flwr-serverapp``/``flwr-clientapp``
+processes. :meth:`LocalFederation.close` collects every descendant (psutil) before sending
+SIGTERM, then SIGKILLs whatever is left after a grace period, and reaps them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from devft_lab.flower.server_app import ServerOptions
+
+APP_NAME = "devft-flower"
+CONNECTION = "devft-loopback"
+
+
+def app_pyproject(defaults: Mapping[str, Any] | None = None) -> str:
+    """The ``pyproject.toml`` of the Flower App (FAB): components point at installed code.
+
+    The FAB holds no Python: the SuperLink and SuperNodes import ``devft_lab.flower`` from
+    their own environment, so what ``flwr run`` ships is configuration only.
+    """
+    import tomli_w
+
+    cfg = {"workload": "", "out-dir": "", "min-fit": 1, "round-timeout": 60.0,
+           "node-timeout": 60.0, "num-nodes": 0, **(defaults or {})}
+    doc = {"project": {"name": APP_NAME, "version": "0.1.0", "license": "Apache-2.0",
+                       "description": "devft_lab federated LoRA workloads on Flower",
+                       "dependencies": []},
+           "tool": {"flwr": {"app": {"publisher": "devft-lab",
+                                     "components": {"serverapp": "devft_lab.flower.server_app:app",
+                                                    "clientapp": "devft_lab.flower.client_app:app"},
+                                     "config": cfg}}}}
+    return tomli_w.dumps(doc)
+
+
+def write_app_dir(path: str | os.PathLike) -> Path:
+    """Write the Flower App directory (just its ``pyproject.toml``) for ``flwr run <path>``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "pyproject.toml").write_text(app_pyproject())
+    return path
+
+
+def connection_toml(name: str, address: str, insecure: bool = True,
+                    root_certificates: str | None = None) -> str:
+    """A Flower configuration (``$FLWR_HOME/config.toml``) naming one SuperLink connection."""
+    import tomli_w
+
+    conn: dict[str, Any] = {"address": address}
+    if insecure:
+        conn["insecure"] = True
+    if root_certificates:
+        conn["root-certificates"] = root_certificates
+    return tomli_w.dumps({"superlink": {"default": name, name: conn}})
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    """Block until something accepts TCP connections on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args[:2]} exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def kill_tree(pids: Sequence[int], grace: float = 5.0) -> None:
+    """SIGTERM ``pids`` and all their descendants, SIGKILL survivors after ``grace`` s."""
+    import psutil
+
+    procs: dict[int, psutil.Process] = {}
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            procs[pid] = p
+            procs.update({c.pid: c for c in p.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
+    for p in procs.values():
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+
+@dataclass
+class LocalFederation:
+    """A SuperLink and ``num_nodes`` SuperNodes on loopback; use as a context manager.
+
+    ``workdir`` receives each process's log and ``FLWR_HOME`` (and the app directory). The
+    SuperNode of partition ``k`` is ``nodes[k]``.
+    """
+
+    num_nodes: int
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="devft-flower-")))
+    startup_timeout: float = 60.0
+    link_port: int = 0
+    link: _Proc | None = None
+    nodes: list[_Proc] = field(default_factory=list)
+
+    def _env(self, home: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        bindir = str(Path(sys.executable).parent)
+        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+        env.update(FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", PYTHONUNBUFFERED="1")
+        home.mkdir(parents=True, exist_ok=True)
+        return env
+
+    def _spawn(self, name: str, argv: list[str]) -> _Proc:
+        log = self.workdir / f"{name}.log"
+        fh = log.open("w")
+        popen = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=self._env(self.workdir / "home" / name), cwd=self.workdir,
+                                 start_new_session=True)
+        fh.close()
+        return _Proc(name, popen, log)
+
+    def _bin(self, name: str) -> str:
+        return str(Path(sys.executable).parent / name)
+
+    # ---- lifecycle
+    def start(self) -> "LocalFederation":
+        self.workdir = Path(self.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.link_port = free_port()
+        self.link = self._spawn("superlink", [
+            self._bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.link_port),
+            "--disable-runtime-dependency-installation"])
+        wait_for_port(self.link_port, self.startup_timeout, self.link.popen)
+        for k in range(self.num_nodes):
+            self.nodes.append(self._spawn(f"supernode-{k}", [
+                self._bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.link_port}",
+                "--host", "127.0.0.1", "--port", str(free_port()),
+                "--node-config", f"partition-id={k} num-partitions={self.num_nodes}"]))
+        return self
+
+    def __enter__(self) -> "LocalFederation":
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def kill_node(self, k: int) -> None:
+        """Kill SuperNode ``k`` and everything it spawned (SIGKILL: no goodbye to the SuperLink)."""
+        import psutil
+
+        p = psutil.Process(self.nodes[k].popen.pid)
+        victims = [p, *p.children(recursive=True)]
+        for v in victims:
+            try:
+                v.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(victims, timeout=5)
+
+    def close(self) -> None:
+        """Stop every process this federation started, helpers included; idempotent."""
+        procs = [p for p in [self.link, *self.nodes] if p is not None]
+        kill_tree([p.popen.pid for p in procs])
+        for p in procs:
+            try:
+                p.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
+
+    # ---- runs
+    def submit(self, opts: ServerOptions) -> subprocess.Popen:
+        """Start ``flwr run <app> <connection> --stream`` for ``opts`` (returns at once)."""
+        import tomli_w
+
+        app = write_app_dir(self.workdir / "app")
+        cli_home = self.workdir / "home" / "cli"
+        env = self._env(cli_home)
+        (cli_home / "config.toml").write_text(connection_toml(CONNECTION, f"127.0.0.1:{self.link_port}"))
+        overrides = self.workdir / "run-config.toml"
+        overrides.write_text(tomli_w.dumps(opts.to_run_config()))
+        Path(opts.out_dir).mkdir(parents=True, exist_ok=True)
+        for stale in ("run.json", "final_state.safetensors", "events.jsonl"):
+            (Path(opts.out_dir) / stale).unlink(missing_ok=True)
+        log = (self.workdir / "flwr-run.log").open("w")
+        popen = subprocess.Popen([self._bin("flwr"), "run", str(app), CONNECTION, "--stream",
+                                  "--run-config", str(overrides)],
+                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=env, cwd=self.workdir, start_new_session=True)
+        log.close()
+        return popen
+
+    def wait(self, popen: subprocess.Popen, opts: ServerOptions, timeout: float) -> dict[str, Any]:
+        """Wait for the run's report (``run.json``), then for ``flwr run`` to exit; return the report."""
+        report = Path(opts.out_dir) / "run.json"
+        deadline = time.monotonic() + timeout
+        try:
+            while not report.exists():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no {report} after {timeout:.0f} s; logs in {self.workdir}:\n"
+                                       + self.run_log()[-3000:])
+                if popen.poll() is not None and popen.returncode != 0:
+                    raise RuntimeError(f"flwr run exited with {popen.returncode}:\n{self.run_log()[-3000:]}")
+                time.sleep(0.3)
+            try:
+                popen.wait(timeout=max(5.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        finally:
+            if popen.poll() is None:
+                kill_tree([popen.pid], grace=2.0)
+        return json.loads(report.read_text())
+
+    def run(self, opts: ServerOptions, timeout: float = 300.0) -> dict[str, Any]:
+        """Submit ``opts`` and wait for its report."""
+        return self.wait(self.submit(opts), opts, timeout)
+
+    def run_log(self) -> str:
+        """What ``flwr run --stream`` printed (the ServerApp's log)."""
+        path = self.workdir / "flwr-run.log"
+        return path.read_text(errors="replace") if path.exists() else ""

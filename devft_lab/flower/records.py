@@ -1,0 +1,71 @@
+"""Plain tensors and settings to and from Flower records, with nothing executable on the wire.
+
+Flower serialises an :class:`flwr.app.ArrayRecord` as ``.npy`` buffers written and read with
+``allow_pickle=False``, and a :class:`flwr.app.ConfigRecord` as typed scalars (int, float,
+str, bytes, bool and lists of them). Those two are all this package puts in a message: a
+``dict[str, torch.Tensor]`` becomes an ArrayRecord, everything else a ConfigRecord. No
+pickle, no ``torch.load``, no code objects.
+
+numpy has no bfloat16, so bfloat16 tensors travel as float32 (exact: every bfloat16 value is
+a float32 value) and the original dtype travels next to them in a ConfigRecord; the receiver
+casts back, so the round trip is bit-exact.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+
+State = dict[str, torch.Tensor]
+
+_WIDENED = {torch.bfloat16: torch.float32}
+_DTYPES = {str(d): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                                torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)}
+
+
+def state_to_records(state: Mapping[str, torch.Tensor]) -> tuple[ArrayRecord, ConfigRecord]:
+    """``(arrays, dtypes)``: the tensors (bfloat16 widened to float32) and their true dtypes."""
+    arrays: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, str] = {}
+    for key, t in state.items():
+        t = t.detach().cpu()
+        if t.dtype in _WIDENED:
+            dtypes[key] = str(t.dtype)
+            t = t.to(_WIDENED[t.dtype])
+        arrays[key] = t.contiguous()
+    return ArrayRecord(arrays), ConfigRecord({"dtypes": json.dumps(dtypes, sort_keys=True)})
+
+
+def records_to_state(arrays: ArrayRecord, dtypes: ConfigRecord | None = None) -> State:
+    """Inverse of :func:`state_to_records` (key order preserved)."""
+    narrowed = json.loads(str(dtypes["dtypes"])) if dtypes is not None and "dtypes" in dtypes else {}
+    out: State = {}
+    for key, t in arrays.to_torch_state_dict().items():
+        if key in narrowed:
+            name = narrowed[key]
+            if name not in _DTYPES:
+                raise ValueError(f"tensor {key!r}: unsupported dtype {name!r} in message")
+            t = t.to(_DTYPES[name])
+        out[key] = t
+    return out
+
+
+def pack_config(values: Mapping[str, Any]) -> ConfigRecord:
+    """A ConfigRecord holding ``values`` as one JSON string (nested lists/dicts allowed).
+
+    JSON is data only: ``json.loads`` never builds objects other than dicts, lists, strings,
+    numbers, booleans and None.
+    """
+    return ConfigRecord({"json": json.dumps(dict(values), sort_keys=True)})
+
+
+def unpack_config(record: ConfigRecord) -> dict[str, Any]:
+    """Inverse of :func:`pack_config`."""
+    return json.loads(str(record["json"]))
+
+
+def state_nbytes(state: Mapping[str, torch.Tensor]) -> int:
+    """Payload bytes of a state as sent (bfloat16 counted at its wire width, float32)."""
+    return sum(t.numel() * (4 if t.dtype in _WIDENED else t.element_size()) for t in state.values())

@@ -1,0 +1,221 @@
+"""The Flower ServerApp: rounds of send / wait / aggregate around a :class:`Workload`.
+
+Each round the workload samples partition ids; the server maps them to the SuperNodes that
+announced those ids (a ``query`` message at start-up), sends each one its instruction as a
+``train`` message, and waits at most ``round_timeout`` seconds. Replies that carry an error,
+and sampled clients that did not answer in time (a SuperNode that died, a slow link), are
+logged by partition id and node id; the round aggregates what arrived if at least
+``min_fit`` replies came, else the global state stays as it was (also logged).
+
+At the end the server writes ``<out_dir>/final_state.safetensors`` (the workload's result)
+and ``<out_dir>/run.json`` (per-round log: sampled, aggregated, dropped with reasons, bytes
+each way); ``<out_dir>/events.jsonl`` gets one line per round as it happens.
+
+Settings come from the run config (``flwr run ... --run-config``) under :data:`RUN_CONFIG_KEYS`
+or, for the simulation engine, from :func:`make_server_app`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from safetensors.torch import save_file
+
+from devft_lab.flower.records import (pack_config, records_to_state, state_nbytes,
+                                      state_to_records, unpack_config)
+from devft_lab.flower.workload import ClientReply, Workload, WorkloadSpec, build_workload
+
+log = logging.getLogger("devft_lab.flower")
+
+#: run-config keys read by the deployed ServerApp (``flwr run --run-config 'key=value ...'``)
+RUN_CONFIG_KEYS = ("workload", "out-dir", "min-fit", "round-timeout", "node-timeout", "num-nodes")
+
+
+@dataclass
+class ServerOptions:
+    """Transport-level settings of a run (the workload has its own)."""
+
+    spec: WorkloadSpec
+    out_dir: str
+    min_fit: int = 1              # fewest replies a round aggregates; fewer -> round skipped
+    round_timeout: float = 60.0   # seconds to wait for a round's replies
+    node_timeout: float = 60.0    # seconds to wait for num_nodes SuperNodes at start-up
+    num_nodes: int = 0            # SuperNodes to wait for (0: the workload's num_clients)
+
+    @classmethod
+    def from_run_config(cls, cfg: Mapping[str, Any]) -> "ServerOptions":
+        missing = [k for k in ("workload", "out-dir") if k not in cfg]
+        if missing:
+            raise ValueError(f"run config lacks {missing}; pass --run-config 'workload=... out-dir=...'")
+        return cls(spec=WorkloadSpec.from_json(str(cfg["workload"])), out_dir=str(cfg["out-dir"]),
+                   min_fit=int(cfg.get("min-fit", 1)), round_timeout=float(cfg.get("round-timeout", 60.0)),
+                   node_timeout=float(cfg.get("node-timeout", 60.0)), num_nodes=int(cfg.get("num-nodes", 0)))
+
+    def to_run_config(self) -> dict[str, Any]:
+        return {"workload": self.spec.to_json(), "out-dir": self.out_dir, "min-fit": self.min_fit,
+                "round-timeout": self.round_timeout, "node-timeout": self.node_timeout,
+                "num-nodes": self.num_nodes}
+
+
+@dataclass
+class RoundLog:
+    round: int
+    sampled: list[int]
+    aggregated: list[int] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)   # partition id -> reason
+    bytes_down: int = 0
+    bytes_up: int = 0
+    seconds: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _say(level: int, msg: str, *args: Any) -> None:
+    """Log through Flower's logger too, so the line reaches ``flwr run --stream`` / ``flwr log``."""
+    log.log(level, msg, *args)
+    try:
+        from flwr.common.logger import log as flwr_log
+        flwr_log(level, "[devft] " + msg, *args)
+    except Exception:  # pragma: no cover - logging must never break a run
+        pass
+
+
+def discover_nodes(grid: Grid, num_nodes: int, timeout: float) -> dict[int, int]:
+    """``{partition id: node id}`` of the connected SuperNodes (waits for ``num_nodes`` of them).
+
+    Each node is asked (``query`` message) which partition id its node config gives it.
+    """
+    deadline = time.monotonic() + timeout
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < num_nodes and time.monotonic() < deadline:
+        time.sleep(0.5)
+        nodes = list(grid.get_node_ids())
+    if len(nodes) < num_nodes:
+        _say(logging.WARNING, "only %d of %d SuperNodes connected after %.0f s", len(nodes), num_nodes, timeout)
+    msgs = [Message(RecordDict({"config": pack_config({})}), dst_node_id=n, message_type=MessageType.QUERY)
+            for n in nodes]
+    mapping: dict[int, int] = {}
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            _say(logging.WARNING, "node %d did not answer the partition query: %s", node, reply.error.reason)
+            continue
+        pid = int(unpack_config(reply.content.config_records["config"])["partition_id"])
+        if pid in mapping:
+            raise RuntimeError(f"partition id {pid} claimed by nodes {mapping[pid]} and {node}")
+        mapping[pid] = node
+    _say(logging.INFO, "SuperNodes by partition id: %s", dict(sorted(mapping.items())))
+    return mapping
+
+
+def _instruction_message(workload: Workload, rnd: int, client: int, node: int,
+                         opts: ServerOptions) -> tuple[Message, int]:
+    state, config = workload.instruction(rnd, client)
+    arrays, dtypes = state_to_records(state)
+    content = RecordDict({"arrays": arrays, "dtypes": dtypes,
+                          "config": pack_config({**config, "round": rnd, "partition_id": client,
+                                                 "workload": opts.spec.to_json()})})
+    msg = Message(content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(rnd),
+                  ttl=opts.round_timeout + 30.0)
+    return msg, state_nbytes(state)
+
+
+def _parse_reply(reply: Message) -> ClientReply:
+    cfg = unpack_config(reply.content.config_records["config"])
+    state = records_to_state(reply.content.array_records["arrays"], reply.content.config_records["dtypes"])
+    return ClientReply(state, int(cfg["num_examples"]), dict(cfg.get("metrics", {})))
+
+
+def run_rounds(grid: Grid, opts: ServerOptions, workload: Workload | None = None) -> dict[str, Any]:
+    """Run the whole federated job; write and return the report (see module docstring)."""
+    workload = workload or build_workload(opts.spec)
+    out = Path(opts.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    events = out / "events.jsonl"
+    events.write_text("")
+    t0 = time.monotonic()
+    nodes = discover_nodes(grid, opts.num_nodes or workload.num_clients, opts.node_timeout)
+    rounds: list[RoundLog] = []
+    for rnd in range(workload.num_rounds):
+        t_round = time.monotonic()
+        rl = RoundLog(rnd, workload.sample(rnd))
+        alive = set(grid.get_node_ids())
+        sent: dict[str, int] = {}   # message id -> partition id
+        msgs: list[Message] = []
+        for c in rl.sampled:
+            if c not in nodes or nodes[c] not in alive:
+                rl.dropped[str(c)] = "no connected SuperNode for this partition"
+                continue
+            msg, nbytes = _instruction_message(workload, rnd, c, nodes[c], opts)
+            msgs.append(msg)
+            rl.bytes_down += nbytes
+        by_node = {nodes[c]: c for c in rl.sampled if c in nodes}
+        replies: dict[int, ClientReply] = {}
+        for reply in grid.send_and_receive(msgs, timeout=opts.round_timeout):
+            c = by_node.get(reply.metadata.src_node_id)
+            if c is None:
+                continue
+            if reply.has_error():
+                rl.dropped[str(c)] = f"error reply: {reply.error.reason}"
+                continue
+            replies[c] = _parse_reply(reply)
+            rl.bytes_up += state_nbytes(replies[c].state)
+        for c in rl.sampled:
+            if c not in replies and str(c) not in rl.dropped:
+                rl.dropped[str(c)] = f"no reply within {opts.round_timeout:g} s"
+        for c, why in sorted(rl.dropped.items()):
+            _say(logging.WARNING, "round %d: client %s (node %s) dropped: %s", rnd, c,
+                 nodes.get(int(c), "-"), why)
+        if len(replies) >= opts.min_fit and replies:
+            rl.aggregated = sorted(replies)
+            rl.metrics = workload.aggregate(rnd, dict(sorted(replies.items())))
+        else:
+            workload.skip_round(rnd)
+            _say(logging.WARNING, "round %d: %d replies < min_fit %d; global state unchanged",
+                 rnd, len(replies), opts.min_fit)
+        rl.seconds = round(time.monotonic() - t_round, 3)
+        rounds.append(rl)
+        _say(logging.INFO, "round %d: sampled %s, aggregated %s, dropped %s", rnd, rl.sampled,
+             rl.aggregated, sorted(int(c) for c in rl.dropped))
+        with events.open("a") as fh:
+            fh.write(json.dumps(asdict(rl)) + "\n")
+    report = {"workload": opts.spec.name, "settings": opts.spec.settings, "nodes": nodes,
+              "min_fit": opts.min_fit, "rounds": [asdict(r) for r in rounds],
+              "bytes_down": sum(r.bytes_down for r in rounds), "bytes_up": sum(r.bytes_up for r in rounds),
+              "dropouts": [{"round": r.round, "client": int(c), "reason": why}
+                           for r in rounds for c, why in sorted(r.dropped.items())],
+              "summary": workload.summary(), "seconds": round(time.monotonic() - t0, 3)}
+    _write_result(out, workload, report)
+    return report
+
+
+def _write_result(out: Path, workload: Workload, report: dict[str, Any]) -> None:
+    """``final_state.safetensors`` then ``run.json``, each written atomically (rename)."""
+    tmp = out / "final_state.safetensors.tmp"
+    save_file({k: v.contiguous() for k, v in workload.result().items()}, str(tmp))
+    os.replace(tmp, out / "final_state.safetensors")
+    tmp = out / "run.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, out / "run.json")
+    _say(logging.INFO, "wrote %s", out / "run.json")
+
+
+def make_server_app(opts: ServerOptions | None = None) -> ServerApp:
+    """A ServerApp running :func:`run_rounds`; ``opts`` (simulation) or the run config (deployment)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_rounds(grid, opts or ServerOptions.from_run_config(context.run_config))
+
+    return app
+
+
+#: the deployed ServerApp (``[tool.flwr.app.components] serverapp``); settings from the run config
+app = make_server_app()
