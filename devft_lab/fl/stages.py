@@ -1,0 +1,138 @@
+"""The stage interface between the federated runtime and a training schedule.
+
+The simulation knows nothing of DevFT: it asks a *plan* for its stages. A stage is a
+trainable (PEFT) model and the adapter the federation starts it from; after its rounds the
+plan takes the trained adapter back. Three plans exist:
+
+* :class:`FullModelPlan` (here): one stage, the whole model -- FedIT, FFA-LoRA, FedSA-LoRA,
+  FLoRA, FedProx as their papers run them;
+* :class:`devft_lab.devft.DevFTPlan`: growing submodels of fused layers (the paper);
+* :class:`devft_lab.progfed.ProgFedPlan`: a growing prefix of the layers (ProgFed).
+
+Also here: converting a LoRA state between the runtime's flat form (``{PEFT key: tensor}``)
+and the per-layer form of :mod:`devft_lab.method` (``{layer: {name in layer: tensor}}``).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, Sequence
+
+import torch
+
+from devft_lab.fl.strategies import State
+
+_LAYER_KEY = re.compile(r"^(?P<pre>.*?\.layers)\.(?P<i>\d+)\.(?P<name>.+)$")
+
+
+def to_layers(state: Mapping[str, torch.Tensor]) -> tuple[dict[int, dict[str, torch.Tensor]], str]:
+    """Flat LoRA state -> ``({layer position: {name: tensor}}, key prefix)``."""
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    prefix = None
+    for k, v in state.items():
+        m = _LAYER_KEY.match(k)
+        if m is None:
+            raise ValueError(f"LoRA key {k!r} is not inside a decoder layer ('...layers.<i>.<name>').")
+        prefix = prefix or m["pre"]
+        out.setdefault(int(m["i"]), {})[m["name"]] = v
+    return dict(sorted(out.items())), prefix or "base_model.model.model.layers"
+
+
+def to_flat(layers: Mapping[int, Mapping[str, torch.Tensor]], prefix: str) -> State:
+    """Inverse of :func:`to_layers`."""
+    return {f"{prefix}.{i}.{name}": t for i in sorted(layers) for name, t in layers[i].items()}
+
+
+@dataclass
+class StageModel:
+    """One stage as the runtime sees it."""
+
+    index: int
+    model: torch.nn.Module  # the PEFT model clients train during this stage
+    start: State  # the adapter the stage starts from
+    rounds: int
+    delivery_bytes: int = 0  # dense weights a client must receive once to run this stage
+    info: dict[str, Any] = field(default_factory=dict)  # JSON-able description (capacity, groups ...)
+
+
+class StagePlan(Protocol):
+    """What the simulation needs from a schedule."""
+
+    def stage_rounds(self) -> list[int]:
+        """Rounds of each stage (its length is the number of stages)."""
+
+    def begin(self, stage: int, info: Mapping[str, Any] | None = None) -> StageModel:
+        """Build stage ``stage``; ``info`` (from a checkpoint) rebuilds it exactly as before."""
+
+    def end(self, stage: int, state: Mapping[str, torch.Tensor]) -> None:
+        """Take the stage's trained (evaluation) adapter back into the full model."""
+
+    def carry(self, state: Mapping[str, torch.Tensor], stage: StageModel,
+              previous: StageModel | None) -> State:
+        """Map a client's kept tensors from the previous stage's layout into this stage's."""
+
+    def eval_model(self, stage: StageModel, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+        """The full model with ``state`` folded in, ready for evaluation."""
+
+    def export(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """(JSON meta, tensors) that :meth:`restore` needs to continue after a restart."""
+
+    def restore(self, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`export`."""
+
+
+class FullModelPlan:
+    """One stage: the whole model with its adapter (every baseline's plain schedule).
+
+    ``model`` is already a PEFT model of the full model; ``start`` its initial adapter.
+    """
+
+    def __init__(self, model: torch.nn.Module, start: Mapping[str, torch.Tensor], rounds: int):
+        from devft_lab.fl.client import get_lora_state, set_lora_state
+
+        self.model, self.rounds = model, int(rounds)
+        set_lora_state(model, start)
+        self.state = get_lora_state(model)
+        self.num_layers = len(to_layers(self.state)[0])
+
+    def stage_rounds(self) -> list[int]:
+        return [self.rounds]
+
+    def begin(self, stage: int, info: Mapping[str, Any] | None = None) -> StageModel:
+        if stage != 0:
+            raise ValueError(f"FullModelPlan has one stage, asked for stage {stage}.")
+        return StageModel(0, self.model, dict(self.state), self.rounds, 0,
+                          {"capacity": self.num_layers, "groups": [[i] for i in range(self.num_layers)]})
+
+    def end(self, stage: int, state: Mapping[str, torch.Tensor]) -> None:
+        self.state = {k: v.detach().clone() for k, v in state.items()}
+
+    def carry(self, state, stage, previous) -> State:
+        return dict(state)
+
+    def eval_model(self, stage: StageModel, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+        from devft_lab.fl.client import set_lora_state
+
+        set_lora_state(self.model, state)
+        return self.model
+
+    def export(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        return {}, {}
+
+    def restore(self, meta, tensors) -> None:
+        pass
+
+
+def stage_groups(info: Mapping[str, Any]) -> list[list[int]] | None:
+    """The groups recorded in a stage's info, if any."""
+    g = info.get("groups") if info else None
+    return [list(map(int, x)) for x in g] if g is not None else None
+
+
+def check_plan(plan: StagePlan, expected_stages: Sequence[int] | None = None) -> None:
+    """Sanity checks a custom plan must pass before a run starts."""
+    rounds = plan.stage_rounds()
+    if not rounds or any(int(r) < 1 for r in rounds):
+        raise ValueError(f"every stage needs at least one round, got {rounds}.")
+    if expected_stages is not None and len(rounds) != len(expected_stages):
+        raise ValueError(f"plan has {len(rounds)} stages, expected {len(expected_stages)}.")

@@ -1,0 +1,284 @@
+"""A run from a config: model, data, clients, plan, strategy -> a run folder of logs.
+
+``start(cfg)`` validates everything *before* it writes anything (a bad config leaves no
+half-written run folder), then trains; ``resume(run_dir)`` continues a killed run from its
+newest checkpoint with the config saved in the folder. A run folder holds::
+
+    config.yaml      the resolved config (what ``resume`` reads)
+    meta.json        config hash, model, stage capacities, machine, command
+    rounds.jsonl     one row per round: bytes, FLOPs, time, memory, loss, evaluations
+    rounds.csv       the same as a table
+    checkpoints/     the newest complete state (atomic; safetensors + JSON)
+    summary.json     totals and final metrics, written when the run ends
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from devft_lab.config import (ConfigError, RunConfig, config_hash, load_config, stage_rounds, to_yaml,
+                              validate_against_model)
+from devft_lab.fl.client import LocalTraining, get_lora_state
+from devft_lab.fl.simulation import Simulation, SimulationSettings, dump_json, final_state
+from devft_lab.fl.stages import FullModelPlan, StagePlan, to_flat
+from devft_lab.fl.strategies import Strategy, from_config
+
+LOG_NAME = "run.log"
+
+
+class RunError(RuntimeError):
+    """A run cannot start or continue; the message says why and what to do."""
+
+
+@dataclass
+class Parts:
+    """Everything a simulation needs, built from a config."""
+
+    cfg: RunConfig
+    model: torch.nn.Module
+    tokenizer: Any
+    plan: StagePlan
+    strategy: Strategy
+    client_data: list[list[dict]]
+    settings: SimulationSettings
+    evaluator: Callable | None
+    capacities: list[int]
+    categories: list[str]
+    parts: list[list[int]]
+
+
+def machine() -> str:
+    """One line describing where a run ran."""
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.machine()} {os.cpu_count()} CPU threads, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), {dev}, Python {platform.python_version()}")
+
+
+def lora_config_of(cfg: RunConfig):
+    """The PEFT LoraConfig of a run."""
+    from devft_lab.method.submodel import default_lora_config
+
+    lo = cfg.lora
+    return default_lora_config(r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=list(lo.target_modules))
+
+
+def device_of(cfg: RunConfig) -> str:
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.device
+
+
+def _dtype(cfg: RunConfig):
+    return {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16,
+            "float16": torch.float16}[cfg.model.dtype]
+
+
+def build_plan(cfg: RunConfig, model: torch.nn.Module, capacities: Sequence[int]) -> StagePlan:
+    """The stage plan a config asks for: DevFT, ProgFed, or the whole model (one stage)."""
+    from devft_lab.method.submodel import init_global_lora
+
+    lcfg = lora_config_of(cfg)
+    rounds = stage_rounds(cfg)
+    seed = cfg.train.seed
+    if not cfg.devft.enabled:
+        from peft import get_peft_model
+
+        init = init_global_lora(model, lcfg, seed)
+        peft_model = get_peft_model(model, lcfg)
+        prefix = next(k for k in get_lora_state(peft_model)).split(".layers.")[0] + ".layers"
+        return FullModelPlan(peft_model, to_flat(init, prefix), rounds[0])
+    if cfg.devft.plan == "progfed":
+        from devft_lab.progfed import ProgFedPlan
+
+        return ProgFedPlan(model, lcfg, capacities, rounds, seed=seed)
+    from devft_lab.devft import DevFTPlan
+
+    d = cfg.devft
+    return DevFTPlan(model, lcfg, capacities, rounds, beta=d.beta, grouping=d.grouping, affinity=d.affinity,
+                     fusion=d.fusion, anchor=d.anchor, seed=seed)
+
+
+def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict]) -> Callable | None:
+    """Held-out response loss (``eval.holdout`` examples) and benchmark suites (``eval.suites``)."""
+    if not holdout and not cfg.eval.suites:
+        return None
+
+    @torch.no_grad()
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        from devft_lab.train import collate, lm_loss
+
+        was = model.training
+        model.eval()
+        out: dict[str, float] = {}
+        if holdout:
+            device = next(model.parameters()).device
+            total, n = 0.0, 0
+            for i in range(0, len(holdout), 8):
+                batch = {k: v.to(device) for k, v in collate(holdout[i:i + 8], tokenizer.pad_token_id or 0).items()}
+                loss, k = lm_loss(model, batch)
+                total, n = total + float(loss), n + k
+            out["eval_loss"] = total / max(n, 1)
+        if cfg.eval.suites:
+            from devft_lab.evaluate import evaluate_suites
+
+            res = evaluate_suites(model, tokenizer, list(cfg.eval.suites), max_per_task=cfg.eval.max_per_task,
+                                  seed=cfg.train.seed, template=cfg.data.template)
+            out["acc"] = float(res["avg"])
+            for name, v in res.get("suites", {}).items():
+                out[f"acc_{name}"] = float(v)
+        model.train(was)
+        return out
+
+    return evaluate
+
+
+def build(cfg: RunConfig, progress: bool = True) -> Parts:
+    """Load the model and data, partition, encode, and make the plan; writes nothing."""
+    from devft_lab.data import DataError, load_examples
+    from devft_lab.data.partition import partition
+    from devft_lab.layers import num_layers
+    from devft_lab.models import load_model
+    from devft_lab.train import encode_examples
+
+    model, tok = load_model(cfg.model.name, device=device_of(cfg), dtype=_dtype(cfg))
+    capacities = validate_against_model(cfg, num_layers(model))
+    if cfg.devft.enabled and cfg.devft.plan == "devft" and cfg.fed.strategy in ("flora",):
+        raise ConfigError("fed.strategy = flora merges adapters into the base weights every round, which "
+                          "DevFT's fused stages do not support; use fedit, fedprox, ffa-lora or fedsa-lora.")
+    strategy = from_config(cfg.fed)
+    examples = load_examples(cfg.data.source, cfg.data.split, cfg.data.max_samples, cfg.train.seed)
+    holdout_n = cfg.eval.holdout
+    if holdout_n >= len(examples):
+        raise ConfigError(f"eval.holdout = {holdout_n} leaves no training data ({len(examples)} examples); "
+                          "lower eval.holdout")
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    order = torch.randperm(len(examples), generator=gen).tolist()
+    held = [examples[i] for i in sorted(order[:holdout_n])]
+    pool = [examples[i] for i in sorted(order[holdout_n:])]
+    categories = [str(e.get("category", "default")) for e in pool]
+    try:
+        parts = partition(categories, cfg.data.partitioner, cfg.data.num_clients, seed=cfg.train.seed,
+                          min_samples=cfg.data.min_samples, **dict(cfg.data.partitioner_params))
+    except DataError as e:
+        raise ConfigError(f"data: {e}") from None
+    encoded = encode_examples(tok, pool, cfg.data.template, cfg.train.seq_len)
+    client_data = [[encoded[i] for i in p] for p in parts]
+    evaluator = make_evaluator(cfg, tok, encode_examples(tok, held, cfg.data.template, cfg.train.seq_len))
+    plan = build_plan(cfg, model, capacities)
+    t = cfg.train
+    settings = SimulationSettings(
+        clients_per_round=cfg.fed.clients_per_round, seed=t.seed,
+        training=LocalTraining(steps=t.local_steps, batch_size=t.batch_size, lr=t.lr, grad_accum=t.grad_accum,
+                               max_grad_norm=t.max_grad_norm, pad_id=tok.pad_token_id or 0),
+        lr=t.lr, lr_min=t.lr_min, lr_schedule=t.schedule, eval_every=cfg.eval.every_n_rounds,
+        config_hash=config_hash(cfg), progress=progress)
+    return Parts(cfg, model, tok, plan, strategy, client_data, settings, evaluator, capacities, categories, parts)
+
+
+def run_dir_of(cfg: RunConfig) -> Path:
+    return Path(cfg.out_dir) / cfg.name
+
+
+def _logger(run_dir: Path, quiet: bool) -> Callable[[str], None]:
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        with open(run_dir / LOG_NAME, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        if not quiet:
+            print(line, flush=True)
+
+    return log
+
+
+def start(cfg: RunConfig, force: bool = False, quiet: bool = False, command: str | None = None) -> dict[str, Any]:
+    """Start a run in ``out_dir/name`` (refuses to overwrite a run unless ``force``)."""
+    run_dir = run_dir_of(cfg)
+    if run_dir.exists() and any(run_dir.iterdir()) and not force:
+        raise RunError(f"{run_dir} already holds a run; continue it with `devft-lab resume {run_dir}`, "
+                       "pick another name (name=...), or pass --force to start over.")
+    parts = build(cfg, progress=not quiet)  # everything is validated before the folder is touched
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    dump_json(run_dir / "meta.json", {
+        "config_hash": config_hash(cfg), "model": cfg.model.name, "capacities": parts.capacities,
+        "stage_rounds": stage_rounds(cfg), "num_clients": len(parts.client_data),
+        "client_sizes": [len(d) for d in parts.client_data], "machine": machine(),
+        "command": command or " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return _run(parts, run_dir, quiet, resume=False)
+
+
+def resume(run_dir: str | os.PathLike, quiet: bool = False) -> dict[str, Any]:
+    """Continue a run from its newest checkpoint (with the config saved in the folder)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise RunError(f"{run_dir} is not a run folder (no config.yaml); start one with `devft-lab run CONFIG`.")
+    cfg = load_config(run_dir / "config.yaml")
+    parts = build(cfg, progress=not quiet)
+    return _run(parts, run_dir, quiet, resume=True)
+
+
+def _run(parts: Parts, run_dir: Path, quiet: bool, resume: bool) -> dict[str, Any]:
+    log = _logger(run_dir, quiet)
+    make = Simulation.resume if resume else Simulation
+    sim = make(parts.plan, parts.strategy, parts.client_data, parts.settings, run_dir, parts.evaluator, log)
+    if sim.state.done:
+        log("run already complete")
+    elif not resume or sim.state.round == 0:
+        log(f"{parts.cfg.model.name}: {len(parts.client_data)} clients, stages {parts.capacities} layers, "
+            f"rounds {parts.plan.stage_rounds()}, strategy {parts.strategy.name}")
+        if parts.evaluator is not None and sim.ledger.position().get("rounds", 0) == 0:
+            t0 = time.perf_counter()
+            base = parts.evaluator(parts.model)  # every adapter starts with B = 0: the base model
+            dump_json(run_dir / "initial_eval.json", {**base, "eval_s": time.perf_counter() - t0})
+            log(f"before training: {_fmt(base)}")
+    summary = sim.run()
+    if sim.state.done:
+        export_adapter(parts, final_state(sim), run_dir / "adapter")
+    last = {}
+    for row in sim.ledger.rows:
+        last.update({k: v for k, v in row["extra"].items() if k == "eval_loss" or k.startswith("acc")})
+    summary["final"] = last
+    if (run_dir / "initial_eval.json").exists():
+        summary["initial"] = json.loads((run_dir / "initial_eval.json").read_text())
+    dump_json(run_dir / "summary.json", summary)
+    log(f"done: {_fmt(last)} | {sim.ledger.summary()}")
+    return summary
+
+
+def export_adapter(parts: Parts, state: dict[str, torch.Tensor], folder: Path) -> Path:
+    """The final full-model adapter in PEFT's format (``PeftModel.from_pretrained`` loads it)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lcfg = lora_config_of(parts.cfg)
+    lcfg.base_model_name_or_path = parts.cfg.model.name
+    lcfg.save_pretrained(str(folder))
+    tmp = folder / ".adapter_model.safetensors.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, folder / "adapter_model.safetensors")
+    return folder
+
+
+def load_adapter(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The final adapter tensors of a finished run."""
+    from safetensors.torch import load_file
+
+    path = Path(run_dir) / "adapter" / "adapter_model.safetensors"
+    if not path.exists():
+        raise RunError(f"{path} does not exist: the run has not finished (devft-lab resume {run_dir}).")
+    return load_file(str(path))
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or "no metrics"

@@ -1,0 +1,132 @@
+"""The federated runtime end to end on the tiny model: equivalences, strategies, resume, errors."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from devft_lab.config import load_config
+from devft_lab.fl.strategies import is_lora_a, is_lora_b
+from devft_lab.run import load_adapter, start
+
+BASE = ["fed.num_rounds=4", "devft.rounds_per_stage=null", "eval.holdout=8"]
+
+
+def _run(tmp_path, name, *overrides):
+    cfg = load_config("tiny", [*BASE, f"out_dir={tmp_path}", f"name={name}", *overrides])
+    summary = start(cfg, quiet=True)
+    return summary, tmp_path / name
+
+
+def _rows(run_dir):
+    return [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
+
+
+def test_single_stage_devft_is_fedit_bit_for_bit(tmp_path):
+    _, fedit = _run(tmp_path, "fedit", "devft.enabled=false")
+    _, devft = _run(tmp_path, "devft1", "devft.enabled=true", "devft.stages=1")
+    a, b = load_adapter(fedit), load_adapter(devft)
+    assert a.keys() == b.keys() and len(a) == 2 * 2 * 8  # q,v x A,B x 8 layers
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(float(b[k].abs().sum()) > 0 for k in b if is_lora_b(k))  # it trained
+    losses = [[r["extra"]["loss"] for r in _rows(d)] for d in (fedit, devft)]
+    assert losses[0] == losses[1]
+
+
+def test_devft_stages_grow_and_bytes_follow_capacity(tmp_path):
+    summary, d = _run(tmp_path, "devft4", "devft.stages=4")
+    rows = _rows(d)
+    caps = [r["extra"]["capacity"] for r in rows]
+    assert caps == [1, 2, 4, 8]  # one round per stage, capacities 8 / 2**(S-s)
+    up = [r["uplink_bytes"] for r in rows]
+    assert up[1] == 2 * up[0] and up[3] == 8 * up[0]  # LoRA uplink is linear in the capacity
+    assert summary["final"]["eval_loss"] < summary["initial"]["eval_loss"]
+    # fused stages need their dense fused layers delivered once per client; singletons nothing
+    assert rows[0]["submodel_delivery_bytes"] > 0 and rows[3]["submodel_delivery_bytes"] == 0
+
+
+def test_fedsa_never_uploads_b_and_ffa_never_changes_a(tmp_path):
+    _, d = _run(tmp_path, "fedsa", "fed.strategy=fedsa-lora", "devft.stages=2")
+    rows = _rows(d)
+    n_a = sum(1 for k in load_adapter(d) if is_lora_a(k))
+    r, hidden = 4, 64  # tiny.yaml's rank, the tiny model's width
+    # uplink: A only (r x hidden fp32 per adapted module, q and v per layer), never B
+    for row in rows:
+        mods = 2 * row["extra"]["capacity"]
+        assert row["uplink_bytes"] == row["num_clients"] * mods * r * hidden * 4
+    assert n_a == 16
+    _, f = _run(tmp_path, "ffa", "fed.strategy=ffa-lora", "devft.enabled=false")
+    from devft_lab.fl.strategies import get_strategy
+    from devft_lab.run import build
+    parts = build(load_config("tiny", [*BASE, "fed.strategy=ffa-lora", "devft.enabled=false"]), progress=False)
+    init = get_strategy("ffa-lora").init_global(parts.plan.begin(0).start)
+    final = load_adapter(f)
+    assert all(torch.equal(final[k], init[k]) for k in final if is_lora_a(k))
+    assert any(not torch.equal(final[k], init[k]) for k in final if is_lora_b(k))
+
+
+def test_progfed_trains_a_growing_prefix(tmp_path):
+    _, d = _run(tmp_path, "progfed", "devft.plan=progfed", "devft.stages=2")
+    rows = _rows(d)
+    assert [r["extra"]["capacity"] for r in rows] == [4, 4, 8, 8]
+    assert all(r["submodel_delivery_bytes"] == 0 for r in rows)
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "devft_lab.cli", *args], capture_output=True, text=True, **kw)
+
+
+@pytest.mark.parametrize("override, field", [
+    ("devft.capacities=[4,2,6,8]", "devft.capacities"),
+    ("devft.capacities=[1,2,4,9]", "devft.capacities"),
+    ("fed.num_rounds=0", "fed.num_rounds"),
+    ("fed.strategy=fedavgx", "fed.strategy"),
+    ("train.lr=-1", "train.lr"),
+    ("train.nonsense=1", "nonsense"),
+])
+def test_bad_config_exit_2_and_no_run_folder(tmp_path, capsys, override, field):
+    from devft_lab.cli import main
+
+    assert main(["run", "tiny", f"out_dir={tmp_path}", "name=bad", override, "--quiet"]) == 2
+    assert field in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_sigkill_then_resume_gives_identical_adapters(tmp_path):
+    args = ["tiny", "fed.num_rounds=8", "devft.rounds_per_stage=2", f"out_dir={tmp_path}"]
+    ref = _cli("run", *args, "name=ref", "--quiet")
+    assert ref.returncode == 0, ref.stderr
+    kill_after = random.Random(os.getpid()).randint(1, 6)  # rounds logged before the kill
+    proc = subprocess.Popen([sys.executable, "-m", "devft_lab.cli", "run", *args, "name=killed", "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "killed" / "rounds.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= kill_after:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "adapter").exists()
+    res = _cli("resume", str(tmp_path / "killed"), "--quiet")
+    assert res.returncode == 0, res.stderr
+    a, b = load_adapter(tmp_path / "ref"), load_adapter(tmp_path / "killed")
+    assert all(torch.equal(a[k], b[k]) for k in a), f"adapters differ after a kill at round {kill_after}"
+    ra, rb = _rows(tmp_path / "ref"), _rows(tmp_path / "killed")
+    assert [r["round"] for r in rb] == list(range(8))  # no round lost, none logged twice
+    assert [r["extra"]["loss"] for r in ra] == [r["extra"]["loss"] for r in rb]
+
+
+def test_existing_run_is_not_overwritten(tmp_path, capsys):
+    from devft_lab.cli import main
+
+    _run(tmp_path, "once", "devft.enabled=false")
+    assert main(["run", "tiny", *BASE, f"out_dir={tmp_path}", "name=once", "--quiet"]) == 2
+    assert "resume" in capsys.readouterr().err
