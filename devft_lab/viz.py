@@ -104,11 +104,18 @@ def heatmaps(matrices: Mapping[str, object], groups: Sequence[Sequence[int]] | N
              cmaps: Mapping[str, str] | None = None, vranges: Mapping[str, tuple] | None = None,
              ticklabels: Sequence[str] | None = None, xlabel: str = "layer", ylabel: str = "layer",
              suptitle: str = "") -> Figure:
-    """Several heatmaps side by side (e.g. cosine and sign-conflict rate)."""
+    """Several heatmaps side by side (e.g. cosine and sign-conflict rate).
+
+    ``vranges[title]`` is ``(vmin, vmax)`` or ``"sym"`` (symmetric around 0, from the data).
+    """
     k = len(matrices)
     fig, axes = _fig(4.3 * k, 3.8, ncols=k)
     for ax, (title, m) in zip(axes[0], matrices.items()):
-        vmin, vmax = (vranges or {}).get(title, (None, None))
+        vr = (vranges or {}).get(title, (None, None))
+        if vr == "sym":  # symmetric around 0, from the data (NaN-safe)
+            lim = float(np.nanmax(np.abs(_np(m)))) or 1.0
+            vr = (-lim, lim)
+        vmin, vmax = vr
         heatmap(m, title, groups, (cmaps or {}).get(title, "viridis"), vmin, vmax, ax=ax,
                 ticklabels=ticklabels, xlabel=xlabel, ylabel=ylabel)
     if suptitle:
