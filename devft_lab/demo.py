@@ -1,29 +1,38 @@
-"""The main job behind ``make demo``: DevFT on the embedded default model.
+"""The main job behind ``make demo``: a short DevFT federated run on the embedded model.
 
-This version checks the foundation end to end: load the embedded model, answer a
-sanity question, and show the decoder stack DevFT will grow through. The federated
-stage schedule joins here when the runtime lands.
+Runs the shipped ``demo`` config (SmolLM2-135M-Instruct, the lab pool split non-IID over 20
+clients, four growing stages) into ``runs/demo`` and ends with a summary: accuracy before
+and after, wall time, and bytes sent (the paper's way and in full). Re-running replaces the
+previous demo run. ``devft-lab report runs/demo`` plots it afterwards.
 """
 from __future__ import annotations
 
 import time
 
 
-def main(model_name: str = "smollm2-135m", quiet: bool = False) -> int:
-    from devft_lab import layers
-    from devft_lab.generate import answer
-    from devft_lab.models import load_model
+def main(model_name: str = "smollm2-135m", quiet: bool = False, overrides: list[str] | None = None) -> int:
+    from devft_lab.config import load_config
+    from devft_lab.run import run_dir_of, start
 
     t0 = time.perf_counter()
-    model, tok = load_model(model_name)
-    load_s = time.perf_counter() - t0
-    n_params = sum(p.numel() for p in model.parameters())
-    L = layers.num_layers(model)
-    print(f"model      {model_name}: {type(model).__name__}, {L} decoder layers, "
-          f"{n_params / 1e6:.1f} M parameters, loaded in {load_s:.1f} s")
-    q = "What is the capital of France?"
-    t1 = time.perf_counter()
-    print(f"question   {q}\nanswer     {answer(model, tok, q, max_new_tokens=16)}  "
-          f"({time.perf_counter() - t1:.1f} s)")
-    print(f"summary    foundation OK in {time.perf_counter() - t0:.1f} s")
+    cfg = load_config("demo", [f"model.name={model_name}", *(overrides or [])])
+    summary = start(cfg, force=True, quiet=quiet, command="devft-lab demo")
+    before, after = summary.get("initial", {}), summary.get("final", {})
+    metric = "acc" if "acc" in after else "eval_loss"
+    mb = 1e6
+    print("\nsummary")
+    print(f"  model        {cfg.model.name}, stages {summary.get('capacities', '')}".rstrip(", "))
+    if metric in before and metric in after:
+        unit = " %" if metric == "acc" else ""
+        print(f"  {metric:12s} {before[metric]:.1f}{unit} before -> {after[metric]:.1f}{unit} after "
+              f"({after[metric] - before[metric]:+.1f}) on {', '.join(cfg.eval.suites)} "
+              f"({cfg.eval.max_per_task} items per task)")
+    print(f"  rounds       {summary['rounds']}, {cfg.fed.clients_per_round} of {cfg.data.num_clients} clients each")
+    print(f"  time         {time.perf_counter() - t0:.0f} s in all (train {summary['train_s']:.0f} s, "
+          f"evaluate {summary['eval_s'] + before.get('eval_s', 0):.0f} s)")
+    print(f"  bytes        {summary['paper_bytes'] / mb:.2f} MB LoRA uplink (the paper's count); "
+          f"{summary['full_bytes'] / mb:.2f} MB in full (down {summary['downlink_bytes'] / mb:.2f}, "
+          f"fused-layer delivery {summary['submodel_delivery_bytes'] / mb:.2f})")
+    print(f"  peak memory  {summary['peak_rss_mb']:.0f} MB RSS")
+    print(f"  run folder   {run_dir_of(cfg)}  (devft-lab report {run_dir_of(cfg)})")
     return 0

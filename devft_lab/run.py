@@ -134,7 +134,7 @@ def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict]) -> Callable |
                                   seed=cfg.train.seed, template=cfg.data.template)
             out["acc"] = float(res["avg"])
             for name, v in res.get("suites", {}).items():
-                out[f"acc_{name}"] = float(v)
+                out[f"acc_{name}"] = float(v["acc"])
         model.train(was)
         return out
 
@@ -249,6 +249,7 @@ def _run(parts: Parts, run_dir: Path, quiet: bool, resume: bool) -> dict[str, An
     for row in sim.ledger.rows:
         last.update({k: v for k, v in row["extra"].items() if k == "eval_loss" or k.startswith("acc")})
     summary["final"] = last
+    summary["capacities"] = parts.capacities
     if (run_dir / "initial_eval.json").exists():
         summary["initial"] = json.loads((run_dir / "initial_eval.json").read_text())
     dump_json(run_dir / "summary.json", summary)
