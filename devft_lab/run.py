@@ -149,7 +149,12 @@ def build(cfg: RunConfig, progress: bool = True) -> Parts:
     from devft_lab.models import load_model
     from devft_lab.train import encode_examples
 
-    model, tok = load_model(cfg.model.name, device=device_of(cfg), dtype=_dtype(cfg))
+    if cfg.model.quantization != "none" and cfg.devft.enabled:
+        raise ConfigError(f"model.quantization={cfg.model.quantization} with DevFT/ProgFed stages is not supported "
+                          "yet (fusing layers needs dense base weights); set model.quantization=none, or "
+                          "devft.enabled=false for a quantized full-model baseline.")
+    model, tok = load_model(cfg.model.name, device=device_of(cfg), dtype=_dtype(cfg),
+                            quantization=cfg.model.quantization)
     capacities = validate_against_model(cfg, num_layers(model))
     if cfg.devft.enabled and cfg.devft.plan == "devft" and cfg.fed.strategy in ("flora",):
         raise ConfigError("fed.strategy = flora merges adapters into the base weights every round, which "
