@@ -14,12 +14,11 @@ from __future__ import annotations
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from devft_lab.flower.records import pack_config, records_to_state, state_to_records, unpack_config
-from devft_lab.flower.workload import Workload, WorkloadSpec, build_workload
+from devft_lab.flower.records import pack_config, unpack_config
 
 _LOCAL = "devft.local"          # context.state key of the client's kept tensors
 _LOCAL_DTYPES = "devft.local.dtypes"
-_cache: dict[str, Workload] = {}  # workload objects by spec (reused while the process lives)
+_cache: dict[str, object] = {}  # workload objects by spec (reused while the process lives)
 
 app = ClientApp()
 
@@ -32,7 +31,10 @@ def partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-def _workload(spec_json: str) -> Workload:
+def _workload(spec_json: str):
+    """The workload a spec names (imports torch and the workload's code on first use)."""
+    from devft_lab.flower.workload import WorkloadSpec, build_workload
+
     if spec_json not in _cache:
         _cache.clear()
         _cache[spec_json] = build_workload(WorkloadSpec.from_json(spec_json))
@@ -48,6 +50,8 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of local training on this node's partition."""
+    from devft_lab.flower.records import records_to_state, state_to_records
+
     cfg = unpack_config(msg.content.config_records["config"])
     pid = partition_id(context)
     if int(cfg["partition_id"]) != pid:

@@ -203,7 +203,9 @@ class LocalFederation:
     def close(self) -> None:
         """Stop every process this federation started, helpers included; idempotent."""
         procs = [p for p in [self.link, *self.nodes] if p is not None]
-        kill_tree([p.popen.pid for p in procs])
+        kill_tree([p.popen.pid for p in self.nodes], grace=3.0)  # SuperNodes first: the SuperLink is still up
+        if self.link is not None:
+            kill_tree([self.link.popen.pid], grace=3.0)
         for p in procs:
             try:
                 p.popen.wait(timeout=5)

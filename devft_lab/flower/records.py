@@ -13,27 +13,35 @@ casts back, so the round trip is bit-exact.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
-State = dict[str, torch.Tensor]
+if TYPE_CHECKING:  # torch is imported where tensors are handled, so that answering a query is quick
+    import torch
 
-_WIDENED = {torch.bfloat16: torch.float32}
-_DTYPES = {str(d): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64,
+State = dict[str, "torch.Tensor"]
+_WIDE_DTYPES = ("torch.bfloat16",)  # numpy lacks these: sent as float32
+
+
+def _dtypes() -> dict[str, "torch.dtype"]:
+    import torch
+
+    return {str(d): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64,
                                 torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)}
 
 
-def state_to_records(state: Mapping[str, torch.Tensor]) -> tuple[ArrayRecord, ConfigRecord]:
+def state_to_records(state: Mapping[str, "torch.Tensor"]) -> tuple[ArrayRecord, ConfigRecord]:
     """``(arrays, dtypes)``: the tensors (bfloat16 widened to float32) and their true dtypes."""
+    import torch
+
     arrays: dict[str, torch.Tensor] = {}
     dtypes: dict[str, str] = {}
     for key, t in state.items():
         t = t.detach().cpu()
-        if t.dtype in _WIDENED:
+        if str(t.dtype) in _WIDE_DTYPES:
             dtypes[key] = str(t.dtype)
-            t = t.to(_WIDENED[t.dtype])
+            t = t.to(torch.float32)
         arrays[key] = t.contiguous()
     return ArrayRecord(arrays), ConfigRecord({"dtypes": json.dumps(dtypes, sort_keys=True)})
 
@@ -41,13 +49,14 @@ def state_to_records(state: Mapping[str, torch.Tensor]) -> tuple[ArrayRecord, Co
 def records_to_state(arrays: ArrayRecord, dtypes: ConfigRecord | None = None) -> State:
     """Inverse of :func:`state_to_records` (key order preserved)."""
     narrowed = json.loads(str(dtypes["dtypes"])) if dtypes is not None and "dtypes" in dtypes else {}
+    known = _dtypes()
     out: State = {}
     for key, t in arrays.to_torch_state_dict().items():
         if key in narrowed:
             name = narrowed[key]
-            if name not in _DTYPES:
+            if name not in known:
                 raise ValueError(f"tensor {key!r}: unsupported dtype {name!r} in message")
-            t = t.to(_DTYPES[name])
+            t = t.to(known[name])
         out[key] = t
     return out
 
@@ -66,6 +75,6 @@ def unpack_config(record: ConfigRecord) -> dict[str, Any]:
     return json.loads(str(record["json"]))
 
 
-def state_nbytes(state: Mapping[str, torch.Tensor]) -> int:
+def state_nbytes(state: Mapping[str, "torch.Tensor"]) -> int:
     """Payload bytes of a state as sent (bfloat16 counted at its wire width, float32)."""
-    return sum(t.numel() * (4 if t.dtype in _WIDENED else t.element_size()) for t in state.values())
+    return sum(t.numel() * (4 if str(t.dtype) in _WIDE_DTYPES else t.element_size()) for t in state.values())

@@ -140,6 +140,7 @@ def run_rounds(grid: Grid, opts: ServerOptions, workload: Workload | None = None
     events = out / "events.jsonl"
     events.write_text("")
     t0 = time.monotonic()
+    workload.prepare()
     nodes = discover_nodes(grid, opts.num_nodes or workload.num_clients, opts.node_timeout)
     rounds: list[RoundLog] = []
     for rnd in range(workload.num_rounds):

@@ -84,6 +84,9 @@ class Workload(ABC):
                               rnd, int(self.settings.get("seed", 0)))
 
     # ---- server side
+    def prepare(self) -> None:
+        """Server: build what the rounds need (called once, before the SuperNodes are queried)."""
+
     @abstractmethod
     def instruction(self, rnd: int, client: int) -> tuple[State, dict[str, Any]]:
         """Tensors and JSON config sent to ``client`` in round ``rnd``."""
