@@ -1,0 +1,315 @@
+"""`devft-lab reproduce`: cells, aggregation, readings, and resumable sittings on the smoke scale."""
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from devft_lab import reproduce as rp
+from devft_lab.config import config_hash
+from devft_lab.method.schedule import stage_capacities
+
+
+def _plan(tmp_path, scale="smoke") -> rp.Plan:
+    return rp.Plan(rp.SCALES[scale], rp.SCALES[scale].base, results=Path(tmp_path))
+
+
+# --------------------------------------------------------------------------- cells
+def test_cells_of_each_table_are_its_variants_times_seeds():
+    for table, keys in rp.TABLES.items():
+        cells = rp.cells_of([table], [1, 2])
+        assert [c.name for c in cells] == [f"{k}-s{s}" for k in keys for s in (1, 2)]
+
+
+def test_shared_variants_are_one_cell_with_one_home(tmp_path):
+    every = rp.cells_of(list(rp.TABLES), [0, 1, 2])
+    assert len(every) == len({c.name for c in every}) == 3 * len(rp.V)
+    plan = _plan(tmp_path)
+    dirs = {plan.cell_dir(c) for c in every}
+    assert len(dirs) == len(every)
+    devft = rp.Cell(rp.V["devft"], 0)
+    assert plan.cell_dir(devft) == tmp_path / "repro" / "smoke" / "main" / "devft-s0"  # main's, ablation reuses it
+
+
+def test_only_selects_cells_or_variants_and_unknown_names_list_the_known_ones():
+    assert [c.name for c in rp.cells_of(["compat"], [0, 1], ["fedsa-lora-devft"])] == \
+        ["fedsa-lora-devft-s0", "fedsa-lora-devft-s1"]
+    assert [c.name for c in rp.cells_of(["main"], [0, 1], ["devft-s1"])] == ["devft-s1"]
+    with pytest.raises(rp.ReproduceError, match="known cells: .*fedit-s0"):
+        rp.cells_of(["main"], [0], ["devft-s9"])
+    with pytest.raises(rp.ReproduceError, match="known tables: main, efficiency"):
+        rp.check_table("mian")
+
+
+@pytest.mark.parametrize("scale", ["smoke", "lab", "paper"])
+def test_every_cell_config_is_valid_and_variants_differ(tmp_path, scale):
+    plan = _plan(tmp_path, scale)
+    cells = rp.cells_of(list(rp.TABLES), [7])
+    cfgs = {c.variant.key: plan.config(c) for c in cells}
+    assert all(c.train.seed == 7 for c in cfgs.values())
+    assert len({config_hash(c) for c in cfgs.values()}) == len(cfgs)  # no two variants train the same thing
+    assert not cfgs["fedit"].devft.enabled and cfgs["devft"].devft.enabled
+    assert cfgs["fedsa-lora-devft"].fed.strategy == "fedsa-lora" and cfgs["fedsa-lora-devft"].devft.enabled
+    total = cfgs["devft"].fed.num_rounds
+    for key, stages in (("growth-x4", 3), ("growth-x8", 2)):
+        g = cfgs[key].devft
+        assert g.stages == stages and cfgs[key].fed.num_rounds == total  # same budget, fewer stages
+
+
+@pytest.mark.parametrize("scale,layers", [("smoke", 8), ("lab", 30), ("paper", 32)])
+def test_every_devft_schedule_fits_its_model(tmp_path, scale, layers):
+    from devft_lab.config import validate_against_model
+
+    plan = _plan(tmp_path, scale)
+    caps = {c.variant.key: validate_against_model(plan.config(c), layers) for c in rp.cells_of(list(rp.TABLES), [0])}
+    assert caps["growth-x4"][-1] == caps["growth-x8"][-1] == caps["devft"][-1] == layers
+    assert len(caps["devft"]) == 4 and len(caps["growth-x4"]) == 3 and len(caps["growth-x8"]) == 2
+
+
+def test_growth_schedules_end_at_the_full_model_and_grow_faster():
+    assert stage_capacities(30, 4, 2) == [4, 8, 15, 30]
+    assert stage_capacities(30, 3, 4) == [2, 8, 30]
+    assert stage_capacities(30, 2, 8) == [4, 30]
+
+
+def test_a_changed_setup_needs_a_tag():
+    args = rp.build_parser().parse_args(["main", "--set", "model.name=gemma3-270m"])
+    with pytest.raises(rp.ReproduceError, match="--tag"):
+        rp.plan_of(args)
+    args = rp.build_parser().parse_args(["main", "--set", "model.name=gemma3-270m", "--tag", "gemma"])
+    plan = rp.plan_of(args)
+    assert plan.root.name == "lab-gemma" and plan.table_path("main", "json").name == "table_main_gemma.json"
+    assert rp.plan_of(rp.build_parser().parse_args(["main"])).table_path("main", "md") == Path("results/table_main.md")
+
+
+# --------------------------------------------------------------------------- aggregation (hand-made numbers)
+def test_mean_std_is_the_sample_std():
+    r = rp.mean_std([1.0, 2.0, 3.0, 4.0])
+    assert r["mean"] == 2.5 and r["n"] == 4
+    assert math.isclose(r["std"], math.sqrt(5 / 3))
+    assert rp.mean_std([3.0]) == {"mean": 3.0, "std": None, "n": 1}
+    assert rp.mean_std([]) == {"mean": None, "std": None, "n": 0}
+    assert rp.mean_std([1.0, float("nan"), 3.0])["mean"] == 2.0
+    assert rp.fmt(r) == "2.50 ± 1.29" and rp.fmt(rp.mean_std([3.0])) == "3.00" and rp.fmt(None) == "-"
+
+
+def test_paired_gap_uses_only_seeds_both_have():
+    a = {0: {"final": {"acc": 43.0}}, 1: {"final": {"acc": 46.0}}, 2: {"final": {"acc": 99.0}}}
+    b = {0: {"final": {"acc": 40.0}}, 1: {"final": {"acc": 42.0}}}
+    g = rp.paired(a, b, "acc")
+    assert g["seeds"] == [0, 1] and g["mean"] == 3.5 and math.isclose(g["std"], math.sqrt(0.5))
+
+
+def test_row_metrics_average_finals_and_totals():
+    s = {0: {"final": {"acc": 40.0, "acc_mmlu": 30.0}, "initial": {"acc": 30.0, "eval_s": 9.0}, "train_s": 10.0,
+             "aggregate_s": 1.0, "paper_bytes": 100},
+         1: {"final": {"acc": 44.0, "acc_mmlu": 34.0}, "initial": {"acc": 30.0}, "train_s": 12.0,
+             "aggregate_s": 1.0, "paper_bytes": 300}}
+    m = rp.row_metrics(s)
+    assert m["acc"]["mean"] == 42.0 and m["acc_mmlu"]["mean"] == 32.0 and m["initial_acc"]["std"] == 0.0
+    assert m["train_s"]["mean"] == 12.0 and m["paper_bytes"]["mean"] == 200.0
+    assert "initial_eval_s" not in m
+
+
+def test_reach_is_the_first_eval_at_or_beyond_the_target():
+    curve = ([0.0, 5.0, 10.0, 15.0], [0, 10, 20, 30], [0, 100, 200, 300], [30.0, 39.0, 41.0, 40.0])
+    assert rp.reach(curve, 40.0, higher=True) == {"time_s": 10.0, "paper_bytes": 20, "full_bytes": 200, "value": 41.0}
+    assert rp.reach(curve, 50.0, higher=True) is None
+    assert rp.reach(([0.0, 1.0], [0, 1], [0, 1], [3.0, 2.5]), 2.6, higher=False)["time_s"] == 1.0
+
+
+# --------------------------------------------------------------------------- tables from fake run folders
+def _row(r, stage, t, up, acc=None, cap=1):
+    row = {"round": r, "stage": stage, "train_s": t, "aggregate_s": 0.0, "uplink_bytes": up, "downlink_bytes": up,
+           "submodel_delivery_bytes": 0, "flops_estimate": 1e9 * t, "peak_rss_mb": 100.0, "cuda_peak_mb": 0.0,
+           "extra": {"capacity": cap, **({"acc": acc} if acc is not None else {})}}
+    return row
+
+
+def _fake_run(plan, key, seed, rows, initial=30.0):
+    """A finished run folder of ``key``/``seed`` whose rounds are ``rows`` (cum columns filled in)."""
+    cell = rp.Cell(rp.V[key], seed)
+    d = plan.cell_dir(cell)
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text("fake: true\n")
+    (d / "meta.json").write_text(json.dumps({"config_hash": config_hash(plan.config(cell)), "machine": "fake"}))
+    cum = {"t": 0.0, "pb": 0, "fb": 0}
+    for r in rows:
+        cum["t"] += r["train_s"]
+        cum["pb"] += r["uplink_bytes"]
+        cum["fb"] += 2 * r["uplink_bytes"]
+        r.update(cum_train_s=cum["t"], cum_aggregate_s=0.0, cum_paper_bytes=cum["pb"], cum_full_bytes=cum["fb"])
+    (d / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "initial_eval.json").write_text(json.dumps({"acc": initial}))
+    final = [r["extra"]["acc"] for r in rows if "acc" in r["extra"]][-1]
+    (d / "summary.json").write_text(json.dumps({
+        "done": True, "final": {"acc": final}, "initial": {"acc": initial}, "train_s": cum["t"], "aggregate_s": 0.0,
+        "paper_bytes": cum["pb"], "full_bytes": cum["fb"]}))
+    return d
+
+
+def _fedit(acc_mid, acc_end):
+    return [_row(0, 0, 10.0, 80, acc_mid, 8), _row(1, 0, 10.0, 80, acc_end, 8)]
+
+
+def _devft(acc_mid, acc_end):
+    return [_row(0, 0, 1.0, 20, None, 2), _row(1, 0, 1.0, 20, acc_mid, 2), _row(2, 1, 8.0, 80, acc_end, 8)]
+
+
+def test_main_table_reports_gap_spread_paper_values_and_partial_status(tmp_path):
+    plan = _plan(tmp_path)
+    for seed, (f, d) in enumerate([(40.0, 43.0), (42.0, 46.0)]):
+        _fake_run(plan, "fedit", seed, _fedit(35.0, f))
+        _fake_run(plan, "devft", seed, _devft(38.0, d))
+    _fake_run(plan, "fedsa-lora", 0, _fedit(35.0, 41.0))
+    js, md = rp.write_table(plan, "main", [0, 1], "devft-lab reproduce main --scale smoke --seeds 2")
+    t = json.loads(js.read_text())
+    assert t["status"] == "partial: 5 of 8 cells" and t["cells_done"] == 5 and t["cells_total"] == 8
+    assert t["command"] == "devft-lab reproduce main --scale smoke --seeds 2" and t["machine"]
+    rows = {r["key"]: r for r in t["rows"]}
+    assert rows["devft"]["metrics"]["acc"]["mean"] == 44.5 and rows["devft"]["seeds"] == [0, 1]
+    assert math.isclose(rows["devft"]["metrics"]["acc"]["std"], math.sqrt(4.5))
+    assert rows["fedsa-lora"]["cells"] == "1 of 2" and rows["progfed"]["metrics"] == {}
+    assert rows["devft"]["paper"]["LLaMA2-7B"] == 42.33 and rows["fedit"]["paper"]["LLaMA3.1-8B"] == 55.35
+    assert rows["dofit"]["status"] == "not implemented" and rows["c2a"]["status"] == "not implemented"
+    assert set(rows["devft"]["config_hashes"]) == {"devft-s0", "devft-s1"}
+    gap = t["devft_minus_fedit"]
+    assert gap["mean"] == 3.5 and math.isclose(gap["std"], math.sqrt(0.5))
+    assert "+3.50 points, std 0.71 over 2 seeds" in t["reading"] and "has the paper's direction" in t["reading"]
+    text = md.read_text()
+    assert "partial: 5 of 8 cells" in text and "| DevFT | - | 44.50 ± 2.12 |" in text and "42.33" in text
+    assert "not implemented" in text and t["reading"] in text
+
+
+def test_reading_follows_the_numbers_when_devft_loses(tmp_path):
+    plan = _plan(tmp_path)
+    for seed, (f, d) in enumerate([(45.0, 40.0), (47.0, 46.0)]):
+        _fake_run(plan, "fedit", seed, _fedit(35.0, f))
+        _fake_run(plan, "devft", seed, _devft(38.0, d))
+    t = rp.build_table(plan, "main", [0, 1], "cmd")
+    assert t["devft_minus_fedit"]["mean"] == -3.0
+    assert "-3.00 points" in t["reading"] and "opposite to the paper's" in t["reading"]
+
+
+def test_efficiency_time_and_bytes_to_fedits_final_score(tmp_path):
+    plan = _plan(tmp_path)
+    _fake_run(plan, "fedit", 0, _fedit(35.0, 40.0))  # reaches 40 at t = 20 s, 160 bytes uplink
+    _fake_run(plan, "devft", 0, _devft(38.0, 41.0))  # reaches 40 at t = 10 s, 120 bytes uplink
+    _fake_run(plan, "progfed", 0, _devft(38.0, 39.0))  # never reaches 40
+    t = rp.build_table(plan, "efficiency", [0], "cmd")
+    assert t["target"]["mean"] == 40.0
+    tt = t["to_target"]
+    assert tt["fedit"]["time_s"]["mean"] == 20.0 and tt["devft"]["time_s"]["mean"] == 10.0
+    assert tt["devft"]["time_s_x_less_than_fedit"]["mean"] == 2.0
+    assert math.isclose(tt["devft"]["paper_bytes_x_less_than_fedit"]["mean"], 160 / 120)
+    assert tt["progfed"]["reached"] == "0 of 1" and tt["progfed"]["time_s"]["mean"] is None
+    r = t["rounds"]
+    assert r["devft_first_stage"]["capacity"] == 2 and r["devft_first_stage"]["time_s"]["mean"] == 1.0
+    assert r["devft_first_stage"]["time_s_x_less_than_full"]["mean"] == 10.0
+    assert r["devft_first_stage"]["paper_bytes_x_less_than_full"]["mean"] == 4.0
+    assert r["devft_last_stage"]["time_s_x_less_than_full"]["mean"] == 1.25
+    assert "ProgFed did not reach" in t["reading"] and "time 10.00x less (paper 10.3x)" in t["reading"]
+    assert "| DevFT | 1 of 1 | 10.0 |" in rp.to_markdown(t)
+
+
+def test_ablation_drop_is_devft_minus_variant(tmp_path):
+    plan = _plan(tmp_path)
+    _fake_run(plan, "devft", 0, _devft(38.0, 50.0))
+    _fake_run(plan, "fusion-r-one", 0, _devft(38.0, 45.0))
+    _fake_run(plan, "fusion-sum", 0, _devft(38.0, 52.0))
+    t = rp.build_table(plan, "ablation", [0], "cmd")
+    rows = {r["key"]: r for r in t["rows"]}
+    assert rows["fusion-r-one"]["vs_devft"]["mean"] == 5.0 and rows["fusion-sum"]["vs_devft"]["mean"] == -2.0
+    assert rows["fusion-r-one"]["paper"]["drop_pct_llama31_8b"] == 10.96
+    assert "R-ONE fusion: drop vs full DevFT +5.00 points, one seed (no spread) (+10.0% of DevFT's score)" in t["reading"]
+    assert "SUM fusion: drop vs full DevFT -2.00 points" in t["reading"]
+    assert t["status"] == "partial: 3 of 6 cells"
+
+
+# --------------------------------------------------------------------------- real smoke runs: sittings, skip, resume
+def _main(tmp_path, *extra):
+    return rp.main(["compat", "--scale", "smoke", "--seeds", "1", "--results", str(tmp_path), "--quiet", *extra])
+
+
+def _finals(tmp_path):
+    t = json.loads((tmp_path / "table_compat_smoke.json").read_text())
+    return t, {r["key"]: r["run_dirs"] for r in t["rows"]}
+
+
+def test_sittings_skip_finished_cells_and_resume_killed_ones(tmp_path, monkeypatch):
+    import devft_lab.run as runmod
+
+    # sitting 1: one cell, trained in a subprocess (the default); the table says partial
+    assert _main(tmp_path, "--max-cells", "1") == 0
+    t, _ = _finals(tmp_path)
+    assert t["status"] == "partial: 1 of 2 cells" and "partial: 1 of 2 cells" in \
+        (tmp_path / "table_compat_smoke.md").read_text()
+    assert {"rows", "paper", "command", "machine"} <= set(t) and t["paper"]["llama2_7b"]["comm_x_less"] == 2.14
+    assert t["command"].startswith("devft-lab reproduce compat --scale smoke")
+
+    # sitting 2: the rest, in process
+    calls = {"start": 0, "resume": 0}
+    real_start, real_resume = runmod.start, runmod.resume
+
+    def count(name, fn):
+        def wrapped(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(runmod, "start", count("start", real_start))
+    monkeypatch.setattr(runmod, "resume", count("resume", real_resume))
+    assert _main(tmp_path, "--in-process") == 0
+    t, dirs = _finals(tmp_path)
+    assert t["status"] == "complete" and calls == {"start": 1, "resume": 0}
+    first = {k: json.loads((Path(d["0"]) / "summary.json").read_text())["final"] for k, d in dirs.items()}
+
+    # sitting 3: nothing to do; no run is touched
+    mtimes = {k: os.path.getmtime(Path(d["0"]) / "rounds.jsonl") for k, d in dirs.items()}
+    assert _main(tmp_path, "--in-process") == 0
+    assert calls == {"start": 1, "resume": 0}
+    assert mtimes == {k: os.path.getmtime(Path(d["0"]) / "rounds.jsonl") for k, d in dirs.items()}
+
+    # a cell killed after its last checkpoint (no summary) and one killed before any checkpoint
+    fedsa, both = Path(dirs["fedsa-lora"]["0"]), Path(dirs["fedsa-lora-devft"]["0"])
+    (fedsa / "summary.json").unlink()
+    (both / "summary.json").unlink()
+    for f in (both / "checkpoints").iterdir():
+        f.unlink() if f.is_file() else shutil.rmtree(f)
+    plan = _plan(tmp_path)
+    assert {rp.cell_status(plan, c) for c in rp.cells_of(["compat"], [0])} == {"partial"}
+    assert _main(tmp_path, "--in-process", "--dry-run") == 0 and calls["resume"] == 0  # dry run trains nothing
+    assert _main(tmp_path, "--in-process") == 0
+    assert calls == {"start": 1, "resume": 2}
+    t, dirs = _finals(tmp_path)
+    assert t["status"] == "complete"
+    again = {k: json.loads((Path(d["0"]) / "summary.json").read_text())["final"] for k, d in dirs.items()}
+    assert again == first  # resumed (and rerun from scratch) with the same seed: the same numbers
+
+
+def test_a_cell_of_another_config_is_stale_not_skipped(tmp_path):
+    plan = _plan(tmp_path)
+    cell = rp.Cell(rp.V["fedsa-lora"], 0)
+    d = plan.cell_dir(cell)
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text("fake: true\n")
+    (d / "meta.json").write_text(json.dumps({"config_hash": "0" * 16}))
+    (d / "summary.json").write_text(json.dumps({"done": True, "final": {}}))
+    assert rp.cell_status(plan, cell) == "stale"
+    with pytest.raises(rp.ReproduceError, match="--rerun-stale"):
+        rp.run_cell(plan, cell, isolate=False)
+    assert rp.build_table(plan, "compat", [0], "cmd")["cells_done"] == 0
+
+
+def test_adopt_takes_a_finished_matching_run_only(tmp_path):
+    plan = _plan(tmp_path / "res")
+    src = _fake_run(_plan(tmp_path / "elsewhere"), "fedit", 0, _fedit(35.0, 40.0))
+    from devft_lab.config import to_yaml
+
+    (src / "config.yaml").write_text(to_yaml(plan.config(rp.Cell(rp.V["fedit"], 0))))
+    notes = rp.adopt(plan, rp.cells_of(["main"], [0]), [src, tmp_path])
+    assert notes[0].endswith("adopted as fedit-s0") and "not adopted" in notes[1]
+    assert rp.cell_status(plan, rp.Cell(rp.V["fedit"], 0)) == "done"
+    assert "already exists" in rp.adopt(plan, rp.cells_of(["main"], [0]), [src])[0]
