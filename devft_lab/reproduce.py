@@ -603,8 +603,9 @@ def reading(table: str, fin: dict[str, Finished], metric: str, higher: bool, ext
                          f"{fmt(f1['paper_bytes_x_less_than_full'])}x less (paper 4x); last stage time "
                          f"{fmt(fl['time_s_x_less_than_full'])}x less (paper 1.44x faster). The paper's 4.59x / 10.67x "
                          "headline ratios are against C2A, which is not implemented here.")
-        lines.append("Memory: on CPU the RSS is the process peak with the full model loaded, so it cannot show "
-                     "the paper's per-stage saving; on a GPU cuda_peak_mb is the per-round figure.")
+        lines.append("Memory: peak RSS and CUDA peak are process peaks up to that round (never reset, and the "
+                     "simulation holds the full model), so they bound a client's per-stage memory rather than "
+                     "measure it; the paper's 4x memory claim is not tested by these columns.")
     return " ".join(lines)
 
 
@@ -790,7 +791,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", nargs="+", default=(), metavar="CELL", help="only these cells (devft-s42) or variants")
     p.add_argument("--max-cells", type=int, default=None, metavar="K", help="train at most K new cells this sitting")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their status; train nothing")
-    p.add_argument("--base", help="another base config (e.g. llama31_8b at paper scale); needs --tag")
+    p.add_argument("--base", help="another base config (e.g. llama31_8b at paper scale); its name becomes the tag")
     p.add_argument("--set", nargs="+", default=(), metavar="KEY=VALUE", dest="extra",
                    help="overrides for every cell (e.g. model.name=gemma3-270m); needs --tag")
     p.add_argument("--tag", default="", help="name for a non-default setup: its own runs folder and table files")
@@ -813,12 +814,13 @@ def build_parser() -> argparse.ArgumentParser:
 def plan_of(args) -> Plan:
     scale = SCALES[args.scale]
     base = args.base or scale.base
-    if (args.base and args.base != scale.base or args.extra) and not args.tag:
-        raise ReproduceError("--base/--set change what every cell trains; add --tag NAME so these runs and "
+    tag = args.tag or (Path(base).stem if base != scale.base and not args.extra else "")
+    if args.extra and not tag:
+        raise ReproduceError("--set changes what every cell trains; add --tag NAME so these runs and "
                              "tables do not mix with the default ones.")
-    if args.tag and not args.tag.replace("-", "").replace("_", "").isalnum():
-        raise ReproduceError(f"--tag {args.tag!r}: use letters, digits, - and _ only.")
-    return Plan(scale, base, tuple(args.extra), args.tag, Path(args.results), Path(args.runs) if args.runs else None)
+    if tag and not tag.replace("-", "").replace("_", "").isalnum():
+        raise ReproduceError(f"--tag {tag!r}: use letters, digits, - and _ only.")
+    return Plan(scale, base, tuple(args.extra), tag, Path(args.results), Path(args.runs) if args.runs else None)
 
 
 def run_args(args, argv: Sequence[str] | None = None, echo: Callable[[str], None] = print) -> int:

@@ -74,7 +74,7 @@ def test_growth_schedules_end_at_the_full_model_and_grow_faster():
     assert stage_capacities(30, 2, 8) == [4, 30]
 
 
-def test_a_changed_setup_needs_a_tag():
+def test_a_changed_setup_gets_its_own_folder_and_files():
     args = rp.build_parser().parse_args(["main", "--set", "model.name=gemma3-270m"])
     with pytest.raises(rp.ReproduceError, match="--tag"):
         rp.plan_of(args)
@@ -82,6 +82,9 @@ def test_a_changed_setup_needs_a_tag():
     plan = rp.plan_of(args)
     assert plan.root.name == "lab-gemma" and plan.table_path("main", "json").name == "table_main_gemma.json"
     assert rp.plan_of(rp.build_parser().parse_args(["main"])).table_path("main", "md") == Path("results/table_main.md")
+    p8 = rp.plan_of(rp.build_parser().parse_args(["main", "--scale", "paper", "--base", "llama31_8b"]))
+    assert p8.root.name == "paper-llama31_8b" and p8.table_path("main", "json").name == "table_main_paper_llama31_8b.json"
+    assert rp.PAPER_COLUMN_OF_BASE[p8.base] == "LLaMA3.1-8B"
 
 
 # --------------------------------------------------------------------------- aggregation (hand-made numbers)
@@ -313,3 +316,18 @@ def test_adopt_takes_a_finished_matching_run_only(tmp_path):
     assert notes[0].endswith("adopted as fedit-s0") and "not adopted" in notes[1]
     assert rp.cell_status(plan, rp.Cell(rp.V["fedit"], 0)) == "done"
     assert "already exists" in rp.adopt(plan, rp.cells_of(["main"], [0]), [src])[0]
+
+
+def test_the_subcommand_parser_plugs_into_a_cli(tmp_path, capsys):
+    import argparse
+
+    p = argparse.ArgumentParser(prog="devft-lab")
+    rp.add_reproduce_parser(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(["reproduce", "growth", "--scale", "smoke", "--seeds", "2", "--dry-run",
+                         "--results", str(tmp_path)])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "growth-x8-s1" in out and "missing" in out and "6 cells, 6 to train" in out
+    assert not (tmp_path / "table_growth_smoke.json").exists()  # a dry run writes nothing
+    assert rp.main(["growth", "--scale", "smoke", "--only", "nope", "--results", str(tmp_path)]) == 2
+    assert "known cells: devft-s0" in capsys.readouterr().err
