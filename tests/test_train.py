@@ -1,0 +1,101 @@
+"""Local training pieces: response-only labels, the cheap loss equals the library's, seeded batches."""
+import math
+
+import pytest
+import torch
+
+from devft_lab.fl.client import get_lora_state, lora_parameters, set_lora_state, set_trainable
+from devft_lab.fl.strategies import get_strategy, is_lora_a
+from devft_lab.models import load_model
+from devft_lab.train import IGNORE, batch_order, collate, encode_example, lm_loss, round_lr, train_local
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-llama", device="cpu")
+
+
+EX = {"instruction": "Say hi", "input": "", "response": "hello there"}
+
+
+@pytest.mark.parametrize("template", ["chat", "alpaca", "plain"])
+def test_labels_cover_exactly_the_response_and_eos(tiny, template):
+    _, tok = tiny
+    e = encode_example(tok, EX, template, 512)
+    labelled = [t for t, l in zip(e["input_ids"], e["labels"]) if l != IGNORE]
+    assert labelled[-1] == tok.eos_token_id
+    assert tok.decode(labelled[:-1]).strip() == "hello there"
+    first = next(i for i, l in enumerate(e["labels"]) if l != IGNORE)
+    assert all(l != IGNORE for l in e["labels"][first:])  # one contiguous response span
+
+
+def test_truncation_keeps_the_response_and_cuts_the_prompt_from_the_left(tiny):
+    _, tok = tiny
+    long = {"instruction": "x" * 300 + " END", "response": "ok"}
+    e = encode_example(tok, long, "plain", 32)
+    assert len(e["input_ids"]) == 32
+    assert tok.decode([t for t, l in zip(e["input_ids"], e["labels"]) if l != IGNORE][:-1]).strip() == "ok"
+    assert "END" in tok.decode(e["input_ids"])
+
+
+def test_head_only_where_labels_exist_equals_the_full_loss(tiny):
+    model, tok = tiny
+    batch = collate([encode_example(tok, EX, "chat", 64),
+                     encode_example(tok, {"instruction": "a", "response": "bb"}, "plain", 64)], tok.pad_token_id)
+    loss, n = lm_loss(model, batch)
+    ref = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    assert n == int((batch["labels"][:, 1:] != IGNORE).sum())
+    assert torch.allclose(loss / n, ref, atol=1e-5)
+
+
+def test_batch_order_is_seeded_and_visits_every_example_each_epoch():
+    a = batch_order(10, 5, 4, torch.Generator().manual_seed(3))
+    b = batch_order(10, 5, 4, torch.Generator().manual_seed(3))
+    assert a == b and len(a) == 5 and all(len(x) == 4 for x in a)
+    flat = [i for x in a for i in x]
+    assert sorted(flat[:10]) == list(range(10))
+    with pytest.raises(ValueError, match="empty shard"):
+        batch_order(0, 1, 1, torch.Generator())
+
+
+def test_cosine_lr_runs_from_lr_to_lr_min():
+    assert round_lr(0, 10, 1e-3, 1e-5) == 1e-3
+    assert math.isclose(round_lr(9, 10, 1e-3, 1e-5), 1e-5)
+    assert round_lr(4, 10, 1e-3, 0, "constant") == 1e-3
+    with pytest.raises(ValueError, match="train.schedule"):
+        round_lr(1, 10, 1e-3, 0, "step")
+
+
+def test_training_lowers_the_loss_and_is_reproducible(tiny):
+    from peft import get_peft_model
+
+    from devft_lab.method.submodel import default_lora_config
+
+    model, tok = load_model("tiny-llama", device="cpu")
+    pm = get_peft_model(model, default_lora_config(r=4, alpha=8, dropout=0.0))
+    enc = [encode_example(tok, {"instruction": f"repeat {i}", "response": f"{i} {i}"}, "chat", 64)
+           for i in range(16)]
+    start = get_lora_state(pm)
+    batch = collate(enc, tok.pad_token_id)
+    before = float(lm_loss(pm, batch)[0])
+    s1 = train_local(pm, enc, steps=15, batch_size=4, lr=1e-2, seed=0, pad_id=tok.pad_token_id)
+    after = float(lm_loss(pm, batch)[0])
+    trained = get_lora_state(pm)
+    assert after < before and s1.steps == 15 and s1.samples == 60
+    set_lora_state(pm, start)
+    train_local(pm, enc, steps=15, batch_size=4, lr=1e-2, seed=0, pad_id=tok.pad_token_id)
+    assert all(torch.equal(trained[k], v) for k, v in get_lora_state(pm).items())
+
+
+def test_ffa_lora_trains_b_only(tiny):
+    from peft import get_peft_model
+
+    from devft_lab.method.submodel import default_lora_config
+
+    model, _ = load_model("tiny-llama", device="cpu")
+    pm = get_peft_model(model, default_lora_config(r=4, alpha=8, dropout=0.0))
+    set_trainable(pm, get_strategy("ffa-lora"))
+    flags = {k: p.requires_grad for k, p in lora_parameters(pm).items()}
+    assert flags and all(v is (not is_lora_a(k)) for k, v in flags.items())
+    with pytest.raises(ValueError, match="does not fit"):
+        set_lora_state(pm, {"nope.lora_A.weight": torch.zeros(1)})
