@@ -197,7 +197,8 @@ def lines(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: 
         ax.axhline(v, ls="--", lw=1, color=f"C{k + len(series)}", label=name)
     for k, (name, v) in enumerate((vlines or {}).items()):
         ax.axvline(v, ls=":", lw=1, color="gray")
-        ax.text(v, 1.0, name, transform=ax.get_xaxis_transform(), fontsize=8, ha="center", va="bottom")
+        ax.text(v, 0.97, name, transform=ax.get_xaxis_transform(), fontsize=7, ha="right", va="top",
+                rotation=90, color="gray")
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)

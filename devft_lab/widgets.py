@@ -88,7 +88,7 @@ def beta_sweep(model: nn.Module, tokenizer, texts: Sequence[str], groups: Groups
     ppl = explore.beta_sweep(model, tokenizer, texts, groups, betas)
     refs = {m: explore.submodel_perplexity(model, tokenizer, texts, groups, method=m) for m in references}
     sizes = sorted({len(g) for g in groups})
-    vlines = {f"1/(m-1), m={m}": 1 / (m - 1) for m in sizes if m > 1 and 1 / (m - 1) <= max(betas)}
+    vlines = {f"anchor weight 0 (m={m})": 1 / (m - 1) for m in sizes if m > 1 and 1 / (m - 1) <= max(betas)}
     fig = viz.lines({"DBLF": (list(betas), ppl)}, title=f"β sweep, {len(groups)} groups (sizes {sizes})",
                     xlabel="β", ylabel="perplexity (untrained submodel)", logy=True,
                     hlines={m.upper(): v for m, v in refs.items()}, vlines=vlines)
@@ -132,8 +132,9 @@ def _control(name: str, spec):
                                continuous_update=False)
         return W.FloatSlider(value=value, min=lo, max=hi, step=step, description=name, style=style,
                              continuous_update=False)
-    if isinstance(spec, (list, tuple)):
-        return W.Dropdown(options=list(spec), value=spec[0], description=name, style=style)
+    if isinstance(spec, (list, tuple)):  # options, or (label, value) pairs
+        first = spec[0][1] if isinstance(spec[0], tuple) and len(spec[0]) == 2 else spec[0]
+        return W.Dropdown(options=list(spec), value=first, description=name, style=style)
     raise TypeError(f"control {name!r}: give a widget, a list of options or (min, max, step[, value]).")
 
 
@@ -141,7 +142,7 @@ def interact(render: Callable[..., object], **controls) -> None:
     """Show ``controls`` and, below them, ``render(**values)``; redraw in place on every change.
 
     ``render`` returns a figure (or anything IPython can display, or a dict with a
-    ``"figure"``). A control is an ipywidget, a list of options (dropdown) or
+    ``"figure"``). A control is an ipywidget, a list of options or (label, value) pairs (dropdown) or
     ``(min, max, step[, value])`` (slider). Example::
 
         interact(lambda capacity, beta: capacity_view(model, capacity, beta)["figure"],
