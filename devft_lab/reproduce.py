@@ -287,6 +287,9 @@ def run_cell(plan: Plan, cell: Cell, isolate: bool = True, quiet: bool = True, r
     if lock is None:
         return "skipped (running in another process)"
     try:
+        status = cell_status(plan, cell)  # again: another process may have finished it meanwhile
+        if status == "done":
+            return "skipped (done)"
         ov = plan.overrides(cell)
         command = "devft-lab run " + " ".join(shlex.quote(x) for x in [plan.base, *ov])
         if status == "partial":
@@ -477,6 +480,11 @@ def efficiency(fin: dict[str, Finished], metric: str, higher: bool) -> dict[str,
         for q in ("time_s", "paper_bytes", "full_bytes"):
             vals = [base[s][q] / per[s][q] for s in per if per[s] and base.get(s) and per[s][q] > 0]
             out["to_target"][key][f"{q}_x_less_than_fedit"] = mean_std(vals)
+    dev_hit = reached.get("devft", {})
+    out["devft_vs"] = {key: {q: mean_std([per[s][q] / dev_hit[s][q] for s in per
+                                          if per[s] and dev_hit.get(s) and dev_hit[s][q] > 0])
+                             for q in ("time_s", "paper_bytes", "full_bytes")}
+                       for key, per in reached.items() if key != "devft"}
     # per-round cost: DevFT's first / last stage against FedIT's full-model rounds
     def rounds_of(f: Finished) -> dict[int, list[dict]]:
         return {s: read_run(p).rows for s, p in f.paths.items()}
@@ -595,6 +603,11 @@ def reading(table: str, fin: dict[str, Finished], metric: str, higher: bool, ext
                 lines.append(f"{V[k].label} reached FedIT's final {metric} in {e['reached']} seeds; time "
                              f"{fmt(e['time_s_x_less_than_fedit'])}x less than FedIT, LoRA uplink "
                              f"{fmt(e['paper_bytes_x_less_than_fedit'])}x less (x > 1: faster / cheaper).")
+        for k, v in extra.get("devft_vs", {}).items():
+            if v["time_s"]["n"]:
+                lines.append(f"Where both reached the target, DevFT needed {fmt(v['time_s'])}x less time and "
+                             f"{fmt(v['paper_bytes'])}x less LoRA uplink than {V[k].label} "
+                             f"({v['time_s']['n']} seeds).")
         r = extra.get("rounds", {})
         f1, fl = r.get("devft_first_stage", {}), r.get("devft_last_stage", {})
         if f1.get("time_s", {}).get("mean") is not None:

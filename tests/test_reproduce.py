@@ -208,6 +208,8 @@ def test_efficiency_time_and_bytes_to_fedits_final_score(tmp_path):
     assert tt["devft"]["time_s_x_less_than_fedit"]["mean"] == 2.0
     assert math.isclose(tt["devft"]["paper_bytes_x_less_than_fedit"]["mean"], 160 / 120)
     assert tt["progfed"]["reached"] == "0 of 1" and tt["progfed"]["time_s"]["mean"] is None
+    assert t["devft_vs"]["fedit"]["time_s"]["mean"] == 2.0 and t["devft_vs"]["progfed"]["time_s"]["n"] == 0
+    assert "DevFT needed 2.00x less time and 1.33x less LoRA uplink than FedIT (1 seeds)" in t["reading"]
     r = t["rounds"]
     assert r["devft_first_stage"]["capacity"] == 2 and r["devft_first_stage"]["time_s"]["mean"] == 1.0
     assert r["devft_first_stage"]["time_s_x_less_than_full"]["mean"] == 10.0
