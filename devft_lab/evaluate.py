@@ -1,11 +1,35 @@
-"""Evaluation: perplexity (more scorers join here: multiple choice, exact match)."""
+"""Evaluation: perplexity, multiple choice by log-likelihood, exact match, the lab suites.
+
+Multiple choice is scored the way lm-evaluation-harness scores it: the log-likelihood of
+each choice's tokens given the prompt; ``acc`` takes the choice with the highest sum,
+``acc_norm`` the highest sum divided by the choice's length in characters. Prompt and
+choice are rendered by a :class:`~devft_lab.data.templates.PromptTemplate` and tokenised
+separately, exactly as :func:`devft_lab.train.encode_example` does for training.
+
+Every scorer runs under ``torch.no_grad`` in eval mode and accepts a Hugging Face causal
+LM, a PEFT model, a devft_lab submodel, or any module called as
+``model(input_ids=..., attention_mask=...)`` that returns ``.logits``. For Hugging Face
+models (PEFT included) the prompt is run once per item and its KV cache is shared by the
+choices (the prefix common to all prompts, e.g. the chat template's system turn, is run
+once per call); other modules get one full sequence per choice.
+"""
 from __future__ import annotations
 
+import copy
 import math
+import re
+import time
+from typing import Any, Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+
+from devft_lab.data.records import normalise_text
+from devft_lab.data.templates import PromptTemplate, get_template
 
 
+# --------------------------------------------------------------------------- perplexity
 @torch.no_grad()
 def perplexity(model, tokenizer, texts: list[str], max_length: int = 256, batch_size: int = 8) -> float:
     """Token-level perplexity exp(mean NLL) of ``model`` on ``texts`` (each truncated to ``max_length``)."""
@@ -27,3 +51,280 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 256, batch_
     if total_tokens == 0:
         raise ValueError("perplexity needs at least one text with two or more tokens.")
     return math.exp(total_nll / total_tokens)
+
+
+# --------------------------------------------------------------------------- helpers
+def _device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _is_hf(model) -> bool:
+    """A transformers model (or a PEFT wrapper around one): it takes a KV cache."""
+    from transformers import PreTrainedModel
+
+    get = getattr(model, "get_base_model", None)
+    return isinstance(get() if callable(get) else model, PreTrainedModel)
+
+
+def _encode(tokenizer, tmpl: PromptTemplate, item: dict[str, Any]) -> tuple[list[int], list[list[int]]]:
+    """Prompt ids and one id list per choice (the choice as the template renders a response)."""
+    prompt = tmpl.prompt(item, tokenizer)
+    p_ids = tokenizer(prompt, add_special_tokens=tmpl.adds_special_tokens)["input_ids"]
+    c_ids = [tokenizer(tmpl.response(c), add_special_tokens=False)["input_ids"] for c in item["choices"]]
+    if not p_ids or any(len(c) == 0 for c in c_ids):
+        raise ValueError(f"item {item.get('id')!r}: empty prompt or choice after tokenisation.")
+    return list(p_ids), [list(c) for c in c_ids]
+
+
+def _pad_id(tokenizer) -> int:
+    pid = getattr(tokenizer, "pad_token_id", None)
+    return int(pid) if pid is not None else 0
+
+
+def _common_prefix(seqs: Sequence[list[int]]) -> int:
+    """Length of the longest common prefix of ``seqs``, leaving every sequence one token."""
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for s in seqs[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+@torch.no_grad()
+def _ll_shared(model, p_ids: list[int], c_ids: list[list[int]], pad: int, device,
+               prefix: tuple[int, Any] = (0, None)) -> list[float]:
+    """Choice log-likelihoods with the prompt run once and its KV cache shared (HF models).
+
+    ``prefix = (k, cache)``: the KV cache of the first ``k`` prompt tokens (the chat
+    template's system turn, common to all items), copied rather than recomputed.
+    """
+    k, prefix_cache = prefix
+    cache = copy.deepcopy(prefix_cache) if k else None
+    out = model(input_ids=torch.tensor([p_ids[k:]], device=device), past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    first = F.log_softmax(out.logits[0, -1].float(), dim=-1)
+    lls = [float(first[c[0]]) for c in c_ids]
+    rest = [i for i, c in enumerate(c_ids) if len(c) > 1]
+    if rest:
+        cache = out.past_key_values
+        if len(rest) > 1:
+            cache.batch_repeat_interleave(len(rest))
+        m = max(len(c_ids[i]) - 1 for i in rest)
+        ids = torch.full((len(rest), m), pad, dtype=torch.long, device=device)
+        mask = torch.zeros((len(rest), len(p_ids) + m), dtype=torch.long, device=device)
+        mask[:, : len(p_ids)] = 1
+        for r, i in enumerate(rest):
+            k = len(c_ids[i]) - 1
+            ids[r, :k] = torch.tensor(c_ids[i][:-1])
+            mask[r, len(p_ids): len(p_ids) + k] = 1
+        logp = F.log_softmax(model(input_ids=ids, attention_mask=mask, past_key_values=cache,
+                                   use_cache=True).logits.float(), dim=-1)
+        for r, i in enumerate(rest):
+            tgt = torch.tensor(c_ids[i][1:], device=device)
+            lls[i] += float(logp[r, torch.arange(len(tgt), device=device), tgt].sum())
+    return lls
+
+
+@torch.no_grad()
+def _ll_full(model, seqs: list[tuple[list[int], list[int]]], pad: int, device, batch_size: int) -> list[float]:
+    """Log-likelihood of each continuation given its context, one full sequence each."""
+    order = sorted(range(len(seqs)), key=lambda i: -(len(seqs[i][0]) + len(seqs[i][1])))
+    out = [0.0] * len(seqs)
+    for b in range(0, len(order), batch_size):
+        idx = order[b : b + batch_size]
+        n = max(len(seqs[i][0]) + len(seqs[i][1]) for i in idx)
+        ids = torch.full((len(idx), n), pad, dtype=torch.long, device=device)
+        mask = torch.zeros((len(idx), n), dtype=torch.long, device=device)
+        for r, i in enumerate(idx):
+            s = seqs[i][0] + seqs[i][1]
+            ids[r, : len(s)] = torch.tensor(s)
+            mask[r, : len(s)] = 1
+        logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        for r, i in enumerate(idx):
+            p, c = seqs[i]
+            pos = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=device)
+            out[i] = float(logp[r, pos, torch.tensor(c, device=device)].sum())
+    return out
+
+
+# --------------------------------------------------------------------------- multiple choice
+@torch.no_grad()
+def choice_loglikelihoods(model, tokenizer, items: Sequence[dict[str, Any]],
+                          template: str | PromptTemplate = "chat", batch_size: int = 16,
+                          share_prefix: bool | None = None) -> list[list[float]]:
+    """Sum log-likelihood of every choice of every item (``items``: closed-ended records).
+
+    ``share_prefix``: run the prompt once and share its KV cache across the choices
+    (default: on for Hugging Face / PEFT models, off for any other module).
+    """
+    tmpl = get_template(template)
+    device, pad = _device(model), _pad_id(tokenizer)
+    share = _is_hf(model) if share_prefix is None else share_prefix
+    was_training = model.training
+    model.eval()
+    try:
+        encoded = [_encode(tokenizer, tmpl, it) for it in items]
+        if share:
+            k = _common_prefix([p for p, _ in encoded])
+            prefix = (k, model(input_ids=torch.tensor([encoded[0][0][:k]], device=device),
+                               use_cache=True, logits_to_keep=1).past_key_values) if k else (0, None)
+            return [_ll_shared(model, p, cs, pad, device, prefix) for p, cs in encoded]
+        flat = [(p, c) for p, cs in encoded for c in cs]
+        lls = _ll_full(model, flat, pad, device, batch_size)
+        out, k = [], 0
+        for _, cs in encoded:
+            out.append(lls[k : k + len(cs)])
+            k += len(cs)
+        return out
+    finally:
+        model.train(was_training)
+
+
+def score_multiple_choice(model, tokenizer, items: Sequence[dict[str, Any]],
+                          template: str | PromptTemplate = "chat", batch_size: int = 16,
+                          share_prefix: bool | None = None) -> list[dict[str, Any]]:
+    """Per item: ``{"id", "task", "pred", "pred_norm", "correct", "correct_norm", "lls"}``.
+
+    ``pred`` maximises the summed log-likelihood; ``pred_norm`` the log-likelihood per
+    character of the choice as rendered (lm-evaluation-harness ``acc_norm``).
+    """
+    tmpl = get_template(template)
+    lls = choice_loglikelihoods(model, tokenizer, items, tmpl, batch_size, share_prefix)
+    rows = []
+    for it, ll in zip(items, lls):
+        norm = [v / max(1, len(tmpl.response(c))) for v, c in zip(ll, it["choices"])]
+        pred, pred_norm = int(np.argmax(ll)), int(np.argmax(norm))
+        rows.append({"id": it.get("id"), "task": it.get("task"), "pred": pred, "pred_norm": pred_norm,
+                     "correct": pred == it["answer"], "correct_norm": pred_norm == it["answer"],
+                     "lls": [round(v, 4) for v in ll]})
+    return rows
+
+
+# --------------------------------------------------------------------------- exact match
+@torch.no_grad()
+def generate_answers(model, tokenizer, items: Sequence[dict[str, Any]], template: str | PromptTemplate = "chat",
+                     max_new_tokens: int = 16) -> list[str]:
+    """Greedy short answers (cut at the first newline); ``model.generate`` when it has one."""
+    tmpl = get_template(template)
+    device = _device(model)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    was_training = model.training
+    model.eval()
+    answers = []
+    try:
+        for it in items:
+            ids = tokenizer(tmpl.prompt(it, tokenizer), add_special_tokens=tmpl.adds_special_tokens)["input_ids"]
+            x = torch.tensor([ids], device=device)
+            if _is_hf(model):
+                out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
+                                     do_sample=False, pad_token_id=_pad_id(tokenizer))[0, len(ids):].tolist()
+            else:
+                out = []
+                for _ in range(max_new_tokens):
+                    nxt = int(model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0, -1].argmax())
+                    if nxt == eos:
+                        break
+                    out.append(nxt)
+                    x = torch.cat([x, torch.tensor([[nxt]], device=device)], dim=1)
+            text = tokenizer.decode(out, skip_special_tokens=True).strip()
+            answers.append(text.split("\n")[0].strip())
+    finally:
+        model.train(was_training)
+    return answers
+
+
+def answer_matches(generated: str, gold: str) -> bool:
+    """Exact match after normalisation (case, whitespace, surrounding quotes and final period)."""
+    def norm(s: str) -> str:
+        return re.sub(r"^[\"'(\s]+|[\"'.)\s]+$", "", normalise_text(s))
+    return norm(generated) == norm(gold)
+
+
+def exact_match(model, tokenizer, items: Sequence[dict[str, Any]], template: str | PromptTemplate = "chat",
+                max_new_tokens: int = 16) -> float:
+    """Percent of items whose greedy answer matches ``choices[answer]`` (see :func:`answer_matches`)."""
+    if not items:
+        raise ValueError("exact_match needs at least one item.")
+    gen = generate_answers(model, tokenizer, items, template, max_new_tokens)
+    hits = [answer_matches(g, it["choices"][it["answer"]]) for g, it in zip(gen, items)]
+    return 100.0 * sum(hits) / len(hits)
+
+
+# --------------------------------------------------------------------------- suites
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per-task acc / acc_norm (percent), per-suite macro averages over tasks, and the
+    macro average over suites (``avg``). ``rows`` need ``suite``, ``task``, ``correct``, ``correct_norm``."""
+    by: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for r in rows:
+        by.setdefault(r["suite"], {}).setdefault(r["task"], []).append(r)
+    suites = {}
+    for s, tasks in by.items():
+        per_task = {t: {"acc": 100.0 * np.mean([r["correct"] for r in rs]),
+                        "acc_norm": 100.0 * np.mean([r["correct_norm"] for r in rs]), "n": len(rs)}
+                    for t, rs in sorted(tasks.items())}
+        suites[s] = {"acc": float(np.mean([v["acc"] for v in per_task.values()])),
+                     "acc_norm": float(np.mean([v["acc_norm"] for v in per_task.values()])),
+                     "n": sum(v["n"] for v in per_task.values()),
+                     "tasks": {t: {k: (float(v) if k != "n" else v) for k, v in d.items()} for t, d in per_task.items()}}
+    return {"avg": float(np.mean([v["acc"] for v in suites.values()])) if suites else float("nan"),
+            "avg_norm": float(np.mean([v["acc_norm"] for v in suites.values()])) if suites else float("nan"),
+            "n": len(rows), "suites": suites}
+
+
+def evaluate_suites(model, tokenizer, suites: Sequence[str] = ("lab",), max_per_task: int | None = None,
+                    seed: int = 0, template: str = "chat", batch_size: int = 16) -> dict[str, Any]:
+    """Score ``model`` on lab suites (see :data:`devft_lab.data.lab.SUITES`; ``"lab"`` = all).
+
+    Returns ``{"avg", "avg_norm", "n", "suites": {suite: {"acc", "acc_norm", "n", "tasks": {...}}},
+    "items": [per-item rows], "seconds", "cpu_seconds", "template", "max_per_task", "seed"}``; accuracies in
+    percent; ``avg`` is the macro average over suites of the macro average over their tasks.
+    """
+    from devft_lab.data.lab import expand_suites, load_suite
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    rows = []
+    for name in expand_suites(suites):
+        items = load_suite(name, max_per_task=max_per_task, seed=seed)
+        for r in score_multiple_choice(model, tokenizer, items, template, batch_size):
+            r["suite"] = name
+            rows.append(r)
+    out = summarise(rows)
+    out.update(items=rows, seconds=round(time.perf_counter() - t0, 2),
+               cpu_seconds=round(time.process_time() - c0, 2), template=template,
+               max_per_task=max_per_task, seed=seed)
+    return out
+
+
+def paired_bootstrap(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]], n_boot: int = 2000,
+                     seed: int = 0, key: str = "correct") -> tuple[float, float]:
+    """95% interval of ``avg(b) - avg(a)`` (percent points) by a paired bootstrap over items.
+
+    Items are matched by (suite, id) and resampled with replacement within each task, so
+    each replicate keeps the suite/task structure of :func:`summarise`'s ``avg``.
+    """
+    a = {(r["suite"], r["id"]): r for r in rows_a}
+    b = {(r["suite"], r["id"]): r for r in rows_b}
+    if set(a) != set(b):
+        raise ValueError("paired_bootstrap: the two runs scored different items.")
+    strata: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for k in sorted(a):
+        strata.setdefault((k[0], a[k]["task"]), []).append(k)
+    suites = sorted({s for s, _ in strata})
+    rng = np.random.default_rng(seed)
+    diffs = np.zeros(n_boot)
+    for s in suites:
+        task_keys = [v for (su, _), v in sorted(strata.items()) if su == s]
+        suite_diff = np.zeros(n_boot)
+        for keys in task_keys:
+            d = np.array([float(b[k][key]) - float(a[k][key]) for k in keys])
+            idx = rng.integers(0, len(d), size=(n_boot, len(d)))
+            suite_diff += d[idx].mean(axis=1)
+        diffs += suite_diff / len(task_keys)
+    diffs = 100.0 * diffs / len(suites)
+    return float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
