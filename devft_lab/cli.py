@@ -7,6 +7,7 @@
     devft-lab run CONFIG [key=value ...] a federated run (DevFT or a baseline) from a config
     devft-lab resume RUN_DIR             continue a killed run from its newest checkpoint
     devft-lab report RUN_DIR [...]       tables and plots from run logs
+    devft-lab reproduce TABLE [--scale]  the paper's tables at lab scale (resumable)
     devft-lab config list|show NAME      the shipped configs
 """
 from __future__ import annotations
@@ -131,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dirs", nargs="+")
     rp.add_argument("--out", help="plot file (default RUN_DIR/report.png)")
     rp.set_defaults(func=_cmd_report)
+    from devft_lab.reproduce import add_reproduce_parser
+
+    add_reproduce_parser(sub)  # devft-lab reproduce TABLE --scale lab|paper|smoke
     c = sub.add_parser("config", help="shipped configs")
     csub = c.add_subparsers(dest="config_command", required=True)
     csub.add_parser("list").set_defaults(func=_cmd_config)
