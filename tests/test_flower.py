@@ -135,3 +135,25 @@ def test_deployment_killed_supernode_is_reported_and_run_completes(tmp_path):
     assert _equal(got, run_in_process(spec, participants=[r["aggregated"] for r in rounds]))
     assert not _equal(got, run_in_process(spec))  # the dropout changed the result
     json.dumps(report)  # the report is plain JSON
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_writes_the_app_dir_and_a_run_config_the_server_app_reads(tmp_path):
+    import tomli
+
+    from devft_lab.flower.cli import main
+
+    assert main(["app-dir", str(tmp_path / "app")]) == 0
+    app = tomli.loads((tmp_path / "app" / "pyproject.toml").read_text())
+    assert app["tool"]["flwr"]["app"]["components"] == {"serverapp": "devft_lab.flower.server_app:app",
+                                                        "clientapp": "devft_lab.flower.client_app:app"}
+    assert sorted(p.name for p in (tmp_path / "app").iterdir()) == ["pyproject.toml"]  # no code to ship
+    rc = tmp_path / "run.toml"
+    assert main(["run-config", "--config", "tiny", "--set", "devft.stages=2", "--set", "fed.num_rounds=4",
+                 "--min-fit", "2", "--out", str(tmp_path / "out"), "-o", str(rc)]) == 0
+    opts = ServerOptions.from_run_config(tomli.loads(rc.read_text()))
+    assert opts.spec.name == "devft" and opts.min_fit == 2
+    assert opts.spec.settings["config"]["devft"]["stages"] == 2
+    # flwr run accepts only keys declared in the app's [tool.flwr.app.config]
+    assert set(tomli.loads(rc.read_text())) <= set(app["tool"]["flwr"]["app"]["config"])
+    assert main(["run-config", "--set", "devft.stagez=2", "--out", str(tmp_path)]) == 2  # bad config: exit 2

@@ -6,6 +6,8 @@
 * :mod:`devft_lab.flower.records`      tensors <-> ArrayRecord/ConfigRecord (no pickle)
 * :mod:`devft_lab.flower.simulate`     Flower Simulation Engine (Ray)
 * :mod:`devft_lab.flower.deploy`       SuperLink + SuperNodes as real processes on loopback
+* :mod:`devft_lab.flower.devft_workload` the ``devft`` workload: a ``devft-lab run`` config on Flower
+* :mod:`devft_lab.flower.cli`          ``main(argv)`` behind ``devft-lab flower``
 
 Needs ``pip install 'devft-lab[flower]'`` (flwr with its ``simulation`` extra).
 """

@@ -47,6 +47,31 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"config": pack_config({"partition_id": partition_id(context)})}), reply_to=msg)
 
 
+def _kept(context: Context):
+    """The tensors this node kept from its earlier rounds (None before its first round)."""
+    from devft_lab.flower.records import records_to_state
+
+    if _LOCAL not in context.state.array_records:
+        return None
+    return records_to_state(context.state.array_records[_LOCAL], context.state.config_records[_LOCAL_DTYPES])
+
+
+def _reply(msg: Message, reply, pid: int) -> Message:
+    from devft_lab.flower.records import state_to_records
+
+    arrays, dtypes = state_to_records(reply.state)
+    meta = pack_config({"num_examples": reply.num_examples, "metrics": reply.metrics, "partition_id": pid})
+    return Message(RecordDict({"arrays": arrays, "dtypes": dtypes, "config": meta}), reply_to=msg)
+
+
+@app.query("collect")
+def collect(msg: Message, context: Context) -> Message:
+    """Send what the workload asks of this node's kept state (e.g. FedSA-LoRA's B at a stage end)."""
+    cfg = unpack_config(msg.content.config_records["config"])
+    pid = partition_id(context)
+    return _reply(msg, _workload(str(cfg["workload"])).report(pid, cfg, _kept(context)), pid)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of local training on this node's partition."""
@@ -57,14 +82,8 @@ def train(msg: Message, context: Context) -> Message:
     if int(cfg["partition_id"]) != pid:
         raise ValueError(f"instruction for partition {cfg['partition_id']} reached partition {pid}")
     state = records_to_state(msg.content.array_records["arrays"], msg.content.config_records["dtypes"])
-    local = None
-    if _LOCAL in context.state.array_records:
-        local = records_to_state(context.state.array_records[_LOCAL], context.state.config_records[_LOCAL_DTYPES])
-    reply = _workload(str(cfg["workload"])).train(pid, int(cfg["round"]), state, cfg, local)
+    reply = _workload(str(cfg["workload"])).train(pid, int(cfg["round"]), state, cfg, _kept(context))
     if reply.local is not None:
         arrays, dtypes = state_to_records(reply.local)
         context.state[_LOCAL], context.state[_LOCAL_DTYPES] = arrays, dtypes
-    arrays, dtypes = state_to_records(reply.state)
-    meta = pack_config({"num_examples": reply.num_examples, "metrics": reply.metrics, "partition_id": pid})
-    return Message(RecordDict({"arrays": arrays, "dtypes": dtypes, "config": meta}), reply_to=msg)
-
+    return _reply(msg, reply, pid)

@@ -20,7 +20,12 @@ beta. So the dense fused layers (``StageModel.delivery_bytes``, what the simulat
 ``submodel_delivery_bytes``) never travel. :meth:`DevFTWorkload.summary` reports the bytes
 this saves. The client's kept tensors (FedSA-LoRA's B) stay in its Flower ``context.state``
 and are carried through stage changes with ``plan.carry``, stage by stage, as the simulation
-carries them.
+carries them. At a stage end the server collects them (:meth:`DevFTWorkload.collect`) because
+the transfer uses ``strategy.eval_state(global, kept)``, the mean B for FedSA-LoRA.
+
+Not covered: FLoRA (it merges into the base weights every round, which the simulation does not
+support with DevFT either) and evaluation during the run (``eval.*``). To evaluate, load the final
+adapter (``final_state.safetensors``) with :func:`devft_lab.run.export_adapter`'s format.
 """
 from __future__ import annotations
 
@@ -65,6 +70,7 @@ class DevFTWorkload(Workload):
         self.infos: list[dict[str, Any]] = []
         self.delivered: set[int] = set()
         self.samples: dict[int, int] = {}
+        self.kept_view: dict[int, State] = {}  # clients' kept tensors, collected at a stage end
         self.account = {"stage_packages": 0, "stage_package_bytes": 0, "dense_submodel_bytes_avoided": 0}
         self.losses: list[float] = []
 
@@ -100,7 +106,8 @@ class DevFTWorkload(Workload):
         p = self.parts
         while self.stage < stage:
             if self.stage >= 0:
-                p.plan.end(self.stage, p.strategy.eval_state(self.global_state))
+                p.plan.end(self.stage, self._eval_state())
+                self.kept_view = {}
             self.stage += 1
             self.sm = p.plan.begin(self.stage, None)
             start = dict(self.sm.start)
@@ -121,8 +128,8 @@ class DevFTWorkload(Workload):
         if first:
             tensors.update({f"stage/{k}": v for k, v in self.stage_start.items()})
             self.account["stage_packages"] += 1
-            self.account["stage_package_bytes"] += (len(json.dumps(self.infos[-1]))
-                                                    + sum(t.numel() * t.element_size() for t in self.stage_start.values()))
+            extra = sum(t.numel() * t.element_size() for t in self.stage_start.values())
+            self.account["stage_package_bytes"] += len(json.dumps(self.infos[-1])) + extra
             self.account["dense_submodel_bytes_avoided"] += int(self.sm.delivery_bytes)
         config = {"stage": self.stage, "infos": self.infos, "first_in_stage": first,
                   "lr": round_lr(rnd, self.num_rounds, s.lr, s.lr_min, s.lr_schedule)}
@@ -140,8 +147,32 @@ class DevFTWorkload(Workload):
         self.losses.append(loss)
         return {"stage": self.stage, "capacity": self.sm.info.get("capacity"), "loss": loss}
 
+    def _eval_state(self) -> State:
+        """``strategy.eval_state`` over the global state and the collected kept tensors (as Simulation)."""
+        kept = [c for c in sorted(self.kept_view) if self.kept_view[c]]
+        if not kept:
+            return self.parts.strategy.eval_state(self.global_state)
+        return self.parts.strategy.eval_state(self.global_state, [self.kept_view[c] for c in kept],
+                                              [self.samples.get(c, 1) for c in kept])
+
+    def collect(self, rnd: int) -> tuple[list[int], dict[str, Any]] | None:
+        """At a stage end, the kept tensors of every client that trained (FedSA-LoRA's B).
+
+        The simulation transfers ``strategy.eval_state(global, kept Bs)`` into the full model
+        at a stage end and reports it at the end of the run, so the server needs the Bs
+        then. This traffic is not training uplink (the simulation does not count it
+        either); the report lists it as ``bytes_collected``.
+        """
+        last_of_stage = rnd + 1 == self.num_rounds or self.stage_of[rnd + 1] != self.stage_of[rnd]
+        if not last_of_stage or not self.parts.strategy.local_keys(self.global_state) or not self.samples:
+            return None
+        return sorted(self.samples), {"stage": self.stage, "infos": self.infos}
+
+    def collected(self, rnd: int, replies: Mapping[int, ClientReply]) -> None:
+        self.kept_view = {c: dict(r.state) for c, r in replies.items()}
+
     def result(self) -> State:
-        return self.parts.strategy.eval_state(self.global_state)
+        return self._eval_state()
 
     def summary(self) -> dict[str, Any]:
         a = dict(self.account)
@@ -180,6 +211,11 @@ class DevFTWorkload(Workload):
         local["stage_of_keep"] = torch.tensor(stage)
         return ClientReply(_clone(res.upload), res.num_samples,
                            {"loss": float(res.stats.loss), "tokens": int(res.stats.tokens)}, local=local)
+
+    def report(self, client: int, config: Mapping[str, Any], local: State | None) -> ClientReply:
+        """This client's kept tensors in the layout of stage ``config["stage"]``."""
+        kept = self._carried(dict(local or {}), int(config["stage"]), list(config["infos"]))
+        return ClientReply(_clone(kept), len(self.parts.client_data[client]))
 
     def _carried(self, local: State, stage: int, infos: list[dict[str, Any]]) -> State:
         """Kept tensors moved from the stage they were kept in to ``stage`` (one carry per boundary)."""

@@ -7,6 +7,11 @@ and sampled clients that did not answer in time (a SuperNode that died, a slow l
 logged by partition id and node id; the round aggregates what arrived if at least
 ``min_fit`` replies came, else the global state stays as it was (also logged).
 
+After a round the workload may ask for a *collection* (:meth:`Workload.collect`): a
+``query.collect`` message to the named clients, whose replies carry what they keep locally
+(FedSA-LoRA's B at a DevFT stage end). Misses are logged the same way; they are not training
+traffic and are reported apart (``bytes_collected``).
+
 At the end the server writes ``<out_dir>/final_state.safetensors`` (the workload's result)
 and ``<out_dir>/run.json`` (per-round log: sampled, aggregated, dropped with reasons, bytes
 each way); ``<out_dir>/events.jsonl`` gets one line per round as it happens.
@@ -22,9 +27,9 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from safetensors.torch import save_file
 
@@ -33,6 +38,9 @@ from devft_lab.flower.records import (pack_config, records_to_state, state_nbyte
 from devft_lab.flower.workload import ClientReply, Workload, WorkloadSpec, build_workload
 
 log = logging.getLogger("devft_lab.flower")
+
+#: message type of a collection request (a ``query`` with its own action; see Workload.collect)
+COLLECT = f"{MessageType.QUERY}.collect"
 
 #: run-config keys read by the deployed ServerApp (``flwr run --run-config 'key=value ...'``)
 RUN_CONFIG_KEYS = ("workload", "out-dir", "min-fit", "round-timeout", "node-timeout", "num-nodes")
@@ -74,6 +82,9 @@ class RoundLog:
     bytes_up: int = 0
     seconds: float = 0.0
     metrics: dict[str, Any] = field(default_factory=dict)
+    collected: list[int] = field(default_factory=list)          # answered Workload.collect
+    collect_missed: dict[str, str] = field(default_factory=dict)
+    bytes_collected: int = 0  # kept tensors sent for aggregation views only (not training uplink)
 
 
 def _say(level: int, msg: str, *args: Any) -> None:
@@ -117,19 +128,57 @@ def discover_nodes(grid: Grid, num_nodes: int, timeout: float) -> dict[int, int]
 def _instruction_message(workload: Workload, rnd: int, client: int, node: int,
                          opts: ServerOptions) -> tuple[Message, int]:
     state, config = workload.instruction(rnd, client)
+    return _message(MessageType.TRAIN, state, config, rnd, client, node, opts), state_nbytes(state)
+
+
+def _message(kind: str, state: Mapping[str, Any], config: Mapping[str, Any], rnd: int, client: int,
+             node: int, opts: ServerOptions) -> Message:
     arrays, dtypes = state_to_records(state)
     content = RecordDict({"arrays": arrays, "dtypes": dtypes,
                           "config": pack_config({**config, "round": rnd, "partition_id": client,
                                                  "workload": opts.spec.to_json()})})
-    msg = Message(content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(rnd),
-                  ttl=opts.round_timeout + 30.0)
-    return msg, state_nbytes(state)
+    return Message(content, dst_node_id=node, message_type=kind, group_id=str(rnd),
+                   ttl=opts.round_timeout + 30.0)
 
 
 def _parse_reply(reply: Message) -> ClientReply:
     cfg = unpack_config(reply.content.config_records["config"])
     state = records_to_state(reply.content.array_records["arrays"], reply.content.config_records["dtypes"])
     return ClientReply(state, int(cfg["num_examples"]), dict(cfg.get("metrics", {})))
+
+
+def _exchange(grid: Grid, msgs: Mapping[int, Message], nodes: Mapping[int, int], clients: Sequence[int],
+              timeout: float, dropped: dict[str, str]) -> dict[int, ClientReply]:
+    """Send ``msgs`` (by partition id), wait ``timeout`` s; replies by partition id.
+
+    Every client of ``clients`` without a usable reply gets a reason in ``dropped``.
+    """
+    by_node = {nodes[c]: c for c in msgs}
+    replies: dict[int, ClientReply] = {}
+    for reply in grid.send_and_receive(list(msgs.values()), timeout=timeout):
+        c = by_node.get(reply.metadata.src_node_id)
+        if c is None:
+            continue
+        if reply.has_error():
+            dropped[str(c)] = f"error reply: {reply.error.reason}"
+            continue
+        replies[c] = _parse_reply(reply)
+    for c in clients:
+        if c not in replies and str(c) not in dropped:
+            dropped[str(c)] = f"no reply within {timeout:g} s"
+    return replies
+
+
+def _reachable(grid: Grid, nodes: Mapping[int, int], clients: Sequence[int], dropped: dict[str, str]) -> list[int]:
+    """The clients of ``clients`` whose SuperNode is connected (the others noted in ``dropped``)."""
+    alive = set(grid.get_node_ids())
+    out = []
+    for c in clients:
+        if c in nodes and nodes[c] in alive:
+            out.append(c)
+        else:
+            dropped[str(c)] = "no connected SuperNode for this partition"
+    return out
 
 
 def run_rounds(grid: Grid, opts: ServerOptions, workload: Workload | None = None) -> dict[str, Any]:
@@ -146,30 +195,12 @@ def run_rounds(grid: Grid, opts: ServerOptions, workload: Workload | None = None
     for rnd in range(workload.num_rounds):
         t_round = time.monotonic()
         rl = RoundLog(rnd, workload.sample(rnd))
-        alive = set(grid.get_node_ids())
-        sent: dict[str, int] = {}   # message id -> partition id
-        msgs: list[Message] = []
-        for c in rl.sampled:
-            if c not in nodes or nodes[c] not in alive:
-                rl.dropped[str(c)] = "no connected SuperNode for this partition"
-                continue
-            msg, nbytes = _instruction_message(workload, rnd, c, nodes[c], opts)
-            msgs.append(msg)
+        msgs: dict[int, Message] = {}
+        for c in _reachable(grid, nodes, rl.sampled, rl.dropped):
+            msgs[c], nbytes = _instruction_message(workload, rnd, c, nodes[c], opts)
             rl.bytes_down += nbytes
-        by_node = {nodes[c]: c for c in rl.sampled if c in nodes}
-        replies: dict[int, ClientReply] = {}
-        for reply in grid.send_and_receive(msgs, timeout=opts.round_timeout):
-            c = by_node.get(reply.metadata.src_node_id)
-            if c is None:
-                continue
-            if reply.has_error():
-                rl.dropped[str(c)] = f"error reply: {reply.error.reason}"
-                continue
-            replies[c] = _parse_reply(reply)
-            rl.bytes_up += state_nbytes(replies[c].state)
-        for c in rl.sampled:
-            if c not in replies and str(c) not in rl.dropped:
-                rl.dropped[str(c)] = f"no reply within {opts.round_timeout:g} s"
+        replies = _exchange(grid, msgs, nodes, rl.sampled, opts.round_timeout, rl.dropped)
+        rl.bytes_up = sum(state_nbytes(r.state) for r in replies.values())
         for c, why in sorted(rl.dropped.items()):
             _say(logging.WARNING, "round %d: client %s (node %s) dropped: %s", rnd, c,
                  nodes.get(int(c), "-"), why)
@@ -180,6 +211,7 @@ def run_rounds(grid: Grid, opts: ServerOptions, workload: Workload | None = None
             workload.skip_round(rnd)
             _say(logging.WARNING, "round %d: %d replies < min_fit %d; global state unchanged",
                  rnd, len(replies), opts.min_fit)
+        _collect(grid, workload, rnd, nodes, opts, rl)
         rl.seconds = round(time.monotonic() - t_round, 3)
         rounds.append(rl)
         _say(logging.INFO, "round %d: sampled %s, aggregated %s, dropped %s", rnd, rl.sampled,
@@ -189,11 +221,32 @@ def run_rounds(grid: Grid, opts: ServerOptions, workload: Workload | None = None
     report = {"workload": opts.spec.name, "settings": opts.spec.settings, "nodes": nodes,
               "min_fit": opts.min_fit, "rounds": [asdict(r) for r in rounds],
               "bytes_down": sum(r.bytes_down for r in rounds), "bytes_up": sum(r.bytes_up for r in rounds),
+              "bytes_collected": sum(r.bytes_collected for r in rounds),
               "dropouts": [{"round": r.round, "client": int(c), "reason": why}
                            for r in rounds for c, why in sorted(r.dropped.items())],
+              "collect_misses": [{"round": r.round, "client": int(c), "reason": why}
+                                 for r in rounds for c, why in sorted(r.collect_missed.items())],
               "summary": workload.summary(), "seconds": round(time.monotonic() - t0, 3)}
     _write_result(out, workload, report)
     return report
+
+
+def _collect(grid: Grid, workload: Workload, rnd: int, nodes: Mapping[int, int], opts: ServerOptions,
+             rl: RoundLog) -> None:
+    """The workload's collection step after round ``rnd`` (``query.collect`` messages), if it asks."""
+    request = workload.collect(rnd)
+    if request is None:
+        return
+    clients, config = request
+    msgs = {c: _message(COLLECT, {}, config, rnd, c, nodes[c], opts)
+            for c in _reachable(grid, nodes, clients, rl.collect_missed)}
+    replies = _exchange(grid, msgs, nodes, clients, opts.round_timeout, rl.collect_missed)
+    rl.collected = sorted(replies)
+    rl.bytes_collected = sum(state_nbytes(r.state) for r in replies.values())
+    for c, why in sorted(rl.collect_missed.items()):
+        _say(logging.WARNING, "round %d: client %s (node %s) missed the collection: %s", rnd, c,
+             nodes.get(int(c), "-"), why)
+    workload.collected(rnd, dict(sorted(replies.items())))
 
 
 def _write_result(out: Path, workload: Workload, report: dict[str, Any]) -> None:

@@ -98,6 +98,18 @@ class Workload(ABC):
     def skip_round(self, rnd: int) -> None:
         """Called instead of :meth:`aggregate` when fewer than the minimum replies arrived."""
 
+    def collect(self, rnd: int) -> tuple[list[int], dict[str, Any]] | None:
+        """After round ``rnd``: clients whose kept state the server needs, and the request config.
+
+        The default (``None``) collects nothing. A workload whose aggregate view depends on what
+        clients keep (FedSA-LoRA's B at a DevFT stage boundary) names those clients here; they
+        answer with :meth:`report` and the server passes the replies to :meth:`collected`.
+        """
+        return None
+
+    def collected(self, rnd: int, replies: Mapping[int, ClientReply]) -> None:
+        """Receive the replies to :meth:`collect` (those that arrived in time)."""
+
     @abstractmethod
     def result(self) -> State:
         """The global state to report at the end of the run."""
@@ -111,6 +123,10 @@ class Workload(ABC):
     def train(self, client: int, rnd: int, state: State, config: Mapping[str, Any],
               local: State | None) -> ClientReply:
         """The local update of ``client`` (deterministic given its inputs)."""
+
+    def report(self, client: int, config: Mapping[str, Any], local: State | None) -> ClientReply:
+        """Client side of :meth:`collect`: what the client sends from its kept state."""
+        raise NotImplementedError(f"workload {self.name!r} collects nothing")
 
 
 # --------------------------------------------------------------------------- dummy workload
@@ -218,4 +234,8 @@ def run_in_process(spec: WorkloadSpec, participants: Sequence[Sequence[int]] | N
             server.aggregate(rnd, replies)
         else:
             server.skip_round(rnd)
+        request = server.collect(rnd)
+        if request is not None:
+            clients, config = request
+            server.collected(rnd, {c: client_side.report(c, config, kept.get(c)) for c in clients})
     return server.result()
