@@ -49,6 +49,15 @@ def test_devft_stages_grow_and_bytes_follow_capacity(tmp_path):
     assert summary["final"]["eval_loss"] < summary["initial"]["eval_loss"]
     # fused stages need their dense fused layers delivered once per client; singletons nothing
     assert rows[0]["submodel_delivery_bytes"] > 0 and rows[3]["submodel_delivery_bytes"] == 0
+    # the exported adapter is a PEFT adapter of the full model
+    from peft import PeftModel
+
+    from devft_lab.fl.client import get_lora_state
+    from devft_lab.models import load_model
+
+    peft_model = PeftModel.from_pretrained(load_model("tiny-llama", device="cpu")[0], str(d / "adapter"))
+    loaded, saved = get_lora_state(peft_model), load_adapter(d)
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
 
 
 def test_fedsa_never_uploads_b_and_ffa_never_changes_a(tmp_path):
