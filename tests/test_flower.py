@@ -91,16 +91,21 @@ def _no_leftovers(fed) -> None:
 
 
 @pytest.mark.slow
-def test_deployment_superlink_and_supernodes_match_in_process_replay(tmp_path):
+def test_deployment_with_tls_and_node_auth_matches_in_process_replay(tmp_path):
+    """TLS everywhere, SuperNode authentication on: registered nodes train, an intruder stays out."""
     from devft_lab.flower.deploy import LocalFederation
 
     spec = WorkloadSpec("dummy", {"num_clients": 3, "num_rounds": 2, "clients_per_round": 2, "seed": 1})
     opts = ServerOptions(spec, str(tmp_path / "out"), round_timeout=60, node_timeout=60)
     t0 = time.monotonic()
-    with LocalFederation(3, workdir=tmp_path / "fed") as fed:
+    with LocalFederation(3, workdir=tmp_path / "fed", tls=True, node_auth=True) as fed:
+        intruder = fed.add_node(0, register=False)  # unregistered key claiming partition 0
         report = fed.run(opts, timeout=180)
-    print(f"deployment: {time.monotonic() - t0:.1f} s")
+    assert "Connection attempt failed" in intruder.log.read_text()  # refused (HTTP 412 on activate-node)
+    print(f"deployment (TLS, node auth): {time.monotonic() - t0:.1f} s")
     _no_leftovers(fed)
+    assert "Uvicorn running on https://" in (tmp_path / "fed" / "superlink.log").read_text()
+    # had the intruder been admitted, partition 0 would have two nodes and the run would fail
     assert sorted(int(k) for k in report["nodes"]) == [0, 1, 2]
     got = load_file(str(tmp_path / "out" / "final_state.safetensors"))
     assert _equal(got, run_in_process(spec))

@@ -8,6 +8,7 @@
 * :mod:`devft_lab.flower.deploy`       SuperLink + SuperNodes as real processes on loopback
 * :mod:`devft_lab.flower.devft_workload` the ``devft`` workload: a ``devft-lab run`` config on Flower
 * :mod:`devft_lab.flower.cli`          ``main(argv)`` behind ``devft-lab flower``
+* :mod:`devft_lab.flower.tls`          throw-away TLS material for loopback tests
 
 Needs ``pip install 'devft-lab[flower]'`` (flwr with its ``simulation`` extra).
 """

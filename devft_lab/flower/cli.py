@@ -38,12 +38,19 @@ def workload_spec(workload: str, config: str | None, overrides: Sequence[str]):
     return WorkloadSpec(workload, {"config": to_dict(cfg)})
 
 
+#: defaults of the transport settings; a run config may set them as ``fed.min_fit`` and
+#: ``fed.round_timeout`` (read when the config schema has them), the flags override both
+DEFAULTS = {"min_fit": 1, "round_timeout": 120.0}
+
+
 def _options(args: argparse.Namespace):
     from devft_lab.flower.server_app import ServerOptions
 
     spec = workload_spec(args.workload, args.config, args.set or [])
-    return ServerOptions(spec, str(Path(args.out).resolve()), min_fit=args.min_fit,
-                         round_timeout=args.round_timeout, node_timeout=args.node_timeout,
+    fed = spec.settings.get("config", {}).get("fed", {}) if spec.name == "devft" else {}
+    pick = {k: getattr(args, k) if getattr(args, k) is not None else fed.get(k, v) for k, v in DEFAULTS.items()}
+    return ServerOptions(spec, str(Path(args.out).resolve()), min_fit=int(pick["min_fit"]),
+                         round_timeout=float(pick["round_timeout"]), node_timeout=args.node_timeout,
                          num_nodes=args.nodes or 0)
 
 
@@ -111,8 +118,10 @@ def _add_run_args(p: argparse.ArgumentParser, out_required: bool = True) -> None
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override (repeatable)")
     p.add_argument("--out", required=out_required, help="directory for run.json and final_state.safetensors")
     p.add_argument("--nodes", type=int, default=None, help="SuperNodes (default: data.num_clients)")
-    p.add_argument("--min-fit", type=int, default=1, help="fewest replies a round aggregates")
-    p.add_argument("--round-timeout", type=float, default=120.0, help="seconds to wait for a round's replies")
+    p.add_argument("--min-fit", type=int, default=None,
+                   help="fewest replies a round aggregates (default: fed.min_fit if the config has it, else 1)")
+    p.add_argument("--round-timeout", type=float, default=None,
+                   help="seconds to wait for a round's replies (default: fed.round_timeout, else 120)")
     p.add_argument("--node-timeout", type=float, default=120.0, help="seconds to wait for SuperNodes")
 
 

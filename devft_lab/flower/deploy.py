@@ -72,6 +72,22 @@ def connection_toml(name: str, address: str, insecure: bool = True,
     return tomli_w.dumps({"superlink": {"default": name, name: conn}})
 
 
+def node_key_pair(path: Path) -> tuple[Path, Path]:
+    """An EC P-384 SuperNode key pair in OpenSSH format: ``path`` (private) and ``path.pub``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+    pub = path.with_name(path.name + ".pub")
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                  serialization.PublicFormat.OpenSSH))
+    return path, pub
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
@@ -130,6 +146,10 @@ class _Proc:
 class LocalFederation:
     """A SuperLink and ``num_nodes`` SuperNodes on loopback; use as a context manager.
 
+    Plain HTTP (``--insecure``) by default; ``tls=True`` serves TLS with a throw-away CA that
+    the SuperNodes and ``flwr run`` verify (``--root-certificates``); ``node_auth=True`` also
+    starts the SuperLink with ``--enable-supernode-auth`` and registers each SuperNode's key.
+
     ``workdir`` receives each process's log and ``FLWR_HOME`` (and the app directory). The
     SuperNode of partition ``k`` is ``nodes[k]``.
     """
@@ -137,9 +157,12 @@ class LocalFederation:
     num_nodes: int
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="devft-flower-")))
     startup_timeout: float = 60.0
+    tls: bool = False  # True: a throw-away CA and server certificate (tls.py) instead of --insecure
+    node_auth: bool = False  # True (needs tls): only SuperNodes whose key was registered may join
     link_port: int = 0
     link: _Proc | None = None
     nodes: list[_Proc] = field(default_factory=list)
+    ca_cert: str | None = None
 
     def _env(self, home: Path) -> dict[str, str]:
         env = dict(os.environ)
@@ -161,21 +184,67 @@ class LocalFederation:
     def _bin(self, name: str) -> str:
         return str(Path(sys.executable).parent / name)
 
+    def _cli_env(self) -> dict[str, str]:
+        """Environment of ``flwr`` commands: a Flower configuration naming this SuperLink."""
+        home = self.workdir / "home" / "cli"
+        env = self._env(home)
+        (home / "config.toml").write_text(connection_toml(
+            CONNECTION, f"127.0.0.1:{self.link_port}", insecure=not self.tls,
+            root_certificates=self.ca_cert if self.tls else None))
+        return env
+
     # ---- lifecycle
     def start(self) -> "LocalFederation":
         self.workdir = Path(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.node_auth and not self.tls:
+            raise ValueError("SuperNode authentication needs TLS (Flower refuses it with --insecure)")
         self.link_port = free_port()
+        link_security = ["--insecure"]
+        if self.tls:
+            from devft_lab.flower.tls import make_loopback_tls
+
+            t = make_loopback_tls(self.workdir / "tls")
+            self.ca_cert = str(t.ca_cert)
+            link_security = ["--ssl-ca-certfile", str(t.ca_cert), "--ssl-certfile", str(t.server_cert),
+                             "--ssl-keyfile", str(t.server_key)]
+        if self.node_auth:
+            link_security.append("--enable-supernode-auth")
         self.link = self._spawn("superlink", [
-            self._bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.link_port),
+            self._bin("flower-superlink"), *link_security, "--host", "127.0.0.1", "--port", str(self.link_port),
             "--disable-runtime-dependency-installation"])
         wait_for_port(self.link_port, self.startup_timeout, self.link.popen)
         for k in range(self.num_nodes):
-            self.nodes.append(self._spawn(f"supernode-{k}", [
-                self._bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.link_port}",
-                "--host", "127.0.0.1", "--port", str(free_port()),
-                "--node-config", f"partition-id={k} num-partitions={self.num_nodes}"]))
+            self.add_node(k)
         return self
+
+    def add_node(self, partition: int, register: bool = True) -> _Proc:
+        """Start one more SuperNode serving ``partition``.
+
+        With ``node_auth`` it gets a fresh key pair, whose public half is registered with
+        ``flwr supernode register`` unless ``register`` is False (an intruder the SuperLink
+        must refuse).
+        """
+        name = f"supernode-{len(self.nodes)}"
+        argv = [self._bin("flower-supernode"), "--superlink", f"127.0.0.1:{self.link_port}",
+                "--host", "127.0.0.1", "--port", str(free_port()),
+                "--node-config", f"partition-id={partition} num-partitions={self.num_nodes}"]
+        argv += ["--root-certificates", str(self.ca_cert)] if self.tls else ["--insecure"]
+        if self.node_auth:
+            private, public = node_key_pair(self.workdir / "keys" / name)
+            argv += ["--auth-supernode-private-key", str(private)]
+            if register:
+                self.register(public)
+        proc = self._spawn(name, argv)
+        self.nodes.append(proc)
+        return proc
+
+    def register(self, public_key: Path) -> None:
+        """``flwr supernode register <key> <connection>``: admit that SuperNode."""
+        done = subprocess.run([self._bin("flwr"), "supernode", "register", str(public_key), CONNECTION],
+                              env=self._cli_env(), capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"flwr supernode register failed:\n{done.stdout}\n{done.stderr}")
 
     def __enter__(self) -> "LocalFederation":
         try:
@@ -218,9 +287,7 @@ class LocalFederation:
         import tomli_w
 
         app = write_app_dir(self.workdir / "app")
-        cli_home = self.workdir / "home" / "cli"
-        env = self._env(cli_home)
-        (cli_home / "config.toml").write_text(connection_toml(CONNECTION, f"127.0.0.1:{self.link_port}"))
+        env = self._cli_env()
         overrides = self.workdir / "run-config.toml"
         overrides.write_text(tomli_w.dumps(opts.to_run_config()))
         Path(opts.out_dir).mkdir(parents=True, exist_ok=True)
