@@ -88,13 +88,32 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+OLD_PIP = "pip==23.2.1"  # accepts bigbench's metadata; pip >= 24 refuses its direct-URL requirement
+
+
+def _pip_download(pip: list[str], spec: str, kind: str, dest: Path) -> subprocess.CompletedProcess:
+    cmd = [*pip, "download", "--no-deps", kind, spec, "-d", str(dest)]
+    print(f"[build] pip download --no-deps {kind} {spec}", flush=True)
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
 def download(dest: Path) -> tuple[Path, Path]:
-    """``pip download --no-deps`` the pinned bigbench sdist and evals wheel; check sha256."""
+    """``pip download --no-deps`` the pinned bigbench sdist and evals wheel; check sha256.
+
+    Recent pip refuses the bigbench sdist ("Distributions from PyPI cannot declare direct
+    URL dependencies", even with ``--no-deps``); then the download is repeated with
+    :data:`OLD_PIP`, itself fetched with ``pip download`` and run from its wheel.
+    """
     got = []
+    pip = [sys.executable, "-m", "pip"]
     for (name, version, digest), kind in ((BIGBENCH, "--no-binary=:all:"), (EVALS, "--only-binary=:all:")):
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", kind, f"{name}=={version}", "-d", str(dest)]
-        print(f"[build] {' '.join(cmd[2:])}", flush=True)
-        run = subprocess.run(cmd, capture_output=True, text=True)
+        run = _pip_download(pip, f"{name}=={version}", kind, dest)
+        if run.returncode != 0 and "direct URL" in run.stderr:
+            tools = dest / "old-pip"
+            _pip_download(pip, OLD_PIP, "--only-binary=:all:", tools)
+            wheel = next(iter(sorted(tools.glob("pip-*.whl"))), None)
+            if wheel is not None:
+                run = _pip_download([sys.executable, str(wheel / "pip")], f"{name}=={version}", kind, dest)
         files = sorted(p for p in dest.iterdir() if p.name.lower().startswith(f"{name}-{version}"))
         if run.returncode != 0 or not files:
             raise DataError(f"pip download of {name}=={version} failed (needs access to PyPI):\n"
