@@ -52,6 +52,7 @@ def test_records_carry_no_pickle():
 
 # --------------------------------------------------------------------------- simulation engine
 def test_simulation_engine_matches_in_process_replay(tmp_path):
+    pytest.importorskip("ray", reason="the simulation engine needs flwr[simulation]")
     from devft_lab.flower.simulate import run_simulation
 
     spec = WorkloadSpec("dummy", {"num_clients": 3, "num_rounds": 3, "clients_per_round": 2, "seed": 3})
@@ -67,6 +68,7 @@ def test_simulation_engine_matches_in_process_replay(tmp_path):
 
 
 def test_simulation_failed_client_is_reported_and_round_aggregates_the_rest(tmp_path):
+    pytest.importorskip("ray", reason="the simulation engine needs flwr[simulation]")
     from devft_lab.flower.simulate import run_simulation
 
     spec = WorkloadSpec("dummy", {"num_clients": 3, "num_rounds": 2, "fail_clients": [1]})

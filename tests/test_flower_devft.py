@@ -70,6 +70,7 @@ def test_devft_workload_replay_equals_simulation(reference):
 
 
 def test_devft_on_flower_simulation_engine_equals_simulation(reference, tmp_path):
+    pytest.importorskip("ray", reason="the simulation engine needs flwr[simulation]")
     from devft_lab.flower.simulate import run_simulation
 
     cfg, ref, totals = reference
@@ -99,6 +100,7 @@ def test_devft_on_superlink_and_supernodes_equals_simulation(reference, tmp_path
 def test_fedsa_lora_devft_on_flower_simulation_engine_equals_simulation(tmp_path):
     """FedSA-LoRA keeps B on the clients: carried through the stage change on the client, and
     collected at each stage end for the transfer, as the simulation does in memory."""
+    pytest.importorskip("ray", reason="the simulation engine needs flwr[simulation]")
     from devft_lab.flower.simulate import run_simulation
 
     cfg = load_config("tiny", [*TWO_STAGES, "fed.strategy=fedsa-lora", f"out_dir={tmp_path}", "name=ref"])

@@ -79,7 +79,7 @@ def _cmd_local(args: argparse.Namespace) -> int:
     opts = _options(args)
     nodes = args.nodes or _num_clients(opts.spec)
     workdir = Path(args.out).resolve() / "federation"
-    with LocalFederation(nodes, workdir=workdir) as fed:
+    with LocalFederation(nodes, workdir=workdir, tls=args.tls or args.node_auth, node_auth=args.node_auth) as fed:
         report = fed.run(opts, timeout=args.timeout)
     print(_summary(report))
     print(f"report: {Path(args.out) / 'run.json'}; process logs: {workdir}")
@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     lo = sub.add_parser("local", help="real SuperLink + SuperNodes on 127.0.0.1, then flwr run")
     _add_run_args(lo)
     lo.add_argument("--timeout", type=float, default=1800.0, help="seconds for the whole run")
+    lo.add_argument("--tls", action="store_true", help="HTTPS with a throw-away CA instead of --insecure")
+    lo.add_argument("--node-auth", action="store_true", help="SuperNode authentication (implies --tls)")
     lo.set_defaults(func=_cmd_local)
     a = sub.add_parser("app-dir", help="write the Flower App directory for flwr run")
     a.add_argument("dir")
