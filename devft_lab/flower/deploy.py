@@ -305,13 +305,17 @@ class LocalFederation:
         """Wait for the run's report (``run.json``), then for ``flwr run`` to exit; return the report."""
         report = Path(opts.out_dir) / "run.json"
         deadline = time.monotonic() + timeout
+        exited: float | None = None
         try:
             while not report.exists():
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no {report} after {timeout:.0f} s; logs in {self.workdir}:\n"
                                        + self.run_log()[-3000:])
-                if popen.poll() is not None and popen.returncode != 0:
-                    raise RuntimeError(f"flwr run exited with {popen.returncode}:\n{self.run_log()[-3000:]}")
+                if popen.poll() is not None:  # the run ended without a report: the ServerApp failed
+                    exited = exited or time.monotonic()
+                    if time.monotonic() - exited > 5.0:
+                        raise RuntimeError(f"flwr run exited ({popen.returncode}) and the ServerApp wrote no "
+                                           f"report; its log:\n{self.run_log()[-3000:]}")
                 time.sleep(0.3)
             try:
                 popen.wait(timeout=max(5.0, deadline - time.monotonic()))
