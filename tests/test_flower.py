@@ -5,8 +5,8 @@ pickle; a Flower run ends with the same global state as the in-process replay of
 workload; a client that fails or a SuperNode that dies is reported by partition id and the
 round aggregates the replies that arrived (``min_fit``); no process outlives the federation.
 
-Times on the 2-core CI box: records < 1 s, simulation ~20 s each (Ray start), deployment
-~60 s each (every ClientApp is a fresh process that imports torch).
+Times on the shared 2-core CI box (load ~8): records and CLI < 1 s, simulation ~20 s each (Ray start),
+deployment 60-80 s each (every ClientApp is a fresh process that imports torch).
 """
 from __future__ import annotations
 
