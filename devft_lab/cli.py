@@ -8,6 +8,7 @@
     devft-lab resume RUN_DIR             continue a killed run from its newest checkpoint
     devft-lab report RUN_DIR [...]       tables and plots from run logs
     devft-lab reproduce TABLE [--scale]  the paper's tables at lab scale (resumable)
+    devft-lab flower sim|local ...       the same runs on Flower (devft_lab/flower/README.md)
     devft-lab config list|show NAME      the shipped configs
 """
 from __future__ import annotations
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     from devft_lab.reproduce import add_reproduce_parser
 
     add_reproduce_parser(sub)  # devft-lab reproduce TABLE --scale lab|paper|smoke
+    sub.add_parser("flower", help="run on Flower: devft-lab flower --help (devft_lab/flower/README.md)")
     c = sub.add_parser("config", help="shipped configs")
     csub = c.add_subparsers(dest="config_command", required=True)
     csub.add_parser("list").set_defaults(func=_cmd_config)
@@ -154,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # PEFT -> transformers 5 noise
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["flower"]:  # its own parser: devft-lab flower sim|local|app-dir|run-config ...
+        from devft_lab.flower.cli import main as flower_main
+
+        return flower_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -130,6 +130,8 @@ class FedConfig:
     clients_per_round: Union[int, float] = 2  # count (int) or fraction (float in (0, 1])
     strategy: str = "fedit"
     strategy_params: dict[str, Any] = field(default_factory=dict)  # e.g. {mu: 0.01}
+    min_fit: int = 1  # Flower: fewest client replies a round aggregates (stragglers are dropped)
+    round_timeout: float = 120.0  # Flower: seconds a round waits for replies
 
 
 @dataclass
@@ -304,10 +306,13 @@ def to_yaml(cfg: RunConfig) -> str:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """SHA-256 (16 hex digits) of what determines training; ignores name, out_dir, device, eval."""
+    """SHA-256 (16 hex digits) of what determines training; ignores name, out_dir, device, eval
+    and the Flower transport settings (fed.min_fit, fed.round_timeout)."""
     d = to_dict(cfg)
     for k in ("name", "out_dir", "device", "eval"):
         d.pop(k, None)
+    for k in ("min_fit", "round_timeout"):
+        d["fed"].pop(k, None)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -586,6 +591,11 @@ def validate(cfg: RunConfig) -> RunConfig:
                 f"fed.num_rounds = {f.num_rounds} is less than devft.stages = {d.stages}; "
                 "every stage needs at least one round"
             )
+
+    if f.min_fit < 1:
+        raise ConfigError(f"fed.min_fit = {f.min_fit} must be >= 1 (replies a round needs to aggregate)")
+    if not f.round_timeout > 0:
+        raise ConfigError(f"fed.round_timeout = {f.round_timeout} must be > 0 seconds")
 
     e = cfg.eval
     if e.every_n_rounds < 0:

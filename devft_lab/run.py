@@ -156,9 +156,10 @@ def build(cfg: RunConfig, progress: bool = True) -> Parts:
     model, tok = load_model(cfg.model.name, device=device_of(cfg), dtype=_dtype(cfg),
                             quantization=cfg.model.quantization)
     capacities = validate_against_model(cfg, num_layers(model))
-    if cfg.devft.enabled and cfg.devft.plan == "devft" and cfg.fed.strategy in ("flora",):
+    if cfg.devft.enabled and from_config(cfg.fed).requires_merge:
         raise ConfigError("fed.strategy = flora merges adapters into the base weights every round, which "
-                          "DevFT's fused stages do not support; use fedit, fedprox, ffa-lora or fedsa-lora.")
+                          "staged plans (DevFT, ProgFed) do not support; set devft.enabled=false, or use "
+                          "fedit, fedprox, ffa-lora or fedsa-lora.")
     strategy = from_config(cfg.fed)
     examples = load_examples(cfg.data.source, cfg.data.split, cfg.data.max_samples, cfg.train.seed)
     holdout_n = cfg.eval.holdout
@@ -185,7 +186,7 @@ def build(cfg: RunConfig, progress: bool = True) -> Parts:
         training=LocalTraining(steps=t.local_steps, batch_size=t.batch_size, lr=t.lr, grad_accum=t.grad_accum,
                                max_grad_norm=t.max_grad_norm, pad_id=tok.pad_token_id or 0),
         lr=t.lr, lr_min=t.lr_min, lr_schedule=t.schedule, eval_every=cfg.eval.every_n_rounds,
-        config_hash=config_hash(cfg), progress=progress)
+        config_hash=config_hash(cfg), progress=progress, lora_scaling=cfg.lora.alpha / cfg.lora.r)
     return Parts(cfg, model, tok, plan, strategy, client_data, settings, evaluator, capacities, categories, parts)
 
 

@@ -139,3 +139,20 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
     _run(tmp_path, "once", "devft.enabled=false")
     assert main(["run", "tiny", *BASE, f"out_dir={tmp_path}", "name=once", "--quiet"]) == 2
     assert "resume" in capsys.readouterr().err
+
+
+def test_flora_merges_the_exact_aggregate_into_the_base(tmp_path):
+    """FLoRA: every round merges sum_k p_k s B_k A_k into the base; the adapter restarts at B = 0."""
+    from devft_lab.fl.strategies import is_lora_b
+
+    summary, d = _run(tmp_path, "flora", "fed.strategy=flora", "devft.enabled=false")
+    final = load_adapter(d)
+    assert all(float(final[k].abs().sum()) == 0 for k in final if is_lora_b(k))  # fresh adapter
+    assert summary["final"]["eval_loss"] < summary["initial"]["eval_loss"]  # learning went into the base
+    rows = _rows(d)
+    assert rows[0]["downlink_bytes"] > rows[0]["uplink_bytes"]  # the stacked adapter goes back down
+    cfg = load_config("tiny", [*BASE, "fed.strategy=flora", "devft.enabled=true"])
+    from devft_lab.config import ConfigError
+    from devft_lab.run import build
+    with pytest.raises(ConfigError, match="devft.enabled=false"):
+        build(cfg, progress=False)

@@ -31,7 +31,7 @@ from devft_lab.fl.checkpoint import latest_checkpoint, load_checkpoint, save_che
 from devft_lab.fl.client import LocalTraining, client_update
 from devft_lab.fl.sampling import sample_clients
 from devft_lab.fl.stages import StageModel, StagePlan
-from devft_lab.fl.strategies import State, Strategy
+from devft_lab.fl.strategies import State, Strategy, merge_delta, stacked_delta
 from devft_lab.train import round_lr
 
 Evaluator = Callable[[torch.nn.Module], dict[str, float]]
@@ -50,6 +50,7 @@ class SimulationSettings:
     eval_every: int = 0  # rounds; 0: at the end of each stage only
     checkpoint_every: int = 1  # rounds; the end of every stage is always saved
     config_hash: str | None = None
+    lora_scaling: float = 1.0  # alpha / r, for strategies that merge adapters into the base (FLoRA)
     progress: bool = True
 
 
@@ -64,6 +65,7 @@ class RunState:
     kept: dict[int, State] = field(default_factory=dict)  # per-client local tensors
     samples: dict[int, int] = field(default_factory=dict)  # per-client sample counts seen
     delivered: list[int] = field(default_factory=list)  # clients that hold this stage's submodel
+    merged: dict[str, torch.Tensor] = field(default_factory=dict)  # FLoRA: sum of deltas merged into the base
     stage_info: dict[str, Any] = field(default_factory=dict)
     done: bool = False
 
@@ -77,9 +79,9 @@ class Simulation:
         if not client_data or any(len(d) == 0 for d in client_data):
             empty = [i for i, d in enumerate(client_data) if len(d) == 0]
             raise ValueError(f"every client needs data; clients {empty[:10]} have none.")
-        if getattr(strategy, "requires_merge", False):
+        if getattr(strategy, "requires_merge", False) and len(plan.stage_rounds()) != 1:
             raise ValueError(f"strategy {strategy.name} merges into the base weights every round, which "
-                             "the simulation does not support yet; use fedit, fedprox, ffa-lora or fedsa-lora.")
+                             "only a one-stage (full-model) plan supports; set devft.enabled=false.")
         self.plan, self.strategy, self.data = plan, strategy, client_data
         self.s, self.evaluator = settings, evaluator
         self.run_dir = Path(run_dir)
@@ -112,6 +114,7 @@ class Simulation:
         st.samples = {int(k): int(v) for k, v in m.get("samples", {}).items()}
         st.global_state = dict(ck.tensors.get("global", {}))
         st.kept = {int(g.split("/", 1)[1]): dict(t) for g, t in ck.tensors.items() if g.startswith("client/")}
+        st.merged = dict(ck.tensors.get("merged", {}))
         plan.restore(m.get("plan", {}), ck.tensors.get("plan", {}))
         sim.ledger = Ledger.resume(sim.run_dir / "rounds.jsonl", sim.run_dir / "rounds.csv",
                                    m.get("log_position"))
@@ -127,7 +130,7 @@ class Simulation:
                 "samples": {str(k): v for k, v in st.samples.items()}, "plan": plan_meta,
                 "config_hash": self.s.config_hash, "log_position": self.ledger.position(),
                 "total_rounds": self.total_rounds}
-        tensors = {"global": st.global_state, "plan": plan_tensors}
+        tensors = {"global": st.global_state, "plan": plan_tensors, "merged": st.merged}
         tensors.update({f"client/{c}": t for c, t in st.kept.items() if t})
         save_checkpoint(self.ckpt_dir, meta, {k: v for k, v in tensors.items() if v}, keep=1)
 
@@ -154,6 +157,8 @@ class Simulation:
             self._previous = StageModel(stage - 1, None, {}, 0, 0, dict(st.stage_info))
         sm = self.plan.begin(stage, st.stage_info if resumed else None)
         self._stage = sm
+        if resumed and st.merged:  # FLoRA: the base weights carry every merged aggregate so far
+            merge_delta(sm.model.state_dict(), st.merged, 1.0, inplace=True)
         if not resumed:
             start = dict(sm.start)
             init = getattr(self.strategy, "init_global", None)
@@ -225,6 +230,10 @@ class Simulation:
         cost.train_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         st.global_state = strategy.aggregate(st.global_state, uploads, weights)
+        if getattr(strategy, "requires_merge", False):
+            # the participants receive the stacked adapter to merge it (its size grows with K)
+            cost.downlink_bytes += tensor_bytes(st.global_state) * len(clients)
+            st.global_state = self._merge_round(st.global_state, t)
         cost.aggregate_s = time.perf_counter() - t1
         lora_n = num_params(st.global_state)
         cost.flops_estimate = training_flops(num_params(sm.model) - lora_n, tokens, lora_n, lora_only=True)
@@ -244,6 +253,19 @@ class Simulation:
         self.ledger.record(cost)
         if not last_of_stage and self.s.checkpoint_every and st.round % self.s.checkpoint_every == 0:
             self._checkpoint()
+
+    def _merge_round(self, stacked: State, t: int) -> State:
+        """FLoRA: merge ``s * B_stack A_stack`` into the base weights; the next round starts fresh.
+
+        The participants receive the stacked adapter to merge it themselves (counted in
+        this round's downlink by the caller).
+        """
+        delta = {m: self.s.lora_scaling * d for m, d in stacked_delta(stacked).items()}
+        merge_delta(self._stage.model.state_dict(), delta, 1.0, inplace=True)
+        for m, d in delta.items():
+            self.state.merged[m] = self.state.merged[m] + d if m in self.state.merged else d
+        template = self._stage.start
+        return self.strategy.fresh_adapter(template, t + 1)
 
     def summary(self) -> dict[str, Any]:
         """Totals so far plus the last evaluation."""
