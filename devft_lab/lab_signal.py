@@ -33,7 +33,8 @@ class SignalConfig:
 
     model: str = "smollm2-135m"
     template: str = "chat"
-    suites: list[str] = field(default_factory=lambda: ["indist", "bbh", "mmlu"])
+    suites: list[str] = field(default_factory=lambda: ["indist", "bbh"])  # the headline average
+    extra_suites: list[str] = field(default_factory=lambda: ["mmlu"])  # scored and reported, not in it
     max_per_task: int | None = None
     eval_seed: int = 0
     lora_r: int = 16
@@ -41,10 +42,10 @@ class SignalConfig:
     lora_dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                "gate_proj", "up_proj", "down_proj"])
-    steps: int = 48
+    steps: int = 80
     batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 5e-4
+    lr: float = 1e-3
     seq_len: int = 256
     seed: int = 0
     bootstrap: int = 2000
@@ -79,6 +80,19 @@ def load_signal_config(path: str | Path | None, overrides: list[str] = ()) -> Si
     return cfg
 
 
+def average(base_rows: list[dict], ft_rows: list[dict], suites: list[str], cfg: SignalConfig) -> dict[str, Any]:
+    """Base / fine-tuned macro average over ``suites``, the gap and its paired-bootstrap interval."""
+    from devft_lab.evaluate import paired_bootstrap, summarise
+
+    b = [r for r in base_rows if r["suite"] in suites]
+    f = [r for r in ft_rows if r["suite"] in suites]
+    sb, sf = summarise(b), summarise(f)
+    lo, hi = paired_bootstrap(b, f, cfg.bootstrap, cfg.bootstrap_seed)
+    return {"suites": suites, "base_avg": round(sb["avg"], 2), "finetuned_avg": round(sf["avg"], 2),
+            "gap": round(sf["avg"] - sb["avg"], 2), "ci95": [round(lo, 2), round(hi, 2)], "n_eval": len(b),
+            "base_avg_norm": round(sb["avg_norm"], 2), "finetuned_avg_norm": round(sf["avg_norm"], 2)}
+
+
 def suite_gaps(base: dict[str, Any], ft: dict[str, Any], cfg: SignalConfig) -> dict[str, Any]:
     """Per-suite base / fine-tuned / gap / interval, with per-task numbers."""
     from devft_lab.evaluate import paired_bootstrap
@@ -107,13 +121,14 @@ def run(cfg: SignalConfig, command: str) -> dict[str, Any]:
     from devft_lab.models import load_model
     from devft_lab.train import encode_examples, train_local
 
-    expand_suites(cfg.suites)  # unknown suite: fail before the slow parts
+    headline = expand_suites(cfg.suites)  # unknown suite: fail before the slow parts
+    every = headline + [s for s in expand_suites(cfg.extra_suites or []) if s not in headline]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model, tok = load_model(cfg.model)
-    ev = dict(suites=cfg.suites, max_per_task=cfg.max_per_task, seed=cfg.eval_seed, template=cfg.template)
-    print(f"[signal] evaluating the base model on {cfg.suites} ...", flush=True)
+    ev = dict(suites=every, max_per_task=cfg.max_per_task, seed=cfg.eval_seed, template=cfg.template)
+    print(f"[signal] evaluating the base model on {every} ...", flush=True)
     base = evaluate_suites(model, tok, **ev)
     print(f"[signal] base avg {base['avg']:.2f} ({base['n']} items, {base['seconds']:.0f} s)", flush=True)
 
@@ -132,13 +147,10 @@ def run(cfg: SignalConfig, command: str) -> dict[str, Any]:
                         grad_accum=cfg.grad_accum, seed=cfg.seed, pad_id=tok.pad_token_id or 0, progress=progress)
     print(f"[signal] trained in {stats.seconds:.0f} s (mean loss {stats.loss:.4f})", flush=True)
     ft = evaluate_suites(peft_model, tok, **ev)
-    lo, hi = paired_bootstrap(base["items"], ft["items"], cfg.bootstrap, cfg.bootstrap_seed)
+    head = average(base["items"], ft["items"], headline, cfg)
     result = {
-        "model": cfg.model, "template": cfg.template, "suites": cfg.suites,
-        "base_avg": round(base["avg"], 2), "finetuned_avg": round(ft["avg"], 2),
-        "gap": round(ft["avg"] - base["avg"], 2), "ci95": [round(lo, 2), round(hi, 2)],
-        "base_avg_norm": round(base["avg_norm"], 2), "finetuned_avg_norm": round(ft["avg_norm"], 2),
-        "n_eval": base["n"], "per_suite": suite_gaps(base, ft, cfg),
+        "model": cfg.model, "template": cfg.template, **head,
+        "all_suites": average(base["items"], ft["items"], every, cfg), "per_suite": suite_gaps(base, ft, cfg),
         "train": {"examples": len(pool), "steps": stats.steps, "samples_seen": stats.samples,
                   "tokens": stats.tokens, "mean_loss": round(stats.loss, 4), "seconds": round(stats.seconds, 1)},
         "eval_seconds": {"base": base["seconds"], "finetuned": ft["seconds"],
@@ -147,6 +159,13 @@ def run(cfg: SignalConfig, command: str) -> dict[str, Any]:
         "config": dataclasses.asdict(cfg), "command": command,
     }
     write(result, Path(cfg.out))
+    items = Path(cfg.out).with_name(Path(cfg.out).name + "_items.jsonl")
+    with open(items, "w", encoding="utf-8") as fh:
+        for rb, rf in zip(base["items"], ft["items"]):
+            fh.write(json.dumps({"suite": rb["suite"], "task": rb["task"], "id": rb["id"], "base": int(rb["correct"]),
+                                 "finetuned": int(rf["correct"]), "base_norm": int(rb["correct_norm"]),
+                                 "finetuned_norm": int(rf["correct_norm"])}) + "\n")
+    print(f"[signal] wrote {items} (per-item correctness, for re-analysis)", flush=True)
     return result
 
 
@@ -154,10 +173,13 @@ def markdown(r: dict[str, Any]) -> str:
     """The result as a table for people."""
     lines = [f"# Lab signal: {r['model']}, base vs centralised LoRA fine-tune", "",
              f"Command: `{r['command']}`", "",
-             f"Average over the suites {', '.join(r['suites'])} (each the mean of its tasks' accuracies): "
+             f"Headline: average over the suites {', '.join(r['suites'])} (each the mean of its tasks' accuracies): "
              f"**{r['base_avg']:.1f} → {r['finetuned_avg']:.1f}**, gap **{r['gap']:+.1f}** points, "
              f"95% paired-bootstrap interval [{r['ci95'][0]:+.1f}, {r['ci95'][1]:+.1f}] over {r['n_eval']} items.", "",
-             "| suite | tasks in the pool? | n | base | fine-tuned | gap | 95% CI |", "|---|---|---|---|---|---|---|"]
+             f"All suites ({', '.join(r['all_suites']['suites'])}): {r['all_suites']['base_avg']:.1f} → "
+             f"{r['all_suites']['finetuned_avg']:.1f}, gap {r['all_suites']['gap']:+.1f}, 95% interval "
+             f"[{r['all_suites']['ci95'][0]:+.1f}, {r['all_suites']['ci95'][1]:+.1f}] over {r['all_suites']['n_eval']} items.",
+             "", "| suite | tasks in the pool? | n | base | fine-tuned | gap | 95% CI |", "|---|---|---|---|---|---|---|"]
     seen = {"indist": "yes (held-out items)", "bbh": "no (unseen BBH tasks)", "mmlu": "no"}
     for name, s in r["per_suite"].items():
         lines.append(f"| {name} | {seen.get(name, '?')} | {s['n']} | {s['base']:.1f} | {s['finetuned']:.1f} | "

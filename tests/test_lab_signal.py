@@ -44,6 +44,8 @@ def test_tiny_run_writes_the_signal_artifact(tmp_path):
     for key in ("model", "base_avg", "finetuned_avg", "gap", "ci95", "n_eval", "command", "per_suite"):
         assert key in r
     assert r["gap"] == pytest.approx(r["finetuned_avg"] - r["base_avg"], abs=0.011)
-    assert r["ci95"][0] <= r["ci95"][1] and r["n_eval"] == 14  # 6 + 7 + 1 tasks, one item each
+    assert r["ci95"][0] <= r["ci95"][1] and r["n_eval"] == 13  # headline indist + bbh: 6 + 7 tasks, one item each
+    assert r["all_suites"]["n_eval"] == 14 and r["all_suites"]["suites"] == ["indist", "bbh", "mmlu"]
+    assert (tmp_path / "signal_items.jsonl").read_text().count("\n") == 14
     assert r["command"].startswith("python -m devft_lab.lab_signal --config ")
     assert "| indist |" in out.with_suffix(".md").read_text()
