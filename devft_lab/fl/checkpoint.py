@@ -21,7 +21,6 @@ the rest through JSON.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -35,6 +34,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from devft_lab.files import sha256_file
 
 SEP = "::"
 TENSORS = "tensors.safetensors"
@@ -134,12 +135,6 @@ def unflatten_optimizer_state(tensors: Mapping[str, torch.Tensor], js: Mapping[s
 
 
 # --------------------------------------------------------------------------- save
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_file(path: Path) -> None:
@@ -206,7 +201,7 @@ def save_checkpoint(root: str | os.PathLike, meta: Mapping[str, Any],
         state["rng"] = rng_js
         state["groups"] = sorted(tensors)
         (tmp / STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
-        files = {f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)}
+        files = {f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)}
                  for f in (TENSORS, RNG, STATE)}
         (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": files}, indent=1), encoding="utf-8")
         for f in (TENSORS, RNG, STATE, MANIFEST):
@@ -285,7 +280,7 @@ def verify_checkpoint(path: str | os.PathLike) -> Path:
         size = f.stat().st_size
         if size != info["bytes"]:
             raise CheckpointError(f"{f} is truncated or corrupt: {size} bytes, expected {info['bytes']}")
-        if _sha256(f) != info["sha256"]:
+        if sha256_file(f) != info["sha256"]:
             raise CheckpointError(f"{f} is corrupt: its SHA-256 does not match {mf}")
     return path
 

@@ -21,13 +21,13 @@ Block Influence, BI_i = 1 - E_tokens[cos(h_in_i, h_out_i)].
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from devft_lab.layers import decoder_layers
+from devft_lab.layers import decoder_layers, num_layers
 
 TensorDict = Mapping[str, torch.Tensor]
 GlobalLoRA = Mapping[int, TensorDict]  # {layer_index: {"self_attn.q_proj.lora_A.weight": A, ...}}
@@ -175,27 +175,21 @@ class _LazyMerged(Mapping):
         return len(self.params)
 
 
-@torch.no_grad()
-def block_influence(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> torch.Tensor:
-    """ShortGPT's Block Influence of every decoder layer (length-L tensor).
+def layer_io(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]
+             ) -> Iterator[tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]]:
+    """Per batch: (attention mask, [(h_in, h_out) of every decoder layer]), float32, no grad.
 
-    BI_i = 1 - E_{tokens} [ <h_in, h_out> / (|h_in| |h_out|) ]
-
-    with h_in / h_out the hidden state entering / leaving layer i, averaged over the
-    non-padding tokens of ``batches`` (tokenizer outputs: input_ids, attention_mask).
-    A high BI means the layer changes its input a lot (ShortGPT keeps those).
+    The hidden states entering and leaving each layer are caught with forward hooks; the
+    model is put in eval mode meanwhile and restored afterwards.
     """
     layers = list(decoder_layers(model))
-    sums = torch.zeros(len(layers), dtype=torch.float64)
-    count = 0
-    mask_holder: dict[str, torch.Tensor] = {}
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def hook(i):
         def fn(module, args, kwargs, output):
             h_in = args[0] if args else kwargs["hidden_states"]
             h_out = output[0] if isinstance(output, tuple) else output
-            cos = torch.nn.functional.cosine_similarity(h_in.float(), h_out.float(), dim=-1)
-            sums[i] += float((cos * mask_holder["m"]).sum())
+            seen[i] = (h_in.float(), h_out.float())
         return fn
 
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
@@ -205,14 +199,33 @@ def block_influence(model: nn.Module, batches: Iterable[Mapping[str, torch.Tenso
         device = next(model.parameters()).device
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
-            m = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).float()
-            mask_holder["m"] = m
-            count += int(m.sum())
-            model(**batch, use_cache=False)
+            mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"]))
+            seen.clear()
+            with torch.no_grad():
+                model(**batch, use_cache=False)
+            yield mask, [seen[i] for i in range(len(layers))]
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
+
+
+def block_influence(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> torch.Tensor:
+    """ShortGPT's Block Influence of every decoder layer (length-L tensor).
+
+    BI_i = 1 - E_{tokens} [ <h_in, h_out> / (|h_in| |h_out|) ]
+
+    with h_in / h_out the hidden state entering / leaving layer i, averaged over the
+    non-padding tokens of ``batches`` (tokenizer outputs: input_ids, attention_mask).
+    A high BI means the layer changes its input a lot (ShortGPT keeps those).
+    """
+    sums = torch.zeros(num_layers(model), dtype=torch.float64)
+    count = 0
+    for mask, io in layer_io(model, batches):
+        m = mask.float()
+        count += int(m.sum())
+        for i, (h_in, h_out) in enumerate(io):
+            sums[i] += float((torch.nn.functional.cosine_similarity(h_in, h_out, dim=-1) * m).sum())
     if count == 0:
         raise ValueError("block_influence got no tokens; pass at least one non-empty batch.")
     return (1 - sums / count).float()
@@ -264,37 +277,15 @@ def layer_function_similarity(model: nn.Module, batches: Iterable[Mapping[str, t
     tokens of ``batches``. A functional view beside the parameter view of DGLG; not the
     paper's definition.
     """
-    layers = list(decoder_layers(model))
-    n = len(layers)
+    n = num_layers(model)
     total = torch.zeros(n, n, dtype=torch.float64)
     count = 0
-    deltas: dict[int, torch.Tensor] = {}
-
-    def hook(i):
-        def fn(module, args, kwargs, output):
-            h_in = args[0] if args else kwargs["hidden_states"]
-            h_out = output[0] if isinstance(output, tuple) else output
-            d = (h_out.float() - h_in.float())
-            deltas[i] = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return fn
-
-    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        for batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            m = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool()
-            deltas.clear()
-            model(**batch, use_cache=False)
-            u = torch.stack([deltas[i][m] for i in range(n)])  # n x tokens x d
-            total += torch.einsum("itd,jtd->ij", u, u).double()
-            count += int(m.sum())
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    for mask, io in layer_io(model, batches):
+        m = mask.bool()
+        u = torch.stack([(d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12))[m]
+                         for d in (h_out - h_in for h_in, h_out in io)])  # n x tokens x d
+        total += torch.einsum("itd,jtd->ij", u, u).double()
+        count += int(m.sum())
     if count == 0:
         raise ValueError("layer_function_similarity got no tokens; pass at least one non-empty batch.")
     return (total / count).float()
