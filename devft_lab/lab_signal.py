@@ -176,6 +176,9 @@ def markdown(r: dict[str, Any]) -> str:
              f"Headline: average over the suites {', '.join(r['suites'])} (each the mean of its tasks' accuracies): "
              f"**{r['base_avg']:.1f} → {r['finetuned_avg']:.1f}**, gap **{r['gap']:+.1f}** points, "
              f"95% paired-bootstrap interval [{r['ci95'][0]:+.1f}, {r['ci95'][1]:+.1f}] over {r['n_eval']} items.", "",
+             ("The interval excludes zero." if r["ci95"][0] > 0 else
+              "**The interval includes zero: this run does not establish a gap** (the lab target is a gap of "
+              "at least 5 points with the interval above zero)."), "",
              f"All suites ({', '.join(r['all_suites']['suites'])}): {r['all_suites']['base_avg']:.1f} → "
              f"{r['all_suites']['finetuned_avg']:.1f}, gap {r['all_suites']['gap']:+.1f}, 95% interval "
              f"[{r['all_suites']['ci95'][0]:+.1f}, {r['all_suites']['ci95'][1]:+.1f}] over {r['all_suites']['n_eval']} items.",
