@@ -9,6 +9,7 @@
     devft-lab report RUN_DIR [...]       tables and plots from run logs
     devft-lab reproduce TABLE [--scale]  the paper's tables at lab scale (resumable)
     devft-lab flower sim|local ...       the same runs on Flower (devft_lab/flower/README.md)
+    devft-lab data build                 rebuild data/lab from the bigbench sdist and evals wheel
     devft-lab config list|show NAME      the shipped configs
 """
 from __future__ import annotations
@@ -136,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     from devft_lab.reproduce import add_reproduce_parser
 
     add_reproduce_parser(sub)  # devft-lab reproduce TABLE --scale lab|paper|smoke
+    dp = sub.add_parser("data", help="the lab benchmark: devft-lab data build --help")
+    dp.add_argument("data_command", choices=["build"])
     sub.add_parser("flower", help="run on Flower: devft-lab flower --help (devft_lab/flower/README.md)")
     c = sub.add_parser("config", help="shipped configs")
     csub = c.add_subparsers(dest="config_command", required=True)
@@ -157,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # PEFT -> transformers 5 noise
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["data", "build"]:  # its own parser: devft-lab data build [--check ...]
+        from devft_lab.data.build import main as build_main
+
+        return build_main(argv[2:])
     if argv[:1] == ["flower"]:  # its own parser: devft-lab flower sim|local|app-dir|run-config ...
         from devft_lab.flower.cli import main as flower_main
 
