@@ -378,10 +378,15 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str] | Mapping[
 
 
 # --------------------------------------------------------------------------- loading
+# YAML files in devft_lab/configs that configure other jobs, not a federated run
+OTHER_JOB_CONFIGS = ("lab_signal",)  # devft_lab.lab_signal.SignalConfig
+
+
 def shipped_configs() -> list[str]:
-    """Names of the YAML configs shipped in ``devft_lab/configs``."""
+    """Names of the run configs shipped in ``devft_lab/configs``."""
     folder = resources.files("devft_lab") / "configs"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    names = (p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(n for n in names if n not in OTHER_JOB_CONFIGS)
 
 
 def _read_yaml(text: str, origin: str) -> dict[str, Any]:

@@ -77,9 +77,9 @@ def test_training_lowers_the_loss_and_is_reproducible(tiny):
            for i in range(16)]
     start = get_lora_state(pm)
     batch = collate(enc, tok.pad_token_id)
-    before = float(lm_loss(pm, batch)[0])
+    before = float(lm_loss(pm, batch)[0].detach())
     s1 = train_local(pm, enc, steps=15, batch_size=4, lr=1e-2, seed=0, pad_id=tok.pad_token_id)
-    after = float(lm_loss(pm, batch)[0])
+    after = float(lm_loss(pm, batch)[0].detach())
     trained = get_lora_state(pm)
     assert after < before and s1.steps == 15 and s1.samples == 60
     set_lora_state(pm, start)
