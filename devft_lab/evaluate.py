@@ -69,6 +69,22 @@ def _is_hf(model) -> bool:
     return isinstance(get() if callable(get) else model, PreTrainedModel)
 
 
+def _cache_kwarg(model) -> str:
+    """The forward keyword of the KV cache: ``cache`` in recent transformers 5.x,
+    ``past_key_values`` before (the old name is deprecated, to be removed in 5.40)."""
+    import inspect
+
+    get = getattr(model, "get_base_model", None)
+    base = get() if callable(get) else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _cache_of(out) -> Any:
+    """The KV cache a forward pass returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def _encode(tokenizer, tmpl: PromptTemplate, item: dict[str, Any]) -> tuple[list[int], list[list[int]]]:
     """Prompt ids and one id list per choice (the choice as the template renders a response)."""
     prompt = tmpl.prompt(item, tokenizer)
@@ -105,14 +121,15 @@ def _ll_shared(model, p_ids: list[int], c_ids: list[list[int]], pad: int, device
     template's system turn, common to all items), copied rather than recomputed.
     """
     k, prefix_cache = prefix
+    kw = _cache_kwarg(model)
     cache = copy.deepcopy(prefix_cache) if k else None
-    out = model(input_ids=torch.tensor([p_ids[k:]], device=device), past_key_values=cache,
+    out = model(input_ids=torch.tensor([p_ids[k:]], device=device), **{kw: cache},
                 use_cache=True, logits_to_keep=1)
     first = F.log_softmax(out.logits[0, -1].float(), dim=-1)
     lls = [float(first[c[0]]) for c in c_ids]
     rest = [i for i, c in enumerate(c_ids) if len(c) > 1]
     if rest:
-        cache = out.past_key_values
+        cache = _cache_of(out)
         if len(rest) > 1:
             cache.batch_repeat_interleave(len(rest))
         m = max(len(c_ids[i]) - 1 for i in rest)
@@ -123,7 +140,7 @@ def _ll_shared(model, p_ids: list[int], c_ids: list[list[int]], pad: int, device
             k = len(c_ids[i]) - 1
             ids[r, :k] = torch.tensor(c_ids[i][:-1])
             mask[r, len(p_ids): len(p_ids) + k] = 1
-        logp = F.log_softmax(model(input_ids=ids, attention_mask=mask, past_key_values=cache,
+        logp = F.log_softmax(model(input_ids=ids, attention_mask=mask, **{kw: cache},
                                    use_cache=True).logits.float(), dim=-1)
         for r, i in enumerate(rest):
             tgt = torch.tensor(c_ids[i][1:], device=device)
@@ -172,8 +189,8 @@ def choice_loglikelihoods(model, tokenizer, items: Sequence[dict[str, Any]],
         encoded = [_encode(tokenizer, tmpl, it) for it in items]
         if share:
             k = _common_prefix([p for p, _ in encoded])
-            prefix = (k, model(input_ids=torch.tensor([encoded[0][0][:k]], device=device),
-                               use_cache=True, logits_to_keep=1).past_key_values) if k else (0, None)
+            prefix = (k, _cache_of(model(input_ids=torch.tensor([encoded[0][0][:k]], device=device),
+                                         use_cache=True, logits_to_keep=1))) if k else (0, None)
             return [_ll_shared(model, p, cs, pad, device, prefix) for p, cs in encoded]
         flat = [(p, c) for p, cs in encoded for c in cs]
         lls = _ll_full(model, flat, pad, device, batch_size)
