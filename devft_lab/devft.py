@@ -108,7 +108,7 @@ class DevFTPlan:
         for g, members in enumerate(previous.info["groups"]):
             for i in members:
                 full[i].update({n: t.clone() for n, t in reps[g].items()})
-        fused = fuse_lora(full, stage.info["groups"], self.fusion, self.beta, self.anchor)
+        fused = fuse_lora(full, stage.info["groups"], self.fusion, self.beta, self.anchor, warn=False)
         keep = {n for layer in reps.values() for n in layer}
         return to_flat({g: {n: t for n, t in d.items() if n in keep} for g, d in fused.items()}, prefix)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -159,12 +160,20 @@ def set_submodel_lora_state(peft_model, state: Mapping[int, Mapping[str, torch.T
 
 
 def fuse_lora(global_lora: Mapping[int, Mapping[str, torch.Tensor]], groups: Sequence[Sequence[int]],
-              method: str = "dblf", beta: float = DEFAULT_BETA, anchor: str = "first") -> GlobalLoRA:
-    """{group position: fused LoRA}: rep_A = sum_j w_j A_j and rep_B = sum_j w_j B_j (DBLF weights)."""
+              method: str = "dblf", beta: float = DEFAULT_BETA, anchor: str = "first",
+              warn: bool = True) -> GlobalLoRA:
+    """{group position: fused LoRA}: rep_A = sum_j w_j A_j and rep_B = sum_j w_j B_j (DBLF weights).
+
+    ``warn=False`` silences the negative-anchor-weight warning (a caller that already
+    warned for the same groups, e.g. :func:`build_submodel` fusing the base layers).
+    """
     out: GlobalLoRA = {}
     for g, members in enumerate(groups):
         a = anchor_position(len(members), anchor)
-        w = fusion_weights(len(members), method, beta, a)
+        with warnings.catch_warnings():
+            if not warn:
+                warnings.simplefilter("ignore", UserWarning)
+            w = fusion_weights(len(members), method, beta, a)
         try:
             out[g] = fuse_state_dicts([global_lora[i] for i in members], w)
         except KeyError as e:
@@ -205,6 +214,6 @@ def build_submodel(full_model: nn.Module, groups: Sequence[Sequence[int]], beta:
         weights.append(w)
     sub = with_layers(full_model, reps, types)
     peft_model = get_peft_model(sub, cfg)
-    set_submodel_lora_state(peft_model, fuse_lora(lora, groups, method, beta, anchor))
+    set_submodel_lora_state(peft_model, fuse_lora(lora, groups, method, beta, anchor, warn=False))
     peft_model.train(full_model.training)
     return Submodel(peft_model, groups, anchors, types, weights, cfg)
