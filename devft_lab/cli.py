@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 
@@ -85,6 +86,11 @@ def _cmd_report(args) -> int:
     from devft_lab.report import main as report_main
 
     print(report_main(args.run_dirs, args.out))
+    if args.tensorboard:
+        from devft_lab.tensorboard import export
+
+        for d in args.run_dirs:
+            print(f"tensorboard: {export(d)}  (tensorboard --logdir {Path(d) / 'tensorboard'})")
     return 0
 
 
@@ -133,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="tables and plots from run folders")
     rp.add_argument("run_dirs", nargs="+")
     rp.add_argument("--out", help="plot file (default RUN_DIR/report.png)")
+    rp.add_argument("--tensorboard", action="store_true",
+                    help="also export each run's log as TensorBoard events to RUN_DIR/tensorboard/")
     rp.set_defaults(func=_cmd_report)
     from devft_lab.reproduce import add_reproduce_parser
 
