@@ -286,6 +286,13 @@ def _build(cls: type, data: Mapping[str, Any] | None, path: str = ""):
     return cls(**kwargs)
 
 
+def build_dataclass(cls: type, data: Mapping[str, Any] | None, path: str = ""):
+    """Any config dataclass from a dict, each value coerced to its field's type (YAML 1.1
+    reads ``5e-4`` as a string; this makes it the float the field wants) or a
+    :class:`ConfigError` naming the field."""
+    return _build(cls, data, path)
+
+
 def from_dict(data: Mapping[str, Any] | None, validate_: bool = True) -> RunConfig:
     """Build (and by default validate) a :class:`RunConfig` from a nested dict."""
     if data is not None and not isinstance(data, Mapping):

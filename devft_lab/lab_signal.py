@@ -73,7 +73,12 @@ def load_signal_config(path: str | Path | None, overrides: list[str] = ()) -> Si
             hint = difflib.get_close_matches(key, names, n=1)
             raise DataError(f"{path or '--set'}: unknown field {key!r}"
                             f"{f' (did you mean {hint[0]!r}?)' if hint else ''}; fields: {', '.join(names)}.")
-    cfg = SignalConfig(**raw)
+    from devft_lab.config import ConfigError, build_dataclass
+
+    try:
+        cfg = build_dataclass(SignalConfig, raw)
+    except ConfigError as e:
+        raise DataError(f"{path or '--set'}: {e}") from None
     for key in ("steps", "batch_size", "grad_accum", "seq_len", "lora_r", "bootstrap"):
         if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
             raise DataError(f"{path or '--set'}: {key} must be an integer >= 1 (got {getattr(cfg, key)!r}).")

@@ -16,12 +16,15 @@ def test_shipped_config_loads_and_overrides_apply():
     cfg = load_signal_config(SHIPPED, ["steps=3", "suites=[bbh]"])
     assert isinstance(cfg, SignalConfig) and cfg.steps == 3 and cfg.suites == ["bbh"]
     assert load_signal_config(SHIPPED).model == "smollm2-135m"
+    # YAML 1.1 reads 5e-4 (no dot) as a string; the float field still gets a float
+    assert load_signal_config(SHIPPED, ["lr=5e-4"]).lr == 5e-4
 
 
 @pytest.mark.parametrize("override, message", [
     ("step=3", "unknown field 'step' .*did you mean 'steps'"),
     ("steps=0", "steps must be an integer >= 1"),
     ("steps", "write key=value"),
+    ("lr=fast", "lr = 'fast' should be"),
 ])
 def test_bad_config_says_what_to_fix(override, message):
     with pytest.raises(DataError, match=message):
