@@ -584,10 +584,21 @@ def reading(table: str, fin: dict[str, Finished], metric: str, higher: bool, ext
         a, b = fin.get("fedsa-lora-devft", Finished()).summaries, fin.get("fedsa-lora", Finished()).summaries
         t = ratio(a, b, _wall)
         c = ratio(a, b, lambda s: s.get("paper_bytes"))
+        fl = ratio(a, b, lambda s: s.get("flops_estimate"))
         lines.append(f"FedSA-LoRA + DevFT − FedSA-LoRA: {sign(g)}{rel(g, 'fedsa-lora')}; the paper reports +"
                      f"{PAPER_COMPAT['score_gain_pct']}% on LLaMA2-7B; this {_direction(g)}.")
-        lines.append(f"Training time {fmt(t)}x less (paper {PAPER_COMPAT['time_x_less']}x), LoRA uplink "
-                     f"{fmt(c)}x less (paper {PAPER_COMPAT['comm_x_less']}x).")
+        lines.append(f"Training time {fmt(t)}x less (paper {PAPER_COMPAT['time_x_less']}x), client FLOPs "
+                     f"{fmt(fl)}x less, LoRA uplink {fmt(c)}x less (paper {PAPER_COMPAT['comm_x_less']}x).")
+    same = [V[k].label for k, f in fin.items() if f.summaries and all(
+        s.get("final") and all(s["initial"].get(m) == v for m, v in s["final"].items())
+        for s in f.summaries.values())]
+    if same:
+        lines.append(f"{', '.join(same)} ended with exactly the base model's scores on every suite: at this "
+                     "training budget its adapter left the net correctness of the evaluated answers unchanged, "
+                     "so its gaps above are the other rows moving, not it.")
+    caveat = _timing_caveat(fin) if table in ("compat", "efficiency") else ""
+    if caveat:
+        lines.append(caveat)
     elif table == "growth":
         for k in ("growth-x4", "growth-x8"):
             g = gap("devft", k)
@@ -620,6 +631,16 @@ def reading(table: str, fin: dict[str, Finished], metric: str, higher: bool, ext
                      "simulation holds the full model), so they bound a client's per-stage memory rather than "
                      "measure it; the paper's 4x memory claim is not tested by these columns.")
     return " ".join(lines)
+
+
+def _timing_caveat(fin: dict[str, Finished]) -> str:
+    """A warning when the cells' wall times were measured under different settings."""
+    machines = {m.get("machine", "?") for f in fin.values() for m in f.metas.values()}
+    if len(machines) < 2:
+        return ""
+    return (f"Caution: these cells were trained under {len(machines)} different machine settings (see 'Runs "
+            "trained on'; on a shared CPU the load differs between sittings too), so wall-time ratios mix "
+            "method and machine; the FLOPs and byte ratios do not depend on the machine.")
 
 
 # --------------------------------------------------------------------------- building a table

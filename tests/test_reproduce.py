@@ -131,13 +131,13 @@ def _row(r, stage, t, up, acc=None, cap=1):
     return row
 
 
-def _fake_run(plan, key, seed, rows, initial=30.0):
+def _fake_run(plan, key, seed, rows, initial=30.0, machine="fake"):
     """A finished run folder of ``key``/``seed`` whose rounds are ``rows`` (cum columns filled in)."""
     cell = rp.Cell(rp.V[key], seed)
     d = plan.cell_dir(cell)
     d.mkdir(parents=True)
     (d / "config.yaml").write_text("fake: true\n")
-    (d / "meta.json").write_text(json.dumps({"config_hash": config_hash(plan.config(cell)), "machine": "fake"}))
+    (d / "meta.json").write_text(json.dumps({"config_hash": config_hash(plan.config(cell)), "machine": machine}))
     cum = {"t": 0.0, "pb": 0, "fb": 0}
     for r in rows:
         cum["t"] += r["train_s"]
@@ -149,7 +149,7 @@ def _fake_run(plan, key, seed, rows, initial=30.0):
     final = [r["extra"]["acc"] for r in rows if "acc" in r["extra"]][-1]
     (d / "summary.json").write_text(json.dumps({
         "done": True, "final": {"acc": final}, "initial": {"acc": initial}, "train_s": cum["t"], "aggregate_s": 0.0,
-        "paper_bytes": cum["pb"], "full_bytes": cum["fb"]}))
+        "paper_bytes": cum["pb"], "full_bytes": cum["fb"], "flops_estimate": 1e9 * cum["t"]}))
     return d
 
 
@@ -194,6 +194,22 @@ def test_reading_follows_the_numbers_when_devft_loses(tmp_path):
     t = rp.build_table(plan, "main", [0, 1], "cmd")
     assert t["devft_minus_fedit"]["mean"] == -3.0
     assert "-3.00 points" in t["reading"] and "opposite to the paper's" in t["reading"]
+
+
+def test_compat_reading_flags_unchanged_rows_and_mixed_machines(tmp_path):
+    plan = _plan(tmp_path)
+    _fake_run(plan, "fedsa-lora", 0, _fedit(35.0, 28.0), initial=30.0, machine="2 threads")
+    _fake_run(plan, "fedsa-lora-devft", 0, _devft(30.0, 30.0), initial=30.0, machine="1 thread")
+    t = rp.build_table(plan, "compat", [0], "cmd")
+    assert "+2.00 points" in t["reading"]
+    assert "FedSA-LoRA + DevFT ended with exactly the base model's scores" in t["reading"]
+    assert "2 different machine settings" in t["reading"] and "client FLOPs 2.00x less" in t["reading"]
+    # the same machine and a row that moved: neither remark
+    plan2 = _plan(tmp_path / "b")
+    _fake_run(plan2, "fedsa-lora", 0, _fedit(35.0, 28.0))
+    _fake_run(plan2, "fedsa-lora-devft", 0, _devft(30.0, 31.0))
+    t2 = rp.build_table(plan2, "compat", [0], "cmd")
+    assert "exactly the base model" not in t2["reading"] and "machine settings" not in t2["reading"]
 
 
 def test_efficiency_time_and_bytes_to_fedits_final_score(tmp_path):
