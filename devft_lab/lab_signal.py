@@ -207,6 +207,15 @@ def markdown(r: dict[str, Any]) -> str:
               f"{e['finetuned']:.0f} s wall / {e['finetuned_cpu']:.0f} s CPU, torch threads {r['torch_threads']}.",
               "", "The in-distribution suite holds held-out items of the pool's tasks (never the same input text); "
               "bbh holds BBH tasks that are not in the pool, mmlu 60 MMLU questions: those two measure transfer.", ""]
+    if r.get("run_as") and r["run_as"] != r["command"]:
+        lines += [f"Run as `{r['run_as']}`; the shipped config now holds those values, so the command above "
+                  "repeats it.", ""]
+    if r.get("earlier_tries"):
+        lines += ["Earlier configurations in this repository's history (listed because choosing among tries "
+                  "widens the real uncertainty beyond the interval above):", ""]
+        lines += [f"- {t['what']}: headline {t['base_avg']:.1f} → {t['finetuned_avg']:.1f}, gap {t['gap']:+.1f}, "
+                  f"95% CI [{t['ci95'][0]:+.1f}, {t['ci95'][1]:+.1f}] ({t['where']})" for t in r["earlier_tries"]]
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -52,3 +52,19 @@ def test_tiny_run_writes_the_signal_artifact(tmp_path):
     assert (tmp_path / "signal_items.jsonl").read_text().count("\n") == 14
     assert r["command"].startswith("python -m devft_lab.lab_signal --config ")
     assert "| indist |" in out.with_suffix(".md").read_text()
+
+
+def test_committed_signal_result_matches_the_shipped_config_and_lists_earlier_tries():
+    """results/lab_signal.* is what the shipped config produces, and its Markdown is its JSON rendered."""
+    import dataclasses
+    from pathlib import Path
+
+    from devft_lab.lab_signal import markdown
+
+    root = Path(__file__).resolve().parents[1]
+    r = json.loads((root / "results" / "lab_signal.json").read_text())
+    assert r["config"] == dataclasses.asdict(load_signal_config(SHIPPED))
+    assert r["command"] == "python -m devft_lab.lab_signal --config devft_lab/configs/lab_signal.yaml"
+    assert (root / "results" / "lab_signal.md").read_text() == markdown(r)
+    for t in r.get("earlier_tries", []):
+        assert f"gap {t['gap']:+.1f}" in markdown(r)
