@@ -791,6 +791,9 @@ def to_markdown(t: dict[str, Any]) -> str:
     out += ["", "## Reading (generated from the numbers above)", "", t["reading"] or "No finished cells yet.", ""]
     if t["status"] != "complete":
         out += [f"These numbers come from {t['status']}; finish the rest with the command above.", ""]
+    if t.get("written_reading"):
+        w = t["written_reading"]
+        out += [f"## Reading (written; `{w['path']}`, kept when the table is regenerated)", "", w["text"], ""]
     out += ["Config hashes (devft_lab.config.config_hash) per cell:", ""]
     for r in t["rows"]:
         for c, h in r.get("config_hashes", {}).items():
@@ -798,9 +801,18 @@ def to_markdown(t: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def written_reading_path(plan: Plan, table: str) -> Path:
+    """``RESULTS/readings/<table file name>.md``: a reading written by a person, kept across regenerations
+    (the generated reading states the numbers; this one says why they may be so)."""
+    return plan.results / "readings" / plan.table_path(table, "md").name
+
+
 def write_table(plan: Plan, table: str, seeds: Sequence[int], command: str) -> tuple[Path, Path]:
     data = build_table(plan, table, seeds, command)
     js, md = plan.table_path(table, "json"), plan.table_path(table, "md")
+    written = written_reading_path(plan, table)
+    if written.exists():
+        data["written_reading"] = {"path": str(written), "text": written.read_text(encoding="utf-8").strip()}
     js.parent.mkdir(parents=True, exist_ok=True)
     js.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
     md.write_text(to_markdown(data), encoding="utf-8")

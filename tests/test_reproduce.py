@@ -349,3 +349,18 @@ def test_the_subcommand_parser_plugs_into_a_cli(tmp_path, capsys):
     assert not (tmp_path / "table_growth_smoke.json").exists()  # a dry run writes nothing
     assert rp.main(["growth", "--scale", "smoke", "--only", "nope", "--results", str(tmp_path)]) == 2
     assert "known cells: devft-s0" in capsys.readouterr().err
+
+
+def test_a_written_reading_is_kept_when_the_table_is_regenerated(tmp_path):
+    plan = _plan(tmp_path)
+    _fake_run(plan, "fedsa-lora", 0, _fedit(35.0, 28.0))
+    _fake_run(plan, "fedsa-lora-devft", 0, _devft(30.0, 31.0))
+    js, md = rp.write_table(plan, "compat", [0], "cmd")
+    assert "Reading (written" not in md.read_text()
+    w = rp.written_reading_path(plan, "compat")
+    w.parent.mkdir(parents=True)
+    w.write_text("Why: one seed, 104 items.\n")
+    for _ in range(2):  # regenerating keeps it, once
+        js, md = rp.write_table(plan, "compat", [0], "cmd")
+    assert md.read_text().count("Why: one seed, 104 items.") == 1
+    assert json.loads(js.read_text())["written_reading"]["text"] == "Why: one seed, 104 items."
