@@ -869,6 +869,34 @@ def plan_of(args) -> Plan:
     return Plan(scale, base, tuple(args.extra), tag, Path(args.results), Path(args.runs) if args.runs else None)
 
 
+# Options that only pace or narrow a sitting: the table they write is the same without them.
+_SITTING_OPTIONS = {"--max-cells": 1, "--only": -1, "--adopt": -1, "--quiet": 0, "--in-process": 0}
+
+
+def table_command(argv: Sequence[str]) -> str:
+    """The command a table records: the invocation without sitting options (``--max-cells``,
+    ``--only``, ``--adopt``, ``--quiet``, ``--in-process``), i.e. the one that trains every cell."""
+    out, i = [], 0
+    argv = list(argv)
+    while i < len(argv):
+        a = argv[i]
+        name = a.split("=", 1)[0]
+        if name in _SITTING_OPTIONS:
+            n = _SITTING_OPTIONS[name]
+            i += 1
+            if "=" in a or n == 0:
+                continue
+            if n == 1:
+                i += 1
+            else:  # all values up to the next option
+                while i < len(argv) and not argv[i].startswith("-"):
+                    i += 1
+            continue
+        out.append(a)
+        i += 1
+    return "devft-lab reproduce " + " ".join(shlex.quote(a) for a in out)
+
+
 def run_args(args, argv: Sequence[str] | None = None, echo: Callable[[str], None] = print) -> int:
     """Run a parsed ``reproduce`` command: cells first (resumable), then the tables."""
     tables = list(TABLES) if args.table == "all" else [check_table(args.table)]
@@ -877,7 +905,7 @@ def run_args(args, argv: Sequence[str] | None = None, echo: Callable[[str], None
     cells = cells_of(tables, seeds, args.only)
     for note in ([] if args.dry_run else adopt(plan, cells, args.adopt)):
         echo(note)
-    command = "devft-lab reproduce " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[2:]))
+    command = table_command(argv if argv is not None else sys.argv[2:])
     if args.dry_run:
         for c in cells:
             echo(f"{c.name:28s} {cell_status(plan, c):8s} {plan.cell_dir(c)}")

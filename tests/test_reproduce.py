@@ -364,3 +364,15 @@ def test_a_written_reading_is_kept_when_the_table_is_regenerated(tmp_path):
         js, md = rp.write_table(plan, "compat", [0], "cmd")
     assert md.read_text().count("Why: one seed, 104 items.") == 1
     assert json.loads(js.read_text())["written_reading"]["text"] == "Why: one seed, 104 items."
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["main", "--scale", "lab", "--seeds", "3"], "devft-lab reproduce main --scale lab --seeds 3"),
+    (["main", "--scale", "lab", "--max-cells", "2", "--seeds", "1"], "devft-lab reproduce main --scale lab --seeds 1"),
+    (["main", "--only", "fedit", "devft-s42", "--max-cells=0", "--quiet", "--scale", "lab"],
+     "devft-lab reproduce main --scale lab"),
+    (["all", "--adopt", "runs/a", "runs/b", "--tag", "g", "--set", "model.name=x"],
+     "devft-lab reproduce all --tag g --set model.name=x"),
+])
+def test_the_recorded_command_is_the_one_that_trains_every_cell(argv, expected):
+    assert rp.table_command(argv) == expected
