@@ -589,16 +589,6 @@ def reading(table: str, fin: dict[str, Finished], metric: str, higher: bool, ext
                      f"{PAPER_COMPAT['score_gain_pct']}% on LLaMA2-7B; this {_direction(g)}.")
         lines.append(f"Training time {fmt(t)}x less (paper {PAPER_COMPAT['time_x_less']}x), client FLOPs "
                      f"{fmt(fl)}x less, LoRA uplink {fmt(c)}x less (paper {PAPER_COMPAT['comm_x_less']}x).")
-    same = [V[k].label for k, f in fin.items() if f.summaries and all(
-        s.get("final") and all(s["initial"].get(m) == v for m, v in s["final"].items())
-        for s in f.summaries.values())]
-    if same:
-        lines.append(f"{', '.join(same)} ended with exactly the base model's scores on every suite: at this "
-                     "training budget its adapter left the net correctness of the evaluated answers unchanged, "
-                     "so its gaps above are the other rows moving, not it.")
-    caveat = _timing_caveat(fin) if table in ("compat", "efficiency") else ""
-    if caveat:
-        lines.append(caveat)
     elif table == "growth":
         for k in ("growth-x4", "growth-x8"):
             g = gap("devft", k)
@@ -630,6 +620,16 @@ def reading(table: str, fin: dict[str, Finished], metric: str, higher: bool, ext
         lines.append("Memory: peak RSS and CUDA peak are process peaks up to that round (never reset, and the "
                      "simulation holds the full model), so they bound a client's per-stage memory rather than "
                      "measure it; the paper's 4x memory claim is not tested by these columns.")
+    same = [V[k].label for k, f in fin.items() if f.summaries and all(
+        s.get("final") and all(s["initial"].get(m) == v for m, v in s["final"].items())
+        for s in f.summaries.values())]
+    if same:
+        lines.append(f"{', '.join(same)} ended with exactly the base model's scores on every suite: at this "
+                     "training budget its adapter left the net correctness of the evaluated answers unchanged, "
+                     "so its gaps above are the other rows moving, not it.")
+    caveat = _timing_caveat(fin) if table in ("compat", "efficiency") else ""
+    if caveat:
+        lines.append(caveat)
     return " ".join(lines)
 
 

@@ -214,8 +214,19 @@ def test_compat_reading_flags_unchanged_rows_and_mixed_machines(tmp_path):
 
 def test_efficiency_time_and_bytes_to_fedits_final_score(tmp_path):
     plan = _plan(tmp_path)
-    _fake_run(plan, "fedit", 0, _fedit(35.0, 40.0))  # reaches 40 at t = 20 s, 160 bytes uplink
-    _fake_run(plan, "devft", 0, _devft(38.0, 41.0))  # reaches 40 at t = 10 s, 120 bytes uplink
+    _efficiency_case(plan)
+
+
+def test_efficiency_reading_survives_cells_from_different_machines(tmp_path):
+    plan = _plan(tmp_path)
+    _efficiency_case(plan, machines=("a", "b"))
+    t = rp.build_table(plan, "efficiency", [0], "cmd")
+    assert "reached FedIT's final acc" in t["reading"] and "different machine settings" in t["reading"]
+
+
+def _efficiency_case(plan, machines=("fake", "fake")):
+    _fake_run(plan, "fedit", 0, _fedit(35.0, 40.0), machine=machines[0])  # reaches 40 at t = 20 s, 160 bytes
+    _fake_run(plan, "devft", 0, _devft(38.0, 41.0), machine=machines[1])  # reaches 40 at t = 10 s, 120 bytes
     _fake_run(plan, "progfed", 0, _devft(38.0, 39.0))  # never reaches 40
     t = rp.build_table(plan, "efficiency", [0], "cmd")
     assert t["target"]["mean"] == 40.0
