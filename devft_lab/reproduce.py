@@ -457,9 +457,18 @@ def efficiency(fin: dict[str, Finished], metric: str, higher: bool) -> dict[str,
     from devft_lab.report import read_run
 
     ref = fin.get("fedit", Finished())
-    targets = {s: ref.summaries[s]["final"][metric] for s in ref.summaries if metric in ref.summaries[s].get("final", {})}
-    out: dict[str, Any] = {"target": {"definition": f"FedIT's final {metric} in the same seed",
-                                      **mean_std(list(targets.values())), "per_seed": targets},
+    finals = {s: ref.summaries[s]["final"][metric] for s in ref.summaries if metric in ref.summaries[s].get("final", {})}
+    initials = {s: ref.summaries[s].get("initial", {}).get(metric) for s in finals}
+
+    def improved(s: int) -> bool:  # a target only where FedIT beat the untrained model of that seed
+        i = initials[s]
+        return i is None or (finals[s] > i if higher else finals[s] < i)
+
+    targets = {s: v for s, v in finals.items() if improved(s)}
+    out: dict[str, Any] = {"target": {"definition": f"FedIT's final {metric} in the same seed, where it improves on "
+                                                    f"the untrained model's (other seeds have no target)",
+                                      **mean_std(list(targets.values())), "per_seed": targets,
+                                      "no_target_seeds": sorted(s for s in finals if s not in targets)},
                            "to_target": {}, "rounds": {}}
     reached: dict[str, dict[int, dict]] = {}
     for key, f in fin.items():
@@ -596,6 +605,11 @@ def reading(table: str, fin: dict[str, Finished], metric: str, higher: bool, ext
                          f"{PAPER_GROWTH['drop_pct_x4_x8_vs_x2']}% on LLaMA2-13B; this {_direction(g)}.")
     elif table == "efficiency":
         tt = extra.get("to_target", {})
+        none = extra.get("target", {}).get("no_target_seeds") or []
+        if none:
+            lines.append(f"FedIT ended at or below the untrained model's {metric} in seed(s) "
+                         f"{', '.join(map(str, none))}: no target there, so those seeds are left out of the "
+                         "to-target columns (every method would 'reach' it before training).")
         for k in ("devft", "progfed", "fedsa-lora"):
             if k in tt and not tt[k]["time_s"]["n"]:
                 lines.append(f"{V[k].label} did not reach FedIT's final {metric} ({tt[k]['reached']} seeds).")

@@ -224,6 +224,19 @@ def test_efficiency_reading_survives_cells_from_different_machines(tmp_path):
     assert "reached FedIT's final acc" in t["reading"] and "different machine settings" in t["reading"]
 
 
+def test_a_seed_where_fedit_does_not_beat_the_base_model_has_no_target(tmp_path):
+    plan = _plan(tmp_path)
+    _fake_run(plan, "fedit", 0, _fedit(35.0, 40.0), initial=30.0)
+    _fake_run(plan, "fedit", 1, _fedit(35.0, 29.0), initial=30.0)  # FedIT ends below the untrained model
+    _fake_run(plan, "devft", 0, _devft(38.0, 41.0), initial=30.0)
+    _fake_run(plan, "devft", 1, _devft(38.0, 41.0), initial=30.0)
+    t = rp.build_table(plan, "efficiency", [0, 1], "cmd")
+    assert t["target"]["per_seed"] == {"0": 40.0} or t["target"]["per_seed"] == {0: 40.0}
+    assert t["target"]["no_target_seeds"] == [1]
+    assert t["to_target"]["devft"]["reached"] == "1 of 1" and t["to_target"]["devft"]["time_s"]["mean"] == 10.0
+    assert "no target there" in t["reading"] and "seed(s) 1" in t["reading"]
+
+
 def _efficiency_case(plan, machines=("fake", "fake")):
     _fake_run(plan, "fedit", 0, _fedit(35.0, 40.0), machine=machines[0])  # reaches 40 at t = 20 s, 160 bytes
     _fake_run(plan, "devft", 0, _devft(38.0, 41.0), machine=machines[1])  # reaches 40 at t = 10 s, 120 bytes
