@@ -5,11 +5,11 @@ Floors (imports only point down):
 * method math   ``devft_lab.method``  schedule, similarity, grouping (DGLG), fusion (DBLF),
                                       submodel, transfer — knows nothing of federation
 * federated     ``devft_lab.fl``      clients, strategies, accounting, checkpoints
-* foundations   ``devft_lab.models``  presets and loading; ``devft_lab.layers`` the
-                                      architecture adapter; ``devft_lab.data``; ``devft_lab.evaluate``
+* foundations   ``devft_lab.core.models``  presets and loading; ``devft_lab.core.layers`` the
+                                      architecture adapter; ``devft_lab.data``; ``devft_lab.core.evaluate``
 * surface       ``devft_lab.cli``, notebooks
 
-Start with ``from devft_lab.models import load_model``.
+Start with ``from devft_lab.core.models import load_model``.
 """
 import os as _os
 

@@ -24,7 +24,7 @@ EXIT_BAD_INPUT = 2
 
 
 def _cmd_model_list(args) -> int:
-    from devft_lab.models import GGUF_PRESETS, TINY_PRESETS
+    from devft_lab.core.models import GGUF_PRESETS, TINY_PRESETS
 
     for p in GGUF_PRESETS.values():
         print(f"{p.name:14s} {p.description}\n{'':14s} package {p.package}=={p.version}; licence: {p.licence}")
@@ -35,7 +35,7 @@ def _cmd_model_list(args) -> int:
 
 
 def _cmd_model_prepare(args) -> int:
-    from devft_lab.models import GGUF_PRESETS, TINY_PRESETS, prepare_preset
+    from devft_lab.core.models import GGUF_PRESETS, TINY_PRESETS, prepare_preset
 
     if args.name in TINY_PRESETS:
         print(f"{args.name} is built in memory; nothing to prepare.")
@@ -49,8 +49,8 @@ def _cmd_model_prepare(args) -> int:
 
 
 def _cmd_model_ask(args) -> int:
-    from devft_lab.generate import answer
-    from devft_lab.models import load_model
+    from devft_lab.core.generate import answer
+    from devft_lab.core.models import load_model
 
     model, tok = load_model(args.name)
     print(answer(model, tok, args.question, max_new_tokens=args.max_new_tokens))
@@ -58,14 +58,14 @@ def _cmd_model_ask(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from devft_lab.demo import main as demo_main
+    from devft_lab.runner.demo import main as demo_main
 
     return demo_main(model_name=args.model, quiet=args.quiet)
 
 
 def _cmd_run(args) -> int:
-    from devft_lab.config import load_config
-    from devft_lab.run import start
+    from devft_lab.runner.config import load_config
+    from devft_lab.runner.run import start
 
     cfg = load_config(args.config, args.overrides)
     summary = start(cfg, force=args.force, quiet=args.quiet,
@@ -75,7 +75,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_resume(args) -> int:
-    from devft_lab.run import resume
+    from devft_lab.runner.run import resume
 
     summary = resume(args.run_dir, quiet=args.quiet)
     print(json.dumps({k: summary[k] for k in ("rounds", "paper_bytes", "full_bytes", "final") if k in summary}))
@@ -83,11 +83,11 @@ def _cmd_resume(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from devft_lab.report import main as report_main
+    from devft_lab.runner.report import main as report_main
 
     print(report_main(args.run_dirs, args.out))
     if args.tensorboard:
-        from devft_lab.tensorboard import export
+        from devft_lab.runner.tensorboard import export
 
         for d in args.run_dirs:
             print(f"tensorboard: {export(d)}  (tensorboard --logdir {Path(d) / 'tensorboard'})")
@@ -95,7 +95,7 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_config(args) -> int:
-    from devft_lab.config import load_config, shipped_configs, to_yaml
+    from devft_lab.runner.config import load_config, shipped_configs, to_yaml
 
     if args.config_command == "list":
         print("\n".join(shipped_configs()))
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--tensorboard", action="store_true",
                     help="also export each run's log as TensorBoard events to RUN_DIR/tensorboard/")
     rp.set_defaults(func=_cmd_report)
-    from devft_lab.reproduce import add_reproduce_parser
+    from devft_lab.experiments.reproduce import add_reproduce_parser
 
     add_reproduce_parser(sub)  # devft-lab reproduce TABLE --scale lab|paper|smoke
     dp = sub.add_parser("data", help="the lab benchmark: devft-lab data build --help")
@@ -159,10 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from devft_lab.layers import UnsupportedArchitectureError
+    from devft_lab.core.layers import UnsupportedArchitectureError
     from devft_lab.fl.checkpoint import CheckpointError
-    from devft_lab.models import ModelLoadError, presets
-    from devft_lab.run import RunError
+    from devft_lab.core.models import ModelLoadError, presets
+    from devft_lab.runner.run import RunError
 
     import warnings
 

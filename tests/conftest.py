@@ -13,6 +13,6 @@ TINY = ["tiny-llama", "tiny-qwen2", "tiny-gemma3", "tiny-mistral"]
 @pytest.fixture(scope="session")
 def smollm2():
     """The real embedded model (fp32, CPU), loaded once per test session."""
-    from devft_lab.models import load_model
+    from devft_lab.core.models import load_model
 
     return load_model("smollm2-135m", device="cpu")

@@ -1,7 +1,7 @@
 """Run configs: loading, overrides, validation messages."""
 import pytest
 
-from devft_lab.config import (
+from devft_lab.runner.config import (
     ConfigError, RunConfig, config_hash, from_dict, load_config, shipped_configs, stage_rounds,
     to_dict, to_yaml, validate_against_model,
 )

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from devft_lab.evaluate import (answer_matches, choice_loglikelihoods, evaluate_suites, exact_match,
+from devft_lab.core.evaluate import (answer_matches, choice_loglikelihoods, evaluate_suites, exact_match,
                                 paired_bootstrap, perplexity, score_multiple_choice, summarise)
-from devft_lab.models import byte_tokenizer, load_model
+from devft_lab.core.models import byte_tokenizer, load_model
 
 
 class Favour(nn.Module):
@@ -106,7 +106,7 @@ def test_shared_prefix_cache_equals_full_sequences_on_tiny_llama(tiny):
 def test_works_on_peft_and_submodels(tiny):
     from peft import LoraConfig, get_peft_model
 
-    from devft_lab import layers
+    from devft_lab.core import layers
 
     model, tok = tiny
     items = [item(["yes", "no"], 0, prompt="Is it?")]

@@ -1,7 +1,7 @@
 """DevFT through Flower ends where the in-process simulation ends, bit for bit.
 
 A 2-stage DevFT schedule (capacities 4 -> 8 on the tiny 8-layer model, FedIT) runs three ways:
-``devft-lab run`` (:func:`devft_lab.run.start`, the reference), Flower's Simulation Engine, and
+``devft-lab run`` (:func:`devft_lab.runner.run.start`, the reference), Flower's Simulation Engine, and
 a real SuperLink with three SuperNodes on loopback. With the same seeds and the same client
 sampling, the final adapters must be equal, and so must the LoRA bytes in each direction. The
 clients build the fused submodel themselves, so the dense fused layers that the simulation
@@ -23,10 +23,10 @@ pytest.importorskip("flwr")
 
 from safetensors.torch import load_file  # noqa: E402
 
-from devft_lab.config import load_config, to_dict  # noqa: E402
+from devft_lab.runner.config import load_config, to_dict  # noqa: E402
 from devft_lab.flower.server_app import ServerOptions  # noqa: E402
 from devft_lab.flower.workload import WorkloadSpec, run_in_process  # noqa: E402
-from devft_lab.run import load_adapter, start  # noqa: E402
+from devft_lab.runner.run import load_adapter, start  # noqa: E402
 
 #: 2 stages of 1 round, 3 clients, 2 sampled per round (FedIT)
 TWO_STAGES = ["devft.stages=2", "fed.num_rounds=2", "devft.rounds_per_stage=1", "data.num_clients=3",

@@ -5,7 +5,7 @@ def test_build_submodel_warns_once_per_group_with_negative_anchor_weight():
     import warnings
 
     from devft_lab.method.submodel import build_submodel
-    from devft_lab.models import load_model
+    from devft_lab.core.models import load_model
 
     model, _ = load_model("tiny-llama")
     L = len(model.model.layers)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from devft_lab.data.records import DataError
-from devft_lab.lab_signal import SignalConfig, load_signal_config, main
+from devft_lab.experiments.lab_signal import SignalConfig, load_signal_config, main
 
-SHIPPED = str(Path(__file__).resolve().parents[1] / "devft_lab" / "configs" / "lab_signal.yaml")
+SHIPPED = str(Path(__file__).resolve().parents[1] / "devft_lab" / "runner" / "configs" / "lab_signal.yaml")
 
 
 def test_shipped_config_loads_and_overrides_apply():
@@ -32,7 +32,7 @@ def test_bad_config_says_what_to_fix(override, message):
 
 
 def test_unknown_suite_fails_before_loading_anything(tmp_path):
-    from devft_lab.lab_signal import run
+    from devft_lab.experiments.lab_signal import run
 
     with pytest.raises(DataError, match="unknown evaluation suite 'mmlu_pro'"):
         run(SignalConfig(suites=["mmlu_pro"], out=str(tmp_path / "x")), "cmd")
@@ -50,7 +50,7 @@ def test_tiny_run_writes_the_signal_artifact(tmp_path):
     assert r["ci95"][0] <= r["ci95"][1] and r["n_eval"] == 13  # headline indist + bbh: 6 + 7 tasks, one item each
     assert r["all_suites"]["n_eval"] == 14 and r["all_suites"]["suites"] == ["indist", "bbh", "mmlu"]
     assert (tmp_path / "signal_items.jsonl").read_text().count("\n") == 14
-    assert r["command"].startswith("python -m devft_lab.lab_signal --config ")
+    assert r["command"].startswith("python -m devft_lab.experiments.lab_signal --config ")
     assert "| indist |" in out.with_suffix(".md").read_text()
 
 
@@ -59,12 +59,12 @@ def test_committed_signal_result_matches_the_shipped_config_and_lists_earlier_tr
     import dataclasses
     from pathlib import Path
 
-    from devft_lab.lab_signal import markdown
+    from devft_lab.experiments.lab_signal import markdown
 
     root = Path(__file__).resolve().parents[1]
     r = json.loads((root / "results" / "lab_signal.json").read_text())
     assert r["config"] == dataclasses.asdict(load_signal_config(SHIPPED))
-    assert r["command"] == "python -m devft_lab.lab_signal --config devft_lab/configs/lab_signal.yaml"
+    assert r["command"] == "python -m devft_lab.experiments.lab_signal --config devft_lab/runner/configs/lab_signal.yaml"
     assert (root / "results" / "lab_signal.md").read_text() == markdown(r)
     for t in r.get("earlier_tries", []):
         assert f"gap {t['gap']:+.1f}" in markdown(r)

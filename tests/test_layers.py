@@ -4,8 +4,8 @@ import copy
 import pytest
 import torch
 
-from devft_lab import layers
-from devft_lab.models import load_model, tiny_model
+from devft_lab.core import layers
+from devft_lab.core.models import load_model, tiny_model
 from tests.conftest import TINY
 
 

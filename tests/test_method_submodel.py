@@ -4,14 +4,14 @@ import copy
 import pytest
 import torch
 
-from devft_lab.layers import decoder_layers, num_layers
+from devft_lab.core.layers import decoder_layers, num_layers
 from devft_lab.method.fusion import fusion_weights
 from devft_lab.method.grouping import even_groups, spectral_groups
 from devft_lab.method.similarity import block_influence, layer_parameter_similarity
 from devft_lab.method.submodel import (build_submodel, default_lora_config, init_global_lora,
                                        set_submodel_lora_state)
 from devft_lab.method.transfer import transfer_lora
-from devft_lab.models import load_model
+from devft_lab.core.models import load_model
 
 ARCHS = ["tiny-llama", "tiny-qwen2", "tiny-gemma3"]
 TEXT = ["The quick brown fox jumps over the lazy dog.", "DevFT grows the model stage by stage."]

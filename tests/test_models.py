@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from devft_lab import models
-from devft_lab.models import GGUFPreset, ModelLoadError, load_model
+from devft_lab.core import models
+from devft_lab.core.models import GGUFPreset, ModelLoadError, load_model
 
 
 def test_tiny_presets_are_seeded_and_tokenizer_round_trips():
@@ -39,7 +39,7 @@ def test_missing_package_says_how_to_install(monkeypatch):
 
 
 def test_hub_id_without_network_says_what_to_do():
-    code = "from devft_lab.models import load_model\nload_model('someorg/some-model')"
+    code = "from devft_lab.core.models import load_model\nload_model('someorg/some-model')"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode != 0
@@ -103,8 +103,8 @@ def test_concurrent_prepares_convert_once(fake_gguf):
 
 @pytest.mark.real_model
 def test_embedded_model_knows_the_capital_of_france(smollm2):
-    from devft_lab import layers
-    from devft_lab.generate import answer
+    from devft_lab.core import layers
+    from devft_lab.core.generate import answer
 
     model, tok = smollm2
     assert layers.num_layers(model) == 30 and model.dtype == torch.float32
@@ -128,7 +128,7 @@ def test_broken_chunk_package_gives_one_clear_message(monkeypatch, tmp_path):
 
 
 def test_base_model_without_chat_template_answers_plainly():
-    from devft_lab.generate import answer
+    from devft_lab.core.generate import answer
 
     model, tok = load_model("tiny-llama", device="cpu")
     tok.chat_template = None

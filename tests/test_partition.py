@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
-from devft_lab.config import DataConfig
+from devft_lab.runner.config import DataConfig
 from devft_lab.data.partition import (PARTITIONERS, category_skew, params_of, partition,
                                       partition_counts, partition_examples, plot_partition)
 from devft_lab.data.records import DataError
@@ -171,7 +171,7 @@ def test_counts_and_category_skew_on_hand_built_split():
 
 def test_shipped_configs_use_known_partitioners():
     assert DataConfig().partitioner in PARTITIONERS
-    cfg_dir = Path(__file__).parents[1] / "devft_lab" / "configs"
+    cfg_dir = Path(__file__).parents[1] / "devft_lab" / "runner" / "configs"
     for path in cfg_dir.glob("*.yaml"):
         data = yaml.safe_load(path.read_text()).get("data", {})
         assert data.get("partitioner", "iid") in PARTITIONERS, path.name

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from devft_lab import reproduce as rp
-from devft_lab.config import config_hash
+from devft_lab.experiments import reproduce as rp
+from devft_lab.runner.config import config_hash
 from devft_lab.method.schedule import stage_capacities
 
 
@@ -60,7 +60,7 @@ def test_every_cell_config_is_valid_and_variants_differ(tmp_path, scale):
 
 @pytest.mark.parametrize("scale,layers", [("smoke", 8), ("lab", 30), ("paper", 32)])
 def test_every_devft_schedule_fits_its_model(tmp_path, scale, layers):
-    from devft_lab.config import validate_against_model
+    from devft_lab.runner.config import validate_against_model
 
     plan = _plan(tmp_path, scale)
     caps = {c.variant.key: validate_against_model(plan.config(c), layers) for c in rp.cells_of(list(rp.TABLES), [0])}
@@ -284,7 +284,7 @@ def _finals(tmp_path):
 
 
 def test_sittings_skip_finished_cells_and_resume_killed_ones(tmp_path, monkeypatch):
-    import devft_lab.run as runmod
+    import devft_lab.runner.run as runmod
 
     # sitting 1: one cell, trained in a subprocess (the default); the table says partial
     assert _main(tmp_path, "--max-cells", "1") == 0
@@ -351,7 +351,7 @@ def test_a_cell_of_another_config_is_stale_not_skipped(tmp_path):
 def test_adopt_takes_a_finished_matching_run_only(tmp_path):
     plan = _plan(tmp_path / "res")
     src = _fake_run(_plan(tmp_path / "elsewhere"), "fedit", 0, _fedit(35.0, 40.0))
-    from devft_lab.config import to_yaml
+    from devft_lab.runner.config import to_yaml
 
     (src / "config.yaml").write_text(to_yaml(plan.config(rp.Cell(rp.V["fedit"], 0))))
     notes = rp.adopt(plan, rp.cells_of(["main"], [0]), [src, tmp_path])

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from devft_lab.config import load_config
+from devft_lab.runner.config import load_config
 from devft_lab.fl.strategies import is_lora_a, is_lora_b
-from devft_lab.run import load_adapter, start
+from devft_lab.runner.run import load_adapter, start
 
 BASE = ["fed.num_rounds=4", "devft.rounds_per_stage=null", "eval.holdout=8"]
 
@@ -53,7 +53,7 @@ def test_devft_stages_grow_and_bytes_follow_capacity(tmp_path):
     from peft import PeftModel
 
     from devft_lab.fl.client import get_lora_state
-    from devft_lab.models import load_model
+    from devft_lab.core.models import load_model
 
     peft_model = PeftModel.from_pretrained(load_model("tiny-llama", device="cpu")[0], str(d / "adapter"))
     loaded, saved = get_lora_state(peft_model), load_adapter(d)
@@ -72,7 +72,7 @@ def test_fedsa_never_uploads_b_and_ffa_never_changes_a(tmp_path):
     assert n_a == 16
     _, f = _run(tmp_path, "ffa", "fed.strategy=ffa-lora", "devft.enabled=false")
     from devft_lab.fl.strategies import get_strategy
-    from devft_lab.run import build
+    from devft_lab.runner.run import build
     parts = build(load_config("tiny", [*BASE, "fed.strategy=ffa-lora", "devft.enabled=false"]), progress=False)
     init = get_strategy("ffa-lora").init_global(parts.plan.begin(0).start)
     final = load_adapter(f)
@@ -152,7 +152,7 @@ def test_flora_merges_the_exact_aggregate_into_the_base(tmp_path):
     rows = _rows(d)
     assert rows[0]["downlink_bytes"] > rows[0]["uplink_bytes"]  # the stacked adapter goes back down
     cfg = load_config("tiny", [*BASE, "fed.strategy=flora", "devft.enabled=true"])
-    from devft_lab.config import ConfigError
-    from devft_lab.run import build
+    from devft_lab.runner.config import ConfigError
+    from devft_lab.runner.run import build
     with pytest.raises(ConfigError, match="devft.enabled=false"):
         build(cfg, progress=False)

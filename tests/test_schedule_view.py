@@ -1,10 +1,10 @@
-"""devft_lab.schedule_view: partitions, run comparison and knowledge transfer (notebook 04)."""
+"""devft_lab.teach.schedule_view: partitions, run comparison and knowledge transfer (notebook 04)."""
 import json
 
 import pytest
 import torch
 
-from devft_lab import schedule_view as sv
+from devft_lab.teach import schedule_view as sv
 from devft_lab.data import load_examples
 
 CATS = [e["category"] for e in load_examples("tiny")]
@@ -44,8 +44,8 @@ def test_lora_cosine_and_holds_representative():
 
 
 def test_run_stages_transfers_on_tiny_model():
-    from devft_lab.config import load_config
-    from devft_lab.run import build
+    from devft_lab.runner.config import load_config
+    from devft_lab.runner.run import build
 
     parts = build(load_config("tiny", ["train.local_steps=1"]), progress=False)
     history = sv.run_stages(parts, rounds_per_stage=1, clients=(0, 1))
@@ -63,8 +63,8 @@ def test_run_stages_transfers_on_tiny_model():
 
 
 def test_run_stages_needs_devft_plan():
-    from devft_lab.config import load_config
-    from devft_lab.run import build
+    from devft_lab.runner.config import load_config
+    from devft_lab.runner.run import build
 
     parts = build(load_config("tiny", ["devft.enabled=false"]), progress=False)
     with pytest.raises(ValueError, match="DevFT plan"):
@@ -72,7 +72,7 @@ def test_run_stages_needs_devft_plan():
 
 
 def test_runs_available_and_bytes(tmp_path):
-    from devft_lab.report import read_run
+    from devft_lab.runner.report import read_run
 
     done, half = tmp_path / "done", tmp_path / "half"
     for d in (done, half):
@@ -87,7 +87,7 @@ def test_runs_available_and_bytes(tmp_path):
 
 
 def test_train_loss_figure(tmp_path):
-    from devft_lab.report import read_run
+    from devft_lab.runner.report import read_run
 
     rows = [{"round": i, "uplink_bytes": 1, "extra": {"loss": 2.0 / (i + 1), "capacity": 8}} for i in range(3)]
     (tmp_path / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in rows))

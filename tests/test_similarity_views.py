@@ -3,10 +3,10 @@ import copy
 
 import torch
 
-from devft_lab.layers import decoder_layers, with_layers
+from devft_lab.core.layers import decoder_layers, with_layers
 from devft_lab.method.similarity import (layer_function_similarity, layer_parameter_similarity,
                                          layer_parameter_similarity_per_tensor)
-from devft_lab.models import load_model
+from devft_lab.core.models import load_model
 
 
 def _tiny():

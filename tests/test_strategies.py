@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from devft_lab.config import STRATEGY_PARAMS, ConfigError
+from devft_lab.runner.config import STRATEGY_PARAMS, ConfigError
 from devft_lab.fl import strategies as S
 from devft_lab.fl.strategies import (
     STRATEGIES, canonical_key, get_strategy, is_lora_a, is_lora_b, lora_pairs, merge_delta,
@@ -194,7 +194,7 @@ def test_aggregate_uses_only_uplinked_keys():
 def test_peft_key_names_roundtrip():
     """The strategies understand the keys real PEFT produces (peft get_peft_model_state_dict)."""
     peft = pytest.importorskip("peft")
-    from devft_lab.models import tiny_model
+    from devft_lab.core.models import tiny_model
 
     model, _ = tiny_model("llama", num_layers=2)
     pm = peft.get_peft_model(model, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))

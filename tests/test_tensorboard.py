@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from devft_lab.tensorboard import export, scalars
+from devft_lab.runner.tensorboard import export, scalars
 
 
 def _run_dir(tmp_path, rounds):

@@ -6,8 +6,8 @@ import torch
 
 from devft_lab.fl.client import get_lora_state, lora_parameters, set_lora_state, set_trainable
 from devft_lab.fl.strategies import get_strategy, is_lora_a
-from devft_lab.models import load_model
-from devft_lab.train import IGNORE, batch_order, collate, encode_example, lm_loss, round_lr, train_local
+from devft_lab.core.models import load_model
+from devft_lab.core.train import IGNORE, batch_order, collate, encode_example, lm_loss, round_lr, train_local
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from devft_lab import explore, viz, widgets
+from devft_lab.teach import explore, viz, widgets
 from devft_lab.method.grouping import validate_groups
 from devft_lab.method.similarity import layer_parameter_similarity
-from devft_lab.models import load_model
+from devft_lab.core.models import load_model
 
 TEXTS = ["the cat sat on the mat", "water boils at one hundred degrees", "a b c d e f g"]
 
@@ -34,7 +34,7 @@ def test_capacity_view_groups_cover_every_layer(tiny, grouping, capacity):
 
 
 def test_capacity_view_full_capacity_is_the_full_model(tiny):
-    from devft_lab.evaluate import perplexity
+    from devft_lab.core.evaluate import perplexity
 
     model, tok, sim = tiny
     v = widgets.capacity_view(model, 8, 0.4, "even", sim, tok, TEXTS)
@@ -120,7 +120,7 @@ def test_tensor_difference_norms(tiny):
 
 
 def test_profile_switch(monkeypatch):
-    from devft_lab import profile
+    from devft_lab.teach import profile
 
     monkeypatch.delenv("DEVFT_PROFILE", raising=False)
     monkeypatch.delenv("DEVFT_NOTEBOOK_MODEL", raising=False)
@@ -139,7 +139,7 @@ def test_check_and_clean(capsys):
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
-    from devft_lab.notebooks import check, clean
+    from devft_lab.teach.notebooks import check, clean
 
     check("two is even", 2 % 2 == 0)
     assert capsys.readouterr().out == "✓ two is even\n"
@@ -191,7 +191,7 @@ def test_viz_functions_return_figures():
 
 def test_interact_controls():
     W = pytest.importorskip("ipywidgets")
-    from devft_lab.widgets import _control
+    from devft_lab.teach.widgets import _control
 
     s = _control("beta", (0.0, 0.5, 0.05, 0.1))
     assert isinstance(s, W.FloatSlider) and s.value == 0.1

@@ -1,10 +1,10 @@
-"""devft_lab.zoo: the FedAvg gap of LoRA factors and the strategies side by side (notebook 05)."""
+"""devft_lab.teach.zoo: the FedAvg gap of LoRA factors and the strategies side by side (notebook 05)."""
 import math
 
 import pytest
 import torch
 
-from devft_lab import zoo
+from devft_lab.teach import zoo
 from devft_lab.fl.strategies import get_strategy
 
 
@@ -96,8 +96,8 @@ def test_bad_arguments():
 
 
 def test_real_round_on_tiny_model():
-    from devft_lab.config import load_config
-    from devft_lab.run import build
+    from devft_lab.runner.config import load_config
+    from devft_lab.runner.run import build
 
     cfg = load_config("tiny", ["devft.enabled=false", "train.local_steps=1"])
     parts = build(cfg, progress=False)

@@ -9,7 +9,7 @@ only, so a template gives the two halves separately:
 ``chat``    the model's own chat template (``tokenizer.apply_chat_template``), user turn(s)
             then the generation prompt; the response is the assistant turn.
 
-Training appends the tokenizer's EOS after the response (see :mod:`devft_lab.train`).
+Training appends the tokenizer's EOS after the response (see :mod:`devft_lab.core.train`).
 """
 from __future__ import annotations
 

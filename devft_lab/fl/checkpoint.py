@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from devft_lab.files import sha256_file
+from devft_lab.core.files import sha256_file
 
 SEP = "::"
 TENSORS = "tensors.safetensors"
@@ -290,7 +290,7 @@ def load_checkpoint(path: str | os.PathLike, *, restore_rng: bool = True,
                     map_location: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint folder (or the newest under a root), verified; optionally restore RNGs.
 
-    ``expect_config_hash`` (from :func:`devft_lab.config.config_hash`) refuses to resume a
+    ``expect_config_hash`` (from :func:`devft_lab.runner.config.config_hash`) refuses to resume a
     run whose training-relevant config changed.
     """
     path = verify_checkpoint(path)

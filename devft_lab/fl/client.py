@@ -14,12 +14,12 @@ from typing import Mapping, Sequence
 import torch
 
 from devft_lab.fl.strategies import State, Strategy, canonical_key
-from devft_lab.train import TrainStats, train_local
+from devft_lab.core.train import TrainStats, train_local
 
 
 @dataclass
 class LocalTraining:
-    """The training knobs of one client round (from :class:`devft_lab.config.TrainConfig`)."""
+    """The training knobs of one client round (from :class:`devft_lab.runner.config.TrainConfig`)."""
 
     steps: int
     batch_size: int
@@ -91,7 +91,7 @@ def client_update(model: torch.nn.Module, start: Mapping[str, torch.Tensor], dat
     """One client round on the shared ``model``.
 
     ``start`` is the adapter the client begins from (``strategy.client_init``), ``data``
-    its encoded examples (:func:`devft_lab.train.encode_example`). The global torch RNG
+    its encoded examples (:func:`devft_lab.core.train.encode_example`). The global torch RNG
     (dropout) and the batch order are seeded from ``(seed, round, client)``.
     ``global_state`` feeds a strategy's local penalty (FedProx).
     """

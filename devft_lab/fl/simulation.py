@@ -32,7 +32,7 @@ from devft_lab.fl.client import LocalTraining, client_update
 from devft_lab.fl.sampling import sample_clients
 from devft_lab.fl.stages import StageModel, StagePlan
 from devft_lab.fl.strategies import State, Strategy, merge_delta, stacked_delta
-from devft_lab.train import round_lr
+from devft_lab.core.train import round_lr
 
 Evaluator = Callable[[torch.nn.Module], dict[str, float]]
 

@@ -6,8 +6,8 @@ plan takes the trained adapter back. Three plans exist:
 
 * :class:`FullModelPlan` (here): one stage, the whole model -- FedIT, FFA-LoRA, FedSA-LoRA,
   FLoRA, FedProx as their papers run them;
-* :class:`devft_lab.devft.DevFTPlan`: growing submodels of fused layers (the paper);
-* :class:`devft_lab.progfed.ProgFedPlan`: a growing prefix of the layers (ProgFed).
+* :class:`devft_lab.plans.devft.DevFTPlan`: growing submodels of fused layers (the paper);
+* :class:`devft_lab.plans.progfed.ProgFedPlan`: a growing prefix of the layers (ProgFed).
 
 Also here: converting a LoRA state between the runtime's flat form (``{PEFT key: tensor}``)
 and the per-layer form of :mod:`devft_lab.method` (``{layer: {name in layer: tensor}}``).

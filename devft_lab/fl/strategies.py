@@ -49,7 +49,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from devft_lab.config import STRATEGY_PARAMS, ConfigError, _closest, canonical_strategy
+from devft_lab.runner.config import STRATEGY_PARAMS, ConfigError, _closest, canonical_strategy
 
 State = dict[str, torch.Tensor]
 
@@ -515,5 +515,5 @@ def get_strategy(name: str, **params) -> Strategy:
 
 
 def from_config(fed) -> Strategy:
-    """The strategy of a :class:`devft_lab.config.FedConfig`."""
+    """The strategy of a :class:`devft_lab.runner.config.FedConfig`."""
     return get_strategy(fed.strategy, **dict(fed.strategy_params))

@@ -32,7 +32,7 @@ def workload_spec(workload: str, config: str | None, overrides: Sequence[str]):
                 raise ValueError(f"--set {item!r}: expected key=value")
             settings[key.strip()] = yaml.safe_load(value)
         return WorkloadSpec("dummy", settings)
-    from devft_lab.config import load_config, to_dict
+    from devft_lab.runner.config import load_config, to_dict
 
     cfg = load_config(config or "tiny", overrides=list(overrides))
     return WorkloadSpec(workload, {"config": to_dict(cfg)})

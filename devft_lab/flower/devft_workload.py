@@ -1,8 +1,8 @@
 """The ``devft`` workload: a ``devft-lab run`` config (DevFT, ProgFed or a plain baseline) on Flower.
 
 It drives the same objects as the in-process simulation (:mod:`devft_lab.fl.simulation`):
-the stage plan from :func:`devft_lab.run.build_plan`, the strategy from the config, seeded
-sampling, :func:`devft_lab.train.round_lr`, and :func:`devft_lab.fl.client.client_update` for
+the stage plan from :func:`devft_lab.runner.run.build_plan`, the strategy from the config, seeded
+sampling, :func:`devft_lab.core.train.round_lr`, and :func:`devft_lab.fl.client.client_update` for
 local training. A run therefore ends with the same adapter as ``Simulation`` given the same
 seeds and the same participating clients (``tests/test_flower_devft.py``).
 
@@ -25,7 +25,7 @@ the transfer uses ``strategy.eval_state(global, kept)``, the mean B for FedSA-Lo
 
 Not covered: FLoRA (it merges into the base weights every round, which the simulation does not
 support with DevFT either) and evaluation during the run (``eval.*``). To evaluate, load the final
-adapter (``final_state.safetensors``) with :func:`devft_lab.run.export_adapter`'s format.
+adapter (``final_state.safetensors``) with :func:`devft_lab.runner.run.export_adapter`'s format.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class DevFTWorkload(Workload):
 
     def __init__(self, settings: Mapping[str, Any]):
         super().__init__(settings)
-        from devft_lab.config import from_dict, stage_rounds
+        from devft_lab.runner.config import from_dict, stage_rounds
 
         self.cfg = from_dict(self.settings["config"])
         self.rounds = stage_rounds(self.cfg)
@@ -78,7 +78,7 @@ class DevFTWorkload(Workload):
     @property
     def parts(self):
         if self._parts is None:
-            from devft_lab.run import build
+            from devft_lab.runner.run import build
 
             self._parts = build(self.cfg, progress=False)
         return self._parts
@@ -119,7 +119,7 @@ class DevFTWorkload(Workload):
             self.delivered = set()
 
     def instruction(self, rnd: int, client: int) -> tuple[State, dict[str, Any]]:
-        from devft_lab.train import round_lr
+        from devft_lab.core.train import round_lr
 
         self._goto_stage(self.stage_of[rnd])
         p, s = self.parts, self.parts.settings

@@ -7,7 +7,7 @@ grouping.py        DGLG: spectral grouping, contiguous DP, EVEN and RANDOM basel
 fusion.py          DBLF and its variants as per-member fusion weights
 submodel.py        the runnable stage submodel (shared embeddings/head, PEFT LoRA)
 transfer.py        knowledge transfer of representative LoRA back to the groups
-report.py          ``python -m devft_lab.method.report``: build every stage on a model
+report.py          ``python -m devft_lab.experiments.submodels``: build every stage on a model
 =================  ==========================================================
 """
 from devft_lab.method.fusion import anchor_weight, fuse_layers, fuse_state_dicts, fuse_tensors, fusion_weights

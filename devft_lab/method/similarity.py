@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from devft_lab.layers import decoder_layers, num_layers
+from devft_lab.core.layers import decoder_layers, num_layers
 
 TensorDict = Mapping[str, torch.Tensor]
 GlobalLoRA = Mapping[int, TensorDict]  # {layer_index: {"self_attn.q_proj.lora_A.weight": A, ...}}

@@ -3,7 +3,7 @@
 Built from the current global model in two steps (STATED): the groups (DGLG) and one
 representative per group (DBLF), in group order. The embeddings, rotary embedding, final
 norm and LM head are *shared* with the full model (no copy; OPEN, the obvious choice), via
-:func:`devft_lab.layers.with_layers`. Each representative is a deep copy of its anchor with
+:func:`devft_lab.core.layers.with_layers`. Each representative is a deep copy of its anchor with
 the fused tensors written in, so it keeps the anchor's attention type (Gemma3).
 
 LoRA: the full model stays a plain HF model; its adapters are the *global LoRA*, a dict
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from devft_lab.layers import decoder_layers, layer_prefix, layer_types, num_layers, with_layers
+from devft_lab.core.layers import decoder_layers, layer_prefix, layer_types, num_layers, with_layers
 from devft_lab.method.fusion import DEFAULT_BETA, anchor_position, fuse_layers, fuse_state_dicts, fusion_weights
 from devft_lab.method.grouping import Groups, canonical, validate_groups
 

@@ -1,9 +1,9 @@
 """Does the lab benchmark carry signal? Base model vs a centralised LoRA fine-tune on the pool.
 
-    python -m devft_lab.lab_signal --config devft_lab/configs/lab_signal.yaml [--set steps=50 ...]
+    python -m devft_lab.experiments.lab_signal --config devft_lab/runner/configs/lab_signal.yaml [--set steps=50 ...]
 
 Evaluates the base model on the lab suites, fine-tunes a PEFT LoRA on the whole pool with
-:func:`devft_lab.train.train_local` (no federation: the upper reference every federated
+:func:`devft_lab.core.train.train_local` (no federation: the upper reference every federated
 run is compared with), evaluates again, and writes ``<out>.json`` and ``<out>.md``: per-task,
 per-suite and average accuracy (percent), the gap, and 95% intervals from a paired
 bootstrap over evaluation items (fixed seed).
@@ -73,7 +73,7 @@ def load_signal_config(path: str | Path | None, overrides: list[str] = ()) -> Si
             hint = difflib.get_close_matches(key, names, n=1)
             raise DataError(f"{path or '--set'}: unknown field {key!r}"
                             f"{f' (did you mean {hint[0]!r}?)' if hint else ''}; fields: {', '.join(names)}.")
-    from devft_lab.config import ConfigError, build_dataclass
+    from devft_lab.runner.config import ConfigError, build_dataclass
 
     try:
         cfg = build_dataclass(SignalConfig, raw)
@@ -87,7 +87,7 @@ def load_signal_config(path: str | Path | None, overrides: list[str] = ()) -> Si
 
 def average(base_rows: list[dict], ft_rows: list[dict], suites: list[str], cfg: SignalConfig) -> dict[str, Any]:
     """Base / fine-tuned macro average over ``suites``, the gap and its paired-bootstrap interval."""
-    from devft_lab.evaluate import paired_bootstrap, summarise
+    from devft_lab.core.evaluate import paired_bootstrap, summarise
 
     b = [r for r in base_rows if r["suite"] in suites]
     f = [r for r in ft_rows if r["suite"] in suites]
@@ -100,7 +100,7 @@ def average(base_rows: list[dict], ft_rows: list[dict], suites: list[str], cfg: 
 
 def suite_gaps(base: dict[str, Any], ft: dict[str, Any], cfg: SignalConfig) -> dict[str, Any]:
     """Per-suite base / fine-tuned / gap / interval, with per-task numbers."""
-    from devft_lab.evaluate import paired_bootstrap
+    from devft_lab.core.evaluate import paired_bootstrap
 
     out = {}
     for name, b in base["suites"].items():
@@ -122,9 +122,9 @@ def run(cfg: SignalConfig, command: str) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
 
     from devft_lab.data.lab import expand_suites, load_pool
-    from devft_lab.evaluate import evaluate_suites, paired_bootstrap
-    from devft_lab.models import load_model
-    from devft_lab.train import encode_examples, train_local
+    from devft_lab.core.evaluate import evaluate_suites, paired_bootstrap
+    from devft_lab.core.models import load_model
+    from devft_lab.core.train import encode_examples, train_local
 
     headline = expand_suites(cfg.suites)  # unknown suite: fail before the slow parts
     every = headline + [s for s in expand_suites(cfg.extra_suites or []) if s not in headline]
@@ -228,7 +228,7 @@ def write(result: dict[str, Any], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="python -m devft_lab.lab_signal", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m devft_lab.experiments.lab_signal", description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=None, help="YAML file of SignalConfig fields")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override one field (repeatable), e.g. --set steps=50")
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    r = run(cfg, "python -m devft_lab.lab_signal " + shlex.join(argv))
+    r = run(cfg, "python -m devft_lab.experiments.lab_signal " + shlex.join(argv))
     print(f"[signal] gap {r['gap']:+.2f} points, 95% CI {r['ci95']} ({time.perf_counter() - t0:.0f} s in all)")
     return 0
 

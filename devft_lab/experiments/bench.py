@@ -1,6 +1,6 @@
 """Runtime benchmark: ratios measured in one run on this machine (not a timed test).
 
-    python -m devft_lab.bench [--model smollm2-135m] [--out results/bench_runtime.json]
+    python -m devft_lab.experiments.bench [--model smollm2-135m] [--out results/bench_runtime.json]
 
 Prints and writes:
 
@@ -49,7 +49,7 @@ def _examples(n: int = 64) -> list[dict]:
 
 
 def _client_round_s(model, enc, steps: int, batch_size: int, pad_id: int) -> tuple[float, int]:
-    from devft_lab.train import train_local
+    from devft_lab.core.train import train_local
 
     torch.manual_seed(0)
     train_local(model, enc, steps=1, batch_size=batch_size, lr=1e-4, seed=1, pad_id=pad_id)  # warm-up
@@ -60,12 +60,12 @@ def _client_round_s(model, enc, steps: int, batch_size: int, pad_id: int) -> tup
 def throughput(model_name: str, steps: int = 4, batch_size: int = 8) -> dict:
     """Training tokens/s of the full model and each stage's round time over the full model's."""
     from devft_lab.fl.accounting import training_flops
-    from devft_lab.layers import num_layers
+    from devft_lab.core.layers import num_layers
     from devft_lab.method.grouping import even_groups
     from devft_lab.method.schedule import stage_capacities
     from devft_lab.method.submodel import build_submodel, default_lora_config
-    from devft_lab.models import load_model
-    from devft_lab.train import encode_examples
+    from devft_lab.core.models import load_model
+    from devft_lab.core.train import encode_examples
 
     model, tok = load_model(model_name, device="cpu")
     enc = encode_examples(tok, _examples(), "chat", 256)
@@ -100,11 +100,11 @@ def _rss_child(model_name: str, clients: int) -> None:
     from devft_lab.fl.simulation import Simulation, SimulationSettings
     from devft_lab.fl.strategies import get_strategy
     from devft_lab.method.schedule import stage_capacities
-    from devft_lab.devft import DevFTPlan
-    from devft_lab.layers import num_layers
+    from devft_lab.plans.devft import DevFTPlan
+    from devft_lab.core.layers import num_layers
     from devft_lab.method.submodel import default_lora_config
-    from devft_lab.models import load_model
-    from devft_lab.train import encode_examples
+    from devft_lab.core.models import load_model
+    from devft_lab.core.train import encode_examples
 
     model, tok = load_model(model_name, device="cpu")
     enc = encode_examples(tok, _examples(8), "chat", 64)
@@ -127,7 +127,7 @@ def _rss_child(model_name: str, clients: int) -> None:
 def memory(model_name: str) -> dict:
     out = {}
     for n in (4, 100):
-        res = subprocess.run([sys.executable, "-m", "devft_lab.bench", "--rss-child", str(n), "--model", model_name],
+        res = subprocess.run([sys.executable, "-m", "devft_lab.experiments.bench", "--rss-child", str(n), "--model", model_name],
                              capture_output=True, text=True, check=True)
         child = json.loads(res.stdout.strip().splitlines()[-1])
         out[f"rss_mb_{n}_clients"] = child["rss_mb"]
@@ -139,7 +139,7 @@ def memory(model_name: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m devft_lab.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m devft_lab.experiments.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--out", default=None, help="write the JSON here (e.g. results/bench_runtime.json)")
     p.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
@@ -147,11 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.rss_child is not None:
         _rss_child(args.model, args.rss_child)
         return 0
-    from devft_lab.run import machine
+    from devft_lab.runner.run import machine
 
     t0 = time.perf_counter()
     res = {"model": args.model, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "command": "python -m devft_lab.bench " + " ".join(argv if argv is not None else sys.argv[1:])}
+           "command": "python -m devft_lab.experiments.bench " + " ".join(argv if argv is not None else sys.argv[1:])}
     first = matmul_gflops()
     res.update(throughput(args.model))
     # the machine's throughput: the better of a measurement before and after training (other

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from devft_lab.files import sha256_file
+from devft_lab.core.files import sha256_file
 
 MANIFEST = "devft_manifest.json"
 

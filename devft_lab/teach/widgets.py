@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from torch import nn
 
-from devft_lab import explore, viz
-from devft_lab.layers import num_layers
+from devft_lab.teach import explore, viz
+from devft_lab.core.layers import num_layers
 from devft_lab.method.fusion import DEFAULT_BETA, anchor_weight
 from devft_lab.method.grouping import Groups, group_layers
 
@@ -27,7 +27,7 @@ def capacity_view(model: nn.Module, capacity: int, beta: float = DEFAULT_BETA, g
 
     Returns ``groups`` (exactly ``capacity`` groups covering every layer once), ``weights``
     (per group, member order), ``anchor_weights`` (1 - beta (m - 1) per group), ``cost``
-    (:class:`devft_lab.explore.StageCost`), ``perplexity`` (None without tokenizer/texts)
+    (:class:`devft_lab.teach.explore.StageCost`), ``perplexity`` (None without tokenizer/texts)
     and ``figure`` (each layer's fusion weight, coloured by group).
     """
     L = num_layers(model)
@@ -40,7 +40,7 @@ def capacity_view(model: nn.Module, capacity: int, beta: float = DEFAULT_BETA, g
     weights = [list(w) for w in sub.weights]
     ppl = None
     if tokenizer is not None and texts:
-        from devft_lab.evaluate import perplexity
+        from devft_lab.core.evaluate import perplexity
 
         ppl = perplexity(sub.model, tokenizer, list(texts))
     del sub
@@ -99,7 +99,7 @@ def fusion_view(model: nn.Module, group: Sequence[int], beta: float = DEFAULT_BE
     """The representative of one group against its members, tensor by tensor.
 
     Returns ``weights`` (fusion weight per member), ``cosine`` and ``norm_ratio``
-    (members x tensors, see :func:`devft_lab.explore.fused_vs_members`), ``names`` and
+    (members x tensors, see :func:`devft_lab.teach.explore.fused_vs_members`), ``names`` and
     ``figure`` (cosine of the fused tensor with each member's).
     """
     from devft_lab.method.fusion import fusion_weights

@@ -74,7 +74,7 @@ def quiet() -> None:
 
 def load_profile_model(device: str = "cpu"):
     """``(model, tokenizer)`` of the active profile, fp32, eval mode, progress bars off."""
-    from devft_lab.models import load_model
+    from devft_lab.core.models import load_model
 
     quiet()
     return load_model(profile_model(), device=device)

@@ -40,7 +40,7 @@ class RunLog:
 
 
 def read_run(path: str | Path) -> RunLog:
-    """Load a run folder written by :mod:`devft_lab.run` (rounds.jsonl is required)."""
+    """Load a run folder written by :mod:`devft_lab.runner.run` (rounds.jsonl is required)."""
     path = Path(path)
     log = path / "rounds.jsonl"
     if not log.exists():

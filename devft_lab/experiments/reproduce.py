@@ -3,11 +3,11 @@
 A table is a list of *variants* (a method or an ablation setting, i.e. config overrides)
 run over seeds; one variant x one seed is a *cell*, one run folder::
 
-    <runs>/<scale>[-<tag>]/<home table>/<variant>-s<seed>/     (a devft_lab.run folder)
+    <runs>/<scale>[-<tag>]/<home table>/<variant>-s<seed>/     (a devft_lab.runner.run folder)
 
 A variant that several tables share (DevFT in main, ablation and growth) has one home, so
 it is trained once. Re-running the command skips finished cells (``summary.json`` with
-``done``), resumes killed ones (``devft_lab.run.resume``) and, with ``--max-cells K``,
+``done``), resumes killed ones (``devft_lab.runner.run.resume``) and, with ``--max-cells K``,
 trains at most K new cells per sitting. Afterwards it writes ``table_<name>.json`` and
 ``table_<name>.md`` from whatever cells are finished: mean +- sample std over seeds, the
 paper's published values beside them, the command, config hashes, machine, and a status
@@ -92,7 +92,7 @@ SCALES: dict[str, Scale] = {
     "smoke": Scale("smoke", "tiny", ("fed.num_rounds=4", "devft.rounds_per_stage=null", "eval.holdout=8",
                                      "eval.every_n_rounds=1"),
                    "tiny random 8-layer model, 4 rounds, held-out loss: checks the machinery, not the paper"),
-    "lab": Scale("lab", "smollm2_lab", (), "SmolLM2-135M on the lab benchmark (devft_lab/configs/smollm2_lab.yaml)"),
+    "lab": Scale("lab", "smollm2_lab", (), "SmolLM2-135M on the lab benchmark (devft_lab/runner/configs/smollm2_lab.yaml)"),
     "paper": Scale("paper", "llama2_7b", (), "paper-scale config; needs a GPU, bitsandbytes and the network"),
 }
 
@@ -180,7 +180,7 @@ class Plan:
                 f"name={d.name}", f"out_dir={d.parent}"]
 
     def config(self, cell: Cell):
-        from devft_lab.config import load_config
+        from devft_lab.runner.config import load_config
 
         return load_config(self.base, self.overrides(cell))
 
@@ -198,7 +198,7 @@ def check_table(name: str) -> str:
 
 def seeds_of(plan: Plan, n: int) -> list[int]:
     """``n`` seeds counting up from the base config's ``train.seed``."""
-    from devft_lab.config import load_config
+    from devft_lab.runner.config import load_config
 
     if n < 1:
         raise ReproduceError(f"--seeds {n}: need at least one seed.")
@@ -236,7 +236,7 @@ def _json(path: Path) -> dict:
 
 def cell_status(plan: Plan, cell: Cell) -> str:
     """``done``, ``stale`` (finished under another config), ``partial`` (resumable) or ``missing``."""
-    from devft_lab.config import config_hash
+    from devft_lab.runner.config import config_hash
 
     d = plan.cell_dir(cell)
     if not (d / "config.yaml").exists():
@@ -274,7 +274,7 @@ def _cli(args: list[str]) -> list[str]:
 
 def run_cell(plan: Plan, cell: Cell, isolate: bool = True, quiet: bool = True, rerun_stale: bool = False) -> str:
     """Bring one cell to ``done``: skip, resume or start it. Returns what was done."""
-    from devft_lab import run as runmod
+    from devft_lab.runner import run as runmod
 
     status = cell_status(plan, cell)
     if status == "done":
@@ -315,7 +315,7 @@ def adopt(plan: Plan, cells: Sequence[Cell], run_dirs: Iterable[str | Path]) -> 
     """
     import shutil
 
-    from devft_lab.config import config_hash, load_config
+    from devft_lab.runner.config import config_hash, load_config
 
     by_hash = {config_hash(plan.config(c)): c for c in cells}
     notes = []
@@ -454,7 +454,7 @@ def stage_round_costs(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
 
 def efficiency(fin: dict[str, Finished], metric: str, higher: bool) -> dict[str, Any]:
     """Time/bytes to FedIT's final value (per seed), and DevFT's stage rounds vs a full-model round."""
-    from devft_lab.report import read_run
+    from devft_lab.runner.report import read_run
 
     ref = fin.get("fedit", Finished())
     finals = {s: ref.summaries[s]["final"][metric] for s in ref.summaries if metric in ref.summaries[s].get("final", {})}
@@ -668,8 +668,8 @@ def _capacities(plan: Plan, key: str, f: Finished) -> list[int] | None:
 
 def build_table(plan: Plan, table: str, seeds: Sequence[int], command: str) -> dict[str, Any]:
     """The JSON of one table from the finished cells."""
-    from devft_lab.config import config_hash
-    from devft_lab.run import machine
+    from devft_lab.runner.config import config_hash
+    from devft_lab.runner.run import machine
 
     cells = cells_of([table], seeds)
     fin = collect(plan, cells)
@@ -808,7 +808,7 @@ def to_markdown(t: dict[str, Any]) -> str:
     if t.get("written_reading"):
         w = t["written_reading"]
         out += [f"## Reading (written; `{w['path']}`, kept when the table is regenerated)", "", w["text"], ""]
-    out += ["Config hashes (devft_lab.config.config_hash) per cell:", ""]
+    out += ["Config hashes (devft_lab.runner.config.config_hash) per cell:", ""]
     for r in t["rows"]:
         for c, h in r.get("config_hashes", {}).items():
             out.append(f"- `{c}`: `{h}`")
@@ -952,7 +952,7 @@ def run_args(args, argv: Sequence[str] | None = None, echo: Callable[[str], None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m devft_lab.reproduce TABLE [options]`` (same as ``devft-lab reproduce``)."""
+    """``python -m devft_lab.experiments.reproduce TABLE [options]`` (same as ``devft-lab reproduce``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:

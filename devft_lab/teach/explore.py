@@ -1,8 +1,8 @@
 """Analyses behind the teaching notebooks: stage costs, probe texts, LoRA gradients of
 simulated clients, the spectral embedding, fusion diagnostics and sweeps.
 
-Everything returns plain Python / torch data; :mod:`devft_lab.viz` draws it and
-:mod:`devft_lab.widgets` wires it to sliders. Nothing here trains: the notebooks 01-03
+Everything returns plain Python / torch data; :mod:`devft_lab.teach.viz` draws it and
+:mod:`devft_lab.teach.widgets` wires it to sliders. Nothing here trains: the notebooks 01-03
 look at the *starting point* of each stage (LoRA B = 0), which is what DGLG and DBLF see.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from devft_lab.layers import decoder_layers, num_layers
+from devft_lab.core.layers import decoder_layers, num_layers
 from devft_lab.method.fusion import DEFAULT_BETA, anchor_position, fuse_tensors, fusion_weights
 from devft_lab.method.grouping import Groups, affinity, cut_value, group_layers
 from devft_lab.method.submodel import Submodel, build_submodel, default_lora_config
@@ -161,7 +161,7 @@ def quiet_build(full_model: nn.Module, groups: Groups, beta: float = DEFAULT_BET
 def submodel_perplexity(full_model: nn.Module, tokenizer, texts: Sequence[str], groups: Groups,
                         beta: float = DEFAULT_BETA, method: str = "dblf") -> float:
     """Perplexity of the (untrained) stage submodel built from ``groups``."""
-    from devft_lab.evaluate import perplexity
+    from devft_lab.core.evaluate import perplexity
 
     sub = quiet_build(full_model, groups, beta=beta, method=method)
     try:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from devft_lab.report import read_run
+from devft_lab.runner.report import read_run
 
 # rounds.jsonl key -> TensorBoard tag; the tags group into sections in the UI.
 TAGS: dict[str, str] = {

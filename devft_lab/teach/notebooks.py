@@ -9,9 +9,9 @@ the same output on the tiny CI model and on SmolLM2 (see notebooks/README.md)::
 Execute notebooks in place (kernel ``python3`` of this environment, outputs kept, widget
 state stripped, kernelspec normalised)::
 
-    python -m devft_lab.notebooks run notebooks/01_building_submodels.ipynb [...]
-    DEVFT_PROFILE=ci python -m devft_lab.notebooks run --no-save notebooks/*.ipynb   # smoke
-    python -m devft_lab.notebooks clean notebooks/*.ipynb                            # metadata only
+    python -m devft_lab.teach.notebooks run notebooks/01_building_submodels.ipynb [...]
+    DEVFT_PROFILE=ci python -m devft_lab.teach.notebooks run --no-save notebooks/*.ipynb   # smoke
+    python -m devft_lab.teach.notebooks clean notebooks/*.ipynb                            # metadata only
 
 Uses ``jupyter_client`` and ``nbformat`` (installed with nbval by the ``test`` extra).
 """
@@ -107,7 +107,7 @@ def execute(path: str | Path, timeout: float = 1800, save: bool = True, env: dic
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m devft_lab.notebooks", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m devft_lab.teach.notebooks", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="execute notebooks in place")
     r.add_argument("paths", nargs="+")

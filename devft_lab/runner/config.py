@@ -13,7 +13,7 @@ A run is described by a :class:`RunConfig`::
 
 Load one with :func:`load_config`::
 
-    cfg = load_config("tiny")                                   # shipped devft_lab/configs/tiny.yaml
+    cfg = load_config("tiny")                                   # shipped devft_lab/runner/configs/tiny.yaml
     cfg = load_config("my_run.yaml", ["fed.strategy=fedsa-lora", "devft.beta=0.15"])
 
 Overrides are ``dotted.key=value``; the value is parsed with ``yaml.safe_load`` (so
@@ -385,13 +385,13 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str] | Mapping[
 
 
 # --------------------------------------------------------------------------- loading
-# YAML files in devft_lab/configs that configure other jobs, not a federated run
-OTHER_JOB_CONFIGS = ("lab_signal",)  # devft_lab.lab_signal.SignalConfig
+# YAML files in devft_lab/runner/configs that configure other jobs, not a federated run
+OTHER_JOB_CONFIGS = ("lab_signal",)  # devft_lab.experiments.lab_signal.SignalConfig
 
 
 def shipped_configs() -> list[str]:
-    """Names of the run configs shipped in ``devft_lab/configs``."""
-    folder = resources.files("devft_lab") / "configs"
+    """Names of the run configs shipped in ``devft_lab/runner/configs``."""
+    folder = resources.files("devft_lab.runner") / "configs"
     names = (p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
     return sorted(n for n in names if n not in OTHER_JOB_CONFIGS)
 
@@ -417,14 +417,14 @@ def load_raw(name_or_path: str | Path) -> dict[str, Any]:
                               f"{', '.join(shipped_configs())}")
         return _read_yaml(p.read_text(), str(p))
     name = str(name_or_path)
-    res = resources.files("devft_lab") / "configs" / f"{name}.yaml"
+    res = resources.files("devft_lab.runner") / "configs" / f"{name}.yaml"
     if not res.is_file():
         shipped = shipped_configs()
         raise ConfigError(
             f"no shipped config named {name!r}.{_closest(name, shipped)} "
             f"Shipped: {', '.join(shipped)}; or pass a path to a .yaml file."
         )
-    return _read_yaml(res.read_text(), f"devft_lab/configs/{name}.yaml")
+    return _read_yaml(res.read_text(), f"devft_lab/runner/configs/{name}.yaml")
 
 
 def load_config(

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from devft_lab.config import (ConfigError, RunConfig, config_hash, load_config, stage_rounds, to_yaml,
+from devft_lab.runner.config import (ConfigError, RunConfig, config_hash, load_config, stage_rounds, to_yaml,
                               validate_against_model)
 from devft_lab.fl.client import LocalTraining, get_lora_state
 from devft_lab.fl.simulation import Simulation, SimulationSettings, dump_json, final_state
@@ -97,10 +97,10 @@ def build_plan(cfg: RunConfig, model: torch.nn.Module, capacities: Sequence[int]
         prefix = next(k for k in get_lora_state(peft_model)).split(".layers.")[0] + ".layers"
         return FullModelPlan(peft_model, to_flat(init, prefix), rounds[0])
     if cfg.devft.plan == "progfed":
-        from devft_lab.progfed import ProgFedPlan
+        from devft_lab.plans.progfed import ProgFedPlan
 
         return ProgFedPlan(model, lcfg, capacities, rounds, seed=seed)
-    from devft_lab.devft import DevFTPlan
+    from devft_lab.plans.devft import DevFTPlan
 
     d = cfg.devft
     return DevFTPlan(model, lcfg, capacities, rounds, beta=d.beta, grouping=d.grouping, affinity=d.affinity,
@@ -114,7 +114,7 @@ def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict]) -> Callable |
 
     @torch.no_grad()
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
-        from devft_lab.train import collate, lm_loss
+        from devft_lab.core.train import collate, lm_loss
 
         was = model.training
         model.eval()
@@ -128,7 +128,7 @@ def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict]) -> Callable |
                 total, n = total + float(loss), n + k
             out["eval_loss"] = total / max(n, 1)
         if cfg.eval.suites:
-            from devft_lab.evaluate import evaluate_suites
+            from devft_lab.core.evaluate import evaluate_suites
 
             res = evaluate_suites(model, tokenizer, list(cfg.eval.suites), max_per_task=cfg.eval.max_per_task,
                                   seed=cfg.train.seed, template=cfg.data.template)
@@ -145,9 +145,9 @@ def build(cfg: RunConfig, progress: bool = True) -> Parts:
     """Load the model and data, partition, encode, and make the plan; writes nothing."""
     from devft_lab.data import DataError, load_examples
     from devft_lab.data.partition import partition
-    from devft_lab.layers import num_layers
-    from devft_lab.models import load_model
-    from devft_lab.train import encode_examples
+    from devft_lab.core.layers import num_layers
+    from devft_lab.core.models import load_model
+    from devft_lab.core.train import encode_examples
 
     if cfg.model.quantization != "none" and cfg.devft.enabled:
         raise ConfigError(f"model.quantization={cfg.model.quantization} with DevFT/ProgFed stages is not supported "

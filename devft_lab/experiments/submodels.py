@@ -1,10 +1,10 @@
-"""Build every stage's submodel of a model and measure it: ``python -m devft_lab.method.report``.
+"""Build every stage's submodel of a model and measure it: ``python -m devft_lab.experiments.submodels``.
 
 For each stage capacity L_s of the schedule: DGLG (spectral, on the base-weight layer
 similarity), DBLF (beta), build the submodel, time the build, and measure perplexity on
 :data:`HELDOUT_TEXTS`. Writes a JSON file and a Markdown table next to it.
 
-    python -m devft_lab.method.report --model smollm2-135m --out results/submodels_smollm2.json
+    python -m devft_lab.experiments.submodels --model smollm2-135m --out results/submodels_smollm2.json
 """
 from __future__ import annotations
 
@@ -62,13 +62,13 @@ def run(model_name: str = "smollm2-135m", beta: float = 0.1, capacities: list[in
     ``compare``: other grouping rules (e.g. "even", "contiguous") measured the same way.
     """
     import warnings
-    from devft_lab.evaluate import perplexity
-    from devft_lab.layers import num_layers
+    from devft_lab.core.evaluate import perplexity
+    from devft_lab.core.layers import num_layers
     from devft_lab.method.grouping import group_layers
     from devft_lab.method.schedule import make_schedule
     from devft_lab.method.similarity import layer_parameter_similarity
     from devft_lab.method.submodel import build_submodel, default_lora_config
-    from devft_lab.models import load_model
+    from devft_lab.core.models import load_model
 
     torch.manual_seed(seed)
     model, tok = load_model(model_name, device=device)
@@ -107,7 +107,7 @@ def run(model_name: str = "smollm2-135m", beta: float = 0.1, capacities: list[in
         "lora": {"r": lora_config.r, "alpha": lora_config.lora_alpha,
                  "target_modules": sorted(lora_config.target_modules)},
         "device": device, "torch_threads": torch.get_num_threads(),
-        "heldout": f"devft_lab.method.report.HELDOUT_TEXTS ({len(HELDOUT_TEXTS)} sentences)",
+        "heldout": f"devft_lab.experiments.submodels.HELDOUT_TEXTS ({len(HELDOUT_TEXTS)} sentences)",
         "full_model_perplexity": full_ppl, "similarity_seconds": round(sim_seconds, 3),
         "stages": stages, "compare": others, "similarity": [[round(float(x), 6) for x in row] for row in sim],
     }
@@ -147,7 +147,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m devft_lab.method.report", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m devft_lab.experiments.submodels", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--capacities", type=int, nargs="*", default=None, help="explicit schedule, e.g. 4 8 15 30")
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="results/submodels_smollm2.json")
     args = p.parse_args(argv)
-    result = {"command": "python -m devft_lab.method.report " + " ".join(map(shlex.quote, argv or sys.argv[1:]))}
+    result = {"command": "python -m devft_lab.experiments.submodels " + " ".join(map(shlex.quote, argv or sys.argv[1:]))}
     result.update(run(args.model, args.beta, args.capacities, grouping=args.grouping, method=args.fusion,
                       seed=args.seed, device=args.device, compare=tuple(args.compare)))
     out = Path(args.out)

@@ -114,7 +114,7 @@ def holds_representative(global_lora: Mapping[int, Mapping[str, torch.Tensor]], 
 def run_stages(parts, rounds_per_stage: int = 1, clients: Sequence[int] = (0, 1)) -> list[dict]:
     """Drive a run's DevFT plan stage by stage with a minimal federation and record each transfer.
 
-    ``parts`` is :func:`devft_lab.run.build`'s result for a DevFT config. Every stage: build the
+    ``parts`` is :func:`devft_lab.runner.run.build`'s result for a DevFT config. Every stage: build the
     submodel (``plan.begin``), train ``clients`` for ``rounds_per_stage`` rounds with the run's
     strategy (``client_update`` + ``strategy.aggregate``), then transfer (``plan.end``).
     Returns one record per stage: ``capacity``, ``groups``, ``reps`` (the trained
@@ -158,7 +158,7 @@ def transfer_view(history: Sequence[Mapping], stage: int) -> dict:
     """Widget callback: after stage ``stage`` (0-based), the cosine similarity of the layers' LoRA B,
     with the stage's groups marked. Inside a group it is exactly 1: every member holds the
     representative's copy. Returns the record's ``groups``, ``cosine`` and ``figure``."""
-    from devft_lab import viz
+    from devft_lab.teach import viz
 
     if not 0 <= stage < len(history):
         raise ValueError(f"stage must be in 0..{len(history) - 1}, got {stage}")
@@ -171,7 +171,7 @@ def transfer_view(history: Sequence[Mapping], stage: int) -> dict:
 
 def transfer_figure(history: Sequence[Mapping]) -> Figure:
     """Every stage's :func:`transfer_view` heatmap side by side."""
-    from devft_lab import viz
+    from devft_lab.teach import viz
 
     fig = Figure(figsize=(3.9 * len(history), 3.6), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, len(history), squeeze=False)[0]
@@ -184,7 +184,7 @@ def transfer_figure(history: Sequence[Mapping]) -> Figure:
 
 
 def bytes_per_round(run) -> list[int]:
-    """LoRA uplink bytes of each round of a :class:`devft_lab.report.RunLog` (the paper's count)."""
+    """LoRA uplink bytes of each round of a :class:`devft_lab.runner.report.RunLog` (the paper's count)."""
     return [int(r["uplink_bytes"]) for r in run.rows]
 
 

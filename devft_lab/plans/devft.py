@@ -26,7 +26,7 @@ import torch
 from devft_lab.fl.accounting import tensor_bytes
 from devft_lab.fl.client import get_lora_state
 from devft_lab.fl.stages import StageModel, stage_groups, to_flat, to_layers
-from devft_lab.layers import decoder_layers, num_layers
+from devft_lab.core.layers import decoder_layers, num_layers
 from devft_lab.method.grouping import group_layers
 from devft_lab.method.similarity import layer_parameter_similarity
 from devft_lab.method.submodel import (build_submodel, fuse_lora, init_global_lora, lora_scaling,

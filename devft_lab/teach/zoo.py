@@ -252,7 +252,7 @@ def real_round(parts, strategy: Strategy, clients: Sequence[int] | None = None, 
                ) -> tuple[State, list[State], list[float]]:
     """One real round of local training with ``strategy`` on a run's stage model.
 
-    ``parts`` is :func:`devft_lab.run.build`'s result; ``start`` the global adapter of the
+    ``parts`` is :func:`devft_lab.runner.run.build`'s result; ``start`` the global adapter of the
     round (default: the strategy's starting adapter, :func:`start_state`). Returns
     ``(start, trained, weights)``: the adapter every client started from, each client's full
     trained adapter (its upload together with what it keeps and what it did not train) and

@@ -4,7 +4,7 @@ Multiple choice is scored the way lm-evaluation-harness scores it: the log-likel
 each choice's tokens given the prompt; ``acc`` takes the choice with the highest sum,
 ``acc_norm`` the highest sum divided by the choice's length in characters. Prompt and
 choice are rendered by a :class:`~devft_lab.data.templates.PromptTemplate` and tokenised
-separately, exactly as :func:`devft_lab.train.encode_example` does for training.
+separately, exactly as :func:`devft_lab.core.train.encode_example` does for training.
 
 Every scorer runs under ``torch.no_grad`` in eval mode and accepts a Hugging Face causal
 LM, a PEFT model, a devft_lab submodel, or any module called as

@@ -17,7 +17,7 @@ import torch
 
 from devft_lab.fl.client import get_lora_state
 from devft_lab.fl.stages import StageModel, to_layers
-from devft_lab.layers import decoder_layers, layer_types, num_layers, with_layers
+from devft_lab.core.layers import decoder_layers, layer_types, num_layers, with_layers
 from devft_lab.method.submodel import init_global_lora, set_submodel_lora_state
 
 GlobalLoRA = dict[int, dict[str, torch.Tensor]]

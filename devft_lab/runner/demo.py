@@ -11,8 +11,8 @@ import time
 
 
 def main(model_name: str = "smollm2-135m", quiet: bool = False, overrides: list[str] | None = None) -> int:
-    from devft_lab.config import load_config
-    from devft_lab.run import run_dir_of, start
+    from devft_lab.runner.config import load_config
+    from devft_lab.runner.run import run_dir_of, start
 
     t0 = time.perf_counter()
     cfg = load_config("demo", [f"model.name={model_name}", *(overrides or [])])

@@ -42,7 +42,7 @@ def _check(model: nn.Module) -> str:
         raise UnsupportedArchitectureError(
             f"devft_lab does not know the layer layout of {type(model).__name__} "
             f"(model_type={mt!r}). Supported model types: {', '.join(sorted(SUPPORTED))}. "
-            "Add an entry to devft_lab.layers.SUPPORTED if its decoder layers live in "
+            "Add an entry to devft_lab.core.layers.SUPPORTED if its decoder layers live in "
             "`model.layers` like LLaMA's."
         )
     return SUPPORTED[mt]

@@ -1,0 +1,1 @@
+"""Helpers for the notebooks: explore, zoo, schedule_view, widgets, viz, profile, and the notebook runner."""
