@@ -94,7 +94,7 @@ def test_unknown_key_lists_valid_keys_and_closest_match():
 
 def test_capacity_checks_against_model():
     c = load_config("tiny", ["devft.capacities=[2, 4, 8, 16]"])
-    with pytest.raises(ConfigError, match="only 8 layers"):
+    with pytest.raises(ConfigError, match=r"\[2, 4, 8, 16\] for a model of 8 layers"):
         validate_against_model(c, 8)
     with pytest.raises(ConfigError, match="full model"):
         validate_against_model(load_config("tiny", ["devft.capacities=[1, 2, 3, 4]"]), 8)
@@ -109,3 +109,20 @@ def test_stage_rounds_default_split():
     assert stage_rounds(c) == [2, 2, 3, 3]
     c = load_config("tiny", ["devft.enabled=false"])
     assert stage_rounds(c) == [c.fed.num_rounds]
+
+
+def test_name_fields_accept_exactly_their_registries():
+    from devft_lab.method.fusion import ANCHOR_RULES, FUSION_METHODS
+    from devft_lab.method.grouping import METHODS
+    from devft_lab.plans import PLANS
+
+    for field, names in (("devft.fusion", FUSION_METHODS), ("devft.anchor", ANCHOR_RULES),
+                         ("devft.grouping", METHODS), ("devft.plan", PLANS)):
+        for n in names:
+            assert getattr(load_config("tiny", [f"{field}={n}"]).devft, field.split(".")[1]) == n
+        with pytest.raises(ConfigError, match=field):
+            load_config("tiny", [f"{field}=nonesuch"])
+    with pytest.raises(ConfigError, match="fed.strategy_params.eval_mode"):
+        load_config("tiny", ["fed.strategy=fedsa", "fed.strategy_params.eval_mode=both"])
+    with pytest.raises(ConfigError, match="fed.strategy_params.mu"):
+        load_config("tiny", ["fed.strategy=fedprox", "fed.strategy_params.mu=true"])

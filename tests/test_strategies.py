@@ -31,8 +31,10 @@ def test_key_helpers():
     assert len(lora_pairs(make_state())) == 4
 
 
-def test_registry_matches_config_table():
-    assert set(STRATEGIES) == set(STRATEGY_PARAMS)
+def test_parameter_table_is_derived_from_the_classes():
+    assert STRATEGY_PARAMS == {"fedit": (), "ffa-lora": ("a_seed",), "fedsa-lora": ("eval_mode",),
+                               "flora": ("a_seed",), "fedprox": ("mu",)}
+    assert STRATEGY_PARAMS is S.STRATEGY_PARAMS  # runner.config re-exports fl's table, no copy
     assert get_strategy("FedSA").name == "fedsa-lora"
     assert get_strategy("ffa_lora").name == "ffa-lora"
     with pytest.raises(ConfigError, match="fedsa-lora"):

@@ -42,6 +42,7 @@ All averaging is accumulated in float64 and cast back to the tensors' dtype.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import zlib
@@ -49,7 +50,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from devft_lab.runner.config import STRATEGY_PARAMS, ConfigError, _closest, canonical_strategy
+from devft_lab.core.choices import ConfigError, closest
 
 State = dict[str, torch.Tensor]
 
@@ -269,10 +270,9 @@ class FedProx(FedIT):
     name = "fedprox"
 
     def __init__(self, mu: float = 0.01):
-        mu = float(mu)
-        if not mu >= 0:
-            raise ConfigError(f"fedprox: mu = {mu} must be >= 0 (fed.strategy_params.mu)")
-        self.mu = mu
+        if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not mu >= 0:
+            raise ConfigError(f"fedprox: mu = {mu!r} must be a number >= 0 (fed.strategy_params.mu)")
+        self.mu = float(mu)
 
     def params(self) -> dict:
         return {"mu": self.mu}
@@ -494,22 +494,43 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "flora": FLoRA,
     "fedprox": FedProx,
 }
+STRATEGY_ALIASES: dict[str, str] = {"fedavg": "fedit", "ffa": "ffa-lora", "fedsa": "fedsa-lora"}
+
+
+def init_params(cls: type[Strategy]) -> tuple[str, ...]:
+    """The parameters a strategy class accepts: the named arguments of its ``__init__``."""
+    sig = inspect.signature(cls.__init__)
+    return tuple(n for n, p in sig.parameters.items()
+                 if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+# name -> accepted parameters, derived from the classes (the one table runner.config checks against)
+STRATEGY_PARAMS: dict[str, tuple[str, ...]] = {n: init_params(c) for n, c in STRATEGIES.items()}
+
+
+def canonical_strategy(name: str) -> str:
+    """Lower-case, ``_`` -> ``-``, aliases resolved (``FedSA`` -> ``fedsa-lora``)."""
+    n = str(name).strip().lower().replace("_", "-")
+    return STRATEGY_ALIASES.get(n, n)
 
 
 def get_strategy(name: str, **params) -> Strategy:
-    """A strategy by name (case and ``_``/``-`` insensitive; aliases fedavg, ffa, fedsa)."""
+    """A strategy by name (case and ``_``/``-`` insensitive; aliases fedavg, ffa, fedsa).
+
+    Raises :class:`~devft_lab.core.choices.ConfigError` for an unknown name, a parameter the
+    strategy does not take, or a bad parameter value (each strategy checks its own)."""
     key = canonical_strategy(name)
     if key not in STRATEGIES:
         raise ConfigError(
-            f"unknown strategy {name!r}.{_closest(key, STRATEGIES)} "
+            f"unknown strategy {name!r}.{closest(key, STRATEGIES)} "
             f"Known strategies: {', '.join(STRATEGIES)} (fed.strategy)."
         )
     allowed = STRATEGY_PARAMS[key]
     for p in params:
         if p not in allowed:
             raise ConfigError(
-                f"strategy {key} has no parameter {p!r}; it accepts: {', '.join(allowed) or 'none'} "
-                "(fed.strategy_params)"
+                f"fed.strategy_params.{p}: strategy {key} has no parameter {p!r}; "
+                f"it accepts: {', '.join(allowed) or 'none'}"
             )
     return STRATEGIES[key](**params)
 

@@ -1,1 +1,8 @@
-"""Stage plans over the federated runtime: DevFT (fused-layer stages) and ProgFed (a growing prefix)."""
+"""Stage plans over the federated runtime: DevFT (fused-layer stages) and ProgFed (a growing prefix).
+
+``PLANS`` is the registry ``devft.plan`` is checked against (:mod:`devft_lab.runner.config`).
+"""
+from devft_lab.plans.devft import DevFTPlan
+from devft_lab.plans.progfed import ProgFedPlan
+
+PLANS = {"devft": DevFTPlan, "progfed": ProgFedPlan}

@@ -37,7 +37,6 @@ Choices made where the paper is silent (see ``docs``/DEVFT_METHOD.md, "OPEN"):
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -51,35 +50,28 @@ from typing import Any, Iterable, Mapping, Union
 import yaml
 
 
-class ConfigError(ValueError):
-    """A configuration is invalid; the message names the field and how to fix it."""
+from devft_lab.core.choices import ConfigError
+from devft_lab.core.choices import closest as _closest
+from devft_lab.fl.strategies import STRATEGY_ALIASES, STRATEGY_PARAMS, canonical_strategy, get_strategy
+from devft_lab.method.fusion import ANCHOR_RULES, FUSION_METHODS
+from devft_lab.method.grouping import METHODS as GROUPING_METHODS
+from devft_lab.method.grouping import NEGATIVES
+from devft_lab.method.schedule import stage_capacities, validate_capacities
+from devft_lab.plans import PLANS as PLAN_CLASSES
 
-
-# Names the runtime implements. devft_lab.fl.strategies keeps its registry in sync
-# with this table (a test checks it); the tuples list the parameters each one accepts.
-STRATEGY_PARAMS: dict[str, tuple[str, ...]] = {
-    "fedit": (),
-    "ffa-lora": ("a_seed",),
-    "fedsa-lora": ("eval_mode",),
-    "flora": ("a_seed",),
-    "fedprox": ("mu",),
-}
-STRATEGY_ALIASES: dict[str, str] = {"fedavg": "fedit", "ffa": "ffa-lora", "fedsa": "fedsa-lora"}
+# The names a field accepts come from the registry that implements them (one owner per rule):
+# strategies and their parameters from devft_lab.fl.strategies, groupings, affinities, fusions
+# and anchor rules from devft_lab.method, plans from devft_lab.plans.
 SCHEDULES = ("cosine", "linear", "constant")
-GROUPINGS = ("spectral", "contiguous", "even", "random")
-AFFINITIES = ("clip", "shift")
-FUSIONS = ("dblf", "r-one", "sum", "mean", "laco")
-ANCHORS = ("first",)
-PLANS = ("devft", "progfed")
+GROUPINGS = GROUPING_METHODS
+AFFINITIES = NEGATIVES
+FUSIONS = FUSION_METHODS
+ANCHORS = ANCHOR_RULES
+PLANS = tuple(PLAN_CLASSES)
 TEMPLATES = ("chat", "alpaca", "plain")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "int4", "int8")
-
-
-def canonical_strategy(name: str) -> str:
-    """Lower-case, ``_`` -> ``-``, aliases resolved (``FedSA`` -> ``fedsa-lora``)."""
-    n = str(name).strip().lower().replace("_", "-")
-    return STRATEGY_ALIASES.get(n, n)
+# ConfigError, STRATEGY_ALIASES, STRATEGY_PARAMS and canonical_strategy are re-exported from here.
 
 
 # --------------------------------------------------------------------------- dataclasses
@@ -172,11 +164,6 @@ class RunConfig:
 
 
 # --------------------------------------------------------------------------- building
-def _closest(name: str, valid: Iterable[str]) -> str:
-    m = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return f" Did you mean {m[0]!r}?" if m else ""
-
-
 def _unknown_key(path: str, key: str, valid: Iterable[str]) -> ConfigError:
     valid = list(valid)
     where = f"{path}.{key}" if path else key
@@ -537,25 +524,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(
             f"fed.clients_per_round = {c} must be between 1 and data.num_clients = {da.num_clients}"
         )
-    name = canonical_strategy(f.strategy)
-    if name not in STRATEGY_PARAMS:
-        raise ConfigError(
-            f"fed.strategy = {f.strategy!r} is unknown.{_closest(name, STRATEGY_PARAMS)} "
-            f"Known strategies: {', '.join(STRATEGY_PARAMS)}."
-        )
-    f.strategy = name
-    for p in f.strategy_params:
-        if p not in STRATEGY_PARAMS[name]:
-            ok = ", ".join(STRATEGY_PARAMS[name]) or "none"
-            raise ConfigError(
-                f"fed.strategy_params.{p} is not a parameter of {name}; it accepts: {ok}"
-            )
-    if "mu" in f.strategy_params:
-        mu = f.strategy_params["mu"]
-        if not isinstance(mu, (int, float)) or isinstance(mu, bool) or mu < 0:
-            raise ConfigError(f"fed.strategy_params.mu = {mu!r} must be a number >= 0 (FedProx's mu)")
-    if "eval_mode" in f.strategy_params:
-        _one_of("fed.strategy_params.eval_mode", f.strategy_params["eval_mode"], ("mean_b", "per_client"))
+    # fl.strategies owns the names, their parameters and the parameters' values; its
+    # ConfigError names the field (fed.strategy, fed.strategy_params.<p>)
+    get_strategy(f.strategy, **f.strategy_params)
+    f.strategy = canonical_strategy(f.strategy)
 
     d = cfg.devft
     if d.stages < 1:
@@ -568,12 +540,10 @@ def validate(cfg: RunConfig) -> RunConfig:
                 f"devft.capacities has {len(d.capacities)} entries but devft.stages = {d.stages}; "
                 "give one capacity per stage or set devft.capacities to null"
             )
-        if any(cap < 1 for cap in d.capacities):
-            raise ConfigError(f"devft.capacities = {d.capacities}: every capacity must be >= 1 layer")
-        if any(b <= a for a, b in zip(d.capacities, d.capacities[1:])):
-            raise ConfigError(
-                f"devft.capacities = {d.capacities} must be strictly increasing (each stage grows the submodel)"
-            )
+        try:  # method.schedule's rule; the model's depth is checked by validate_against_model
+            validate_capacities(d.capacities, d.capacities[-1])
+        except ValueError as e:
+            raise ConfigError(f"devft.capacities = {d.capacities}: {e}") from None
     if not 0 < d.beta <= 1:
         raise ConfigError(f"devft.beta = {d.beta} must be in (0, 1] (paper: 0.1, 0.15 for 13B; LaCo = 1)")
     _one_of("devft.grouping", d.grouping, GROUPINGS)
@@ -622,8 +592,6 @@ def validate(cfg: RunConfig) -> RunConfig:
 def default_capacities(num_layers: int, stages: int, growth: float) -> list[int]:
     """The geometric schedule of :func:`devft_lab.method.schedule.stage_capacities` (one rule,
     one place): ``round(L / growth**(S - s))``, made strictly increasing, ending at ``L``."""
-    from devft_lab.method.schedule import stage_capacities  # pure math, imported on use
-
     try:
         return stage_capacities(num_layers, stages, growth)
     except ValueError as e:
@@ -641,19 +609,8 @@ def validate_against_model(cfg: RunConfig, num_layers: int) -> list[int]:
     if num_layers < 1:
         raise ConfigError(f"the model has {num_layers} decoder layers")
     caps = list(d.capacities) if d.capacities is not None else default_capacities(num_layers, d.stages, d.growth)
-    if any(c > num_layers for c in caps):
-        raise ConfigError(
-            f"devft.capacities = {caps}: the model has only {num_layers} layers; "
-            f"lower the capacities so that the last one is {num_layers}"
-        )
-    if caps[-1] != num_layers:
-        raise ConfigError(
-            f"devft.capacities = {caps}: the last stage must be the full model ({num_layers} layers); "
-            f"set the last capacity to {num_layers}"
-        )
-    if any(b <= a for a, b in zip(caps, caps[1:])):
-        raise ConfigError(
-            f"devft.stages = {d.stages} with devft.growth = {d.growth} gives capacities {caps} for "
-            f"{num_layers} layers, which do not grow every stage; use fewer stages or set devft.capacities"
-        )
+    try:  # one rule, in method.schedule: 1 <= L_1 < ... < L_S = L
+        validate_capacities(caps, num_layers)
+    except ValueError as e:
+        raise ConfigError(f"devft.capacities = {caps} for a model of {num_layers} layers: {e}") from None
     return caps

@@ -1,0 +1,20 @@
+"""Choosing by name: the error a wrong choice raises and the "did you mean" hint.
+
+The lowest floor of the package (no devft_lab imports), so that every registry
+(``fl.strategies``, ``method.grouping``, ``method.fusion``, ``plans``) and the run
+configuration (``runner.config``) raise the same error with the same hint.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid; the message names the field and how to fix it."""
+
+
+def closest(name: str, valid: Iterable[str]) -> str:
+    """``" Did you mean 'x'?"`` for the closest valid name (difflib ratio >= 0.5), else ``""``."""
+    m = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.5)
+    return f" Did you mean {m[0]!r}?" if m else ""
