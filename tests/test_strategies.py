@@ -207,3 +207,19 @@ def test_peft_key_names_roundtrip():
     delta = stacked_delta(st)
     merged = merge_delta(pm.state_dict(), delta)
     assert set(merged) == set(pm.state_dict())
+
+
+def test_base_class_hooks_are_no_ops_that_strategies_override():
+    template = make_state(0)
+    for name in ("fedit", "fedsa-lora", "flora"):
+        s = get_strategy(name)
+        start = s.init_global(template)
+        assert all(torch.equal(start[k], template[k]) for k in template)
+        assert s.local_penalty(template, template) is None
+    assert [n for n in STRATEGIES if get_strategy(n).requires_merge] == ["flora"]
+    ffa = get_strategy("ffa-lora", a_seed=1).init_global(template)
+    a = [k for k in template if is_lora_a(k)]
+    assert not torch.equal(ffa[a[0]], template[a[0]])  # A redrawn from the shared seed
+    moved = {k: v + 1.0 for k, v in template.items()}
+    expected = 0.5 * 0.2 * sum(float(v.numel()) for v in template.values())  # mu/2 * sum (1)^2
+    assert float(get_strategy("fedprox", mu=0.2).local_penalty(moved, template)) == pytest.approx(expected)

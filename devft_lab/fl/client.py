@@ -99,11 +99,11 @@ def client_update(model: torch.nn.Module, start: Mapping[str, torch.Tensor], dat
     set_trainable(model, strategy)
     s = client_seed(seed, round_idx, client)
     torch.manual_seed(s)
-    penalty = None
-    if hasattr(strategy, "local_penalty"):
-        ref = dict(global_state if global_state is not None else start)
-        params = {k: p for k, p in lora_parameters(model).items() if p.requires_grad}
-        penalty = lambda: strategy.local_penalty(params, ref)  # noqa: E731
+    ref = dict(global_state if global_state is not None else start)
+    params = {k: p for k, p in lora_parameters(model).items() if p.requires_grad}
+    with torch.no_grad():
+        penalised = strategy.local_penalty(params, ref) is not None  # the default hook: None
+    penalty = (lambda: strategy.local_penalty(params, ref)) if penalised else None  # noqa: E731
     stats = train_local(model, data, steps=training.steps, batch_size=training.batch_size, lr=training.lr,
                         grad_accum=training.grad_accum, max_grad_norm=training.max_grad_norm, seed=s,
                         pad_id=training.pad_id, penalty=penalty)

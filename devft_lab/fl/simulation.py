@@ -79,7 +79,7 @@ class Simulation:
         if not client_data or any(len(d) == 0 for d in client_data):
             empty = [i for i, d in enumerate(client_data) if len(d) == 0]
             raise ValueError(f"every client needs data; clients {empty[:10]} have none.")
-        if getattr(strategy, "requires_merge", False) and len(plan.stage_rounds()) != 1:
+        if strategy.requires_merge and len(plan.stage_rounds()) != 1:
             raise ValueError(f"strategy {strategy.name} merges into the base weights every round, which "
                              "only a one-stage (full-model) plan supports; set devft.enabled=false.")
         self.plan, self.strategy, self.data = plan, strategy, client_data
@@ -161,9 +161,8 @@ class Simulation:
             merge_delta(sm.model.state_dict(), st.merged, 1.0, inplace=True)
         if not resumed:
             start = dict(sm.start)
-            init = getattr(self.strategy, "init_global", None)
             # FFA-LoRA's shared A is drawn once; later stages keep the fused (transferred) A.
-            st.global_state = init(start) if callable(init) and stage == 0 else start
+            st.global_state = self.strategy.init_global(start) if stage == 0 else start
             if stage > 0:
                 st.kept = {c: self.plan.carry(k, sm, self._previous) for c, k in st.kept.items()}
             st.stage_info, st.delivered, st.stage_round = dict(sm.info), [], 0
@@ -230,7 +229,7 @@ class Simulation:
         cost.train_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         st.global_state = strategy.aggregate(st.global_state, uploads, weights)
-        if getattr(strategy, "requires_merge", False):
+        if strategy.requires_merge:
             # the participants receive the stacked adapter to merge it (its size grows with K)
             cost.downlink_bytes += tensor_bytes(st.global_state) * len(clients)
             st.global_state = self._merge_round(st.global_state, t)

@@ -229,6 +229,18 @@ class Strategy:
         """What the client keeps for its next round (empty unless the strategy has local state)."""
         return {k: client_state[k].detach().clone() for k in self.local_keys(client_state)}
 
+    # hooks the runtime calls on every strategy (defaults: no-ops) -------------------
+    def init_global(self, template: Mapping[str, torch.Tensor]) -> State:
+        """The global adapter a run starts from, given the plan's first-stage adapter
+        (default: that adapter; FFA-LoRA redraws A from its shared seed)."""
+        return clone_state(template)
+
+    def local_penalty(self, params: Mapping[str, torch.Tensor],
+                      global_state: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """A term added to the client's loss each step, or ``None`` for none (default; FedProx
+        returns its proximal term)."""
+        return None
+
     # round ---------------------------------------------------------------------
     def client_init(self, global_state: Mapping[str, torch.Tensor],
                     client_state: Mapping[str, torch.Tensor] | None = None) -> State:
@@ -279,7 +291,7 @@ class FedProx(FedIT):
 
     def local_penalty(self, params: Mapping[str, torch.Tensor],
                       global_state: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Add this to the client's loss each step."""
+        """``mu/2 ||w - w_global||^2``, added to the client's loss each step (Li et al. 2020, eq. 2)."""
         return proximal_term(params, global_state, self.mu)
 
 

@@ -111,8 +111,7 @@ class DevFTWorkload(Workload):
             self.stage += 1
             self.sm = p.plan.begin(self.stage, None)
             start = dict(self.sm.start)
-            init = getattr(p.strategy, "init_global", None)
-            self.global_state = init(start) if callable(init) and self.stage == 0 else start
+            self.global_state = p.strategy.init_global(start) if self.stage == 0 else start
             down = set(p.strategy.downlink_keys(self.global_state))
             self.stage_start = {k: v.clone() for k, v in self.global_state.items() if k not in down}
             self.infos.append(json.loads(json.dumps(self.sm.info)))

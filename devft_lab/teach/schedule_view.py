@@ -134,7 +134,7 @@ def run_stages(parts, rounds_per_stage: int = 1, clients: Sequence[int] = (0, 1)
         groups = [list(g) for g in sm.info["groups"]]
         validate_groups(groups, plan.L, len(groups))
         state = dict(sm.start)
-        if stage == 0 and hasattr(strategy, "init_global"):
+        if stage == 0:
             state = strategy.init_global(state)
         for _ in range(rounds_per_stage):
             ups, w = [], []

@@ -26,7 +26,7 @@ import torch
 from matplotlib.figure import Figure
 
 from devft_lab.fl.accounting import tensor_bytes
-from devft_lab.fl.strategies import (FedSALoRA, FFALoRA, FLoRA, State, Strategy, get_strategy, is_lora_a,
+from devft_lab.fl.strategies import (FedSALoRA, FLoRA, State, Strategy, get_strategy, is_lora_a,
                                      is_lora_b, lora_pairs, normalise_weights, stacked_delta)
 
 DPI = 80
@@ -201,11 +201,9 @@ def local_update(strategy: Strategy, start: Mapping[str, torch.Tensor], step: fl
 
 def start_state(strategy: Strategy, template: Mapping[str, torch.Tensor], round_idx: int = 0) -> State:
     """The adapter a strategy's clients start round ``round_idx`` from, given the run's template."""
-    if isinstance(strategy, FFALoRA):
-        return strategy.init_global(template)
-    if isinstance(strategy, FLoRA):
+    if isinstance(strategy, FLoRA):  # a fresh adapter every round (merged into the base after it)
         return strategy.fresh_adapter(template, round_idx)
-    return {k: v.clone() for k, v in template.items()}
+    return strategy.init_global(template)
 
 
 def zoo_row(strategy: Strategy, start: Mapping[str, torch.Tensor], client_states: Sequence[Mapping[str, torch.Tensor]],
