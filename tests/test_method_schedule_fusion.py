@@ -45,7 +45,7 @@ def test_bad_schedule_arguments():
 @pytest.mark.parametrize("anchor", [0, -1])
 def test_weights_sum_to_one(method, m, anchor):
     with pytest.warns() if (method == "dblf" and anchor_weight(m, 0.3) < 0) else _nothing():
-        w = fusion_weights(m, method, beta=0.3, anchor=anchor % m)
+        w = fusion_weights(m, method, beta=0.3, anchor_pos=anchor % m)
     assert len(w) == m and sum(w) == pytest.approx(1.0)
 
 
@@ -72,7 +72,7 @@ def _group(m, seed=0):
 def test_r_one_returns_anchor_and_singleton_returns_layer():
     states = _group(4)
     for a in range(4):
-        out = fuse_state_dicts(states, fusion_weights(4, "r-one", anchor=a))
+        out = fuse_state_dicts(states, fusion_weights(4, "r-one", anchor_pos=a))
         assert all(torch.equal(out[k], states[a][k]) for k in out)
     for method in ["dblf", "mean", "laco", "r-one", "sum"]:
         out = fuse_state_dicts(states[:1], fusion_weights(1, method, beta=0.7))
@@ -91,7 +91,7 @@ def test_dblf_formula_and_laco():
         dblf1 = fuse_tensors(t, fusion_weights(5, "dblf", 1.0))
     assert torch.allclose(fuse_tensors(t, fusion_weights(5, "laco")), laco, atol=1e-6)
     assert torch.allclose(dblf1, laco, atol=1e-6)
-    mid = fusion_weights(5, "dblf", 0.1, anchor=2)
+    mid = fusion_weights(5, "dblf", 0.1, anchor_pos=2)
     assert torch.allclose(fuse_tensors(t, mid), t[2] + 0.1 * sum(x - t[2] for x in t), atol=1e-6)
 
 

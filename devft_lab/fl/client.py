@@ -13,7 +13,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from devft_lab.fl.strategies import State, Strategy, canonical_key
+from devft_lab.core.lora import get_lora_state, lora_parameters, set_lora_state  # noqa: F401 (re-exported)
+from devft_lab.fl.strategies import State, Strategy
 from devft_lab.core.train import TrainStats, train_local
 
 
@@ -38,37 +39,6 @@ class ClientResult:
     keep: State  # what it keeps for its next round (strategy.persist)
     num_samples: int  # its aggregation weight
     stats: TrainStats
-
-
-def lora_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """``{canonical PEFT key: parameter}`` of every LoRA A/B weight of ``model``."""
-    out = {}
-    for name, p in model.named_parameters():
-        if ".lora_A." in name or ".lora_B." in name:
-            out[canonical_key(name)] = p
-    if not out:
-        raise ValueError("the model has no LoRA parameters; wrap it with peft.get_peft_model first.")
-    return out
-
-
-def get_lora_state(model: torch.nn.Module) -> State:
-    """The model's current adapter as detached CPU clones."""
-    return {k: p.detach().to("cpu", copy=True) for k, p in lora_parameters(model).items()}
-
-
-@torch.no_grad()
-def set_lora_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True) -> None:
-    """Copy ``state`` into the model's LoRA parameters (shapes must match)."""
-    params = lora_parameters(model)
-    if strict and set(params) != {canonical_key(k) for k in state}:
-        missing = sorted(set(params) - {canonical_key(k) for k in state})[:3]
-        extra = sorted({canonical_key(k) for k in state} - set(params))[:3]
-        raise ValueError(f"LoRA state does not fit the model: missing {missing}, unexpected {extra}.")
-    for k, v in state.items():
-        p = params[canonical_key(k)]
-        if p.shape != v.shape:
-            raise ValueError(f"{k}: state shape {tuple(v.shape)} != parameter shape {tuple(p.shape)}.")
-        p.copy_(v.to(device=p.device, dtype=p.dtype))
 
 
 def set_trainable(model: torch.nn.Module, strategy: Strategy) -> int:

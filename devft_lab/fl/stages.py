@@ -9,38 +9,17 @@ plan takes the trained adapter back. Three plans exist:
 * :class:`devft_lab.plans.devft.DevFTPlan`: growing submodels of fused layers (the paper);
 * :class:`devft_lab.plans.progfed.ProgFedPlan`: a growing prefix of the layers (ProgFed).
 
-Also here: converting a LoRA state between the runtime's flat form (``{PEFT key: tensor}``)
-and the per-layer form of :mod:`devft_lab.method` (``{layer: {name in layer: tensor}}``).
+The flat and per-layer forms of a LoRA state and the parser between them live in
+:mod:`devft_lab.core.lora` (:func:`to_layers`, :func:`to_flat` are re-exported here).
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 
-from devft_lab.fl.strategies import State
-
-_LAYER_KEY = re.compile(r"^(?P<pre>.*?\.layers)\.(?P<i>\d+)\.(?P<name>.+)$")
-
-
-def to_layers(state: Mapping[str, torch.Tensor]) -> tuple[dict[int, dict[str, torch.Tensor]], str]:
-    """Flat LoRA state -> ``({layer position: {name: tensor}}, key prefix)``."""
-    out: dict[int, dict[str, torch.Tensor]] = {}
-    prefix = None
-    for k, v in state.items():
-        m = _LAYER_KEY.match(k)
-        if m is None:
-            raise ValueError(f"LoRA key {k!r} is not inside a decoder layer ('...layers.<i>.<name>').")
-        prefix = prefix or m["pre"]
-        out.setdefault(int(m["i"]), {})[m["name"]] = v
-    return dict(sorted(out.items())), prefix or "base_model.model.model.layers"
-
-
-def to_flat(layers: Mapping[int, Mapping[str, torch.Tensor]], prefix: str) -> State:
-    """Inverse of :func:`to_layers`."""
-    return {f"{prefix}.{i}.{name}": t for i in sorted(layers) for name, t in layers[i].items()}
+from devft_lab.core.lora import State, get_lora_state, set_lora_state, to_flat, to_layers  # noqa: F401
 
 
 @dataclass
@@ -88,8 +67,6 @@ class FullModelPlan:
     """
 
     def __init__(self, model: torch.nn.Module, start: Mapping[str, torch.Tensor], rounds: int):
-        from devft_lab.fl.client import get_lora_state, set_lora_state
-
         self.model, self.rounds = model, int(rounds)
         set_lora_state(model, start)
         self.state = get_lora_state(model)
@@ -111,8 +88,6 @@ class FullModelPlan:
         return dict(state)
 
     def eval_model(self, stage: StageModel, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
-        from devft_lab.fl.client import set_lora_state
-
         set_lora_state(self.model, state)
         return self.model
 

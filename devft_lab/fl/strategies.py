@@ -1,14 +1,8 @@
 """Federated LoRA strategies: what a client starts from, trains, uploads, and how the server aggregates.
 
-A LoRA *state* is a ``dict[str, torch.Tensor]`` keyed by PEFT names, as returned by
-``peft.get_peft_model_state_dict``::
-
-    base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight   (r, in)
-    base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight   (out, r)
-
-Names from ``model.named_parameters()`` carry the adapter name
-(``...q_proj.lora_A.default.weight``); :func:`canonical_key` strips it, and every
-function here accepts both spellings. The adapted module computes
+A LoRA *state* is the flat ``{PEFT key: tensor}`` of :mod:`devft_lab.core.lora` (which also
+holds the key helpers :func:`canonical_key`, :func:`lora_pairs` ... and the seeded
+initialiser; they are re-exported here). The adapted module computes
 ``W x + s * B A x`` with ``s = alpha / r``.
 
 Every strategy answers the same questions, so the in-process simulation and a Flower app
@@ -44,57 +38,16 @@ from __future__ import annotations
 
 import inspect
 import math
-import re
-import zlib
 from typing import Iterable, Mapping, Sequence
 
 import torch
 
 from devft_lab.core.choices import ConfigError, closest
-
-State = dict[str, torch.Tensor]
-
-_LORA_RE = re.compile(r"(^|\.)(lora_[AB])(\.[^.]+)?\.weight$")
+from devft_lab.core.lora import (State, canonical_key, is_lora_a, is_lora_b, lora_pairs,  # noqa: F401
+                                 module_name, seeded_lora_init)
 
 
-# --------------------------------------------------------------------------- key helpers
-def canonical_key(key: str) -> str:
-    """``...lora_A.default.weight`` -> ``...lora_A.weight`` (drop the adapter name)."""
-    return _LORA_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}.weight", key)
-
-
-def is_lora_a(key: str) -> bool:
-    m = _LORA_RE.search(key)
-    return bool(m) and m.group(2) == "lora_A"
-
-
-def is_lora_b(key: str) -> bool:
-    m = _LORA_RE.search(key)
-    return bool(m) and m.group(2) == "lora_B"
-
-
-def module_name(key: str) -> str:
-    """The adapted module of a LoRA key: ``...q_proj.lora_B.weight`` -> ``...q_proj``."""
-    m = _LORA_RE.search(key)
-    if not m:
-        raise ValueError(f"{key!r} is not a LoRA key (expected ...lora_A.weight or ...lora_B.weight)")
-    return key[: m.start()]
-
-
-def lora_pairs(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, str]]:
-    """``module -> (A key, B key)`` for every adapted module; raises if an A or B is missing."""
-    a, b = {}, {}
-    for k in state:
-        if is_lora_a(k):
-            a[module_name(k)] = k
-        elif is_lora_b(k):
-            b[module_name(k)] = k
-    if a.keys() != b.keys():
-        missing = sorted(set(a) ^ set(b))
-        raise ValueError(f"LoRA state has unpaired A/B for modules: {missing[:5]}")
-    return {m: (a[m], b[m]) for m in a}
-
-
+# --------------------------------------------------------------------------- averaging
 def normalise_weights(weights: Sequence[float], n: int | None = None) -> list[float]:
     """Non-negative weights (sample counts) -> probabilities ``p_k`` summing to 1."""
     w = [float(x) for x in weights]
@@ -133,24 +86,6 @@ def weighted_mean(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequenc
 
 def clone_state(state: Mapping[str, torch.Tensor]) -> State:
     return {k: v.detach().clone() for k, v in state.items()}
-
-
-def seeded_lora_init(template: Mapping[str, torch.Tensor], seed: int, reinit_b: bool = True) -> State:
-    """A fresh adapter with the template's shapes: A ~ PEFT's default (Kaiming-uniform, bound
-    ``1/sqrt(in)``), B = 0. Each A is drawn from a generator seeded by ``(seed, crc32(key))``,
-    so every party that knows ``seed`` builds the same A without any bytes sent."""
-    out: State = {}
-    for k, v in template.items():
-        if is_lora_a(k):
-            g = torch.Generator().manual_seed((int(seed) * 1_000_003 + zlib.crc32(canonical_key(k).encode())) % (2**63))
-            bound = 1.0 / math.sqrt(v.shape[1])
-            a = (torch.rand(v.shape, generator=g, dtype=torch.float32) * 2 - 1) * bound
-            out[k] = a.to(dtype=v.dtype, device=v.device)
-        elif is_lora_b(k) and reinit_b:
-            out[k] = torch.zeros_like(v)
-        else:
-            out[k] = v.detach().clone()
-    return out
 
 
 def proximal_term(params: Mapping[str, torch.Tensor], global_state: Mapping[str, torch.Tensor],

@@ -42,7 +42,8 @@ DEFAULT_BETA = 0.1
 
 
 def anchor_position(m: int, rule: str = "first") -> int:
-    """Position of the anchor inside a sorted group of m layers (paper: the first)."""
+    """``anchor_pos``, the position of the anchor inside a sorted group of m layers, from an
+    ``anchor_rule`` (one of :data:`ANCHOR_RULES`; the paper, Sec. 3.3: the first layer)."""
     if m < 1:
         raise ValueError("a group needs at least one layer.")
     if rule == "first":
@@ -55,12 +56,13 @@ def anchor_position(m: int, rule: str = "first") -> int:
 
 
 def anchor_weight(m: int, beta: float) -> float:
-    """The anchor's effective weight in DBLF: 1 - beta (m - 1)."""
+    """The anchor's effective weight in DBLF: 1 - beta (m - 1) (the DBLF rule of Sec. 3.3 expanded)."""
     return 1.0 - beta * (m - 1)
 
 
-def fusion_weights(m: int, method: str = "dblf", beta: float = DEFAULT_BETA, anchor: int = 0) -> list[float]:
-    """Per-member weights w (member order, anchor at position ``anchor``): rep = sum_j w_j theta_j.
+def fusion_weights(m: int, method: str = "dblf", beta: float = DEFAULT_BETA, anchor_pos: int = 0) -> list[float]:
+    """Per-member weights w (member order, anchor at position ``anchor_pos``): rep = sum_j w_j theta_j
+    (DBLF, the paper's Sec. 3.3: rep = theta_a + beta sum_j (theta_j - theta_a)).
 
     dblf:  w_a = 1 - beta (m - 1),  w_j = beta  (j != a)
     laco:  dblf with beta = 1
@@ -68,8 +70,8 @@ def fusion_weights(m: int, method: str = "dblf", beta: float = DEFAULT_BETA, anc
     """
     if m < 1:
         raise ValueError("a group needs at least one layer.")
-    if not 0 <= anchor < m:
-        raise ValueError(f"anchor position {anchor} is outside a group of {m} layers.")
+    if not 0 <= anchor_pos < m:
+        raise ValueError(f"anchor position {anchor_pos} is outside a group of {m} layers.")
     if method not in FUSION_METHODS:
         raise ValueError(f"fusion method must be one of {FUSION_METHODS}, got {method!r}.")
     if method == "dblf" and not beta > 0:
@@ -77,10 +79,10 @@ def fusion_weights(m: int, method: str = "dblf", beta: float = DEFAULT_BETA, anc
     if method in ("dblf", "laco"):
         b = 1.0 if method == "laco" else float(beta)
         w = [b] * m
-        w[anchor] = anchor_weight(m, b)
-        if w[anchor] < 0 and method == "dblf":
+        w[anchor_pos] = anchor_weight(m, b)
+        if w[anchor_pos] < 0 and method == "dblf":
             warnings.warn(
-                f"DBLF anchor weight 1 - beta*(m-1) = {w[anchor]:.3f} < 0 for a group of {m} layers at "
+                f"DBLF anchor weight 1 - beta*(m-1) = {w[anchor_pos]:.3f} < 0 for a group of {m} layers at "
                 f"beta={beta}: the representative extrapolates away from its anchor. Use smaller groups "
                 f"(m <= {int(1 + 1 / b)}) or a smaller beta.", stacklevel=2)
         return w
@@ -88,7 +90,7 @@ def fusion_weights(m: int, method: str = "dblf", beta: float = DEFAULT_BETA, anc
         return [1.0 / m] * m
     if method == "r-one":
         w = [0.0] * m
-        w[anchor] = 1.0
+        w[anchor_pos] = 1.0
         return w
     return [1.0] * m  # sum
 
@@ -125,14 +127,14 @@ def fuse_state_dicts(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequ
     return {n: fuse_tensors([s[n] for s in states], weights) for n in names}
 
 
-def fuse_layers(layers: Sequence[nn.Module], weights: Sequence[float], anchor: int = 0) -> nn.Module:
-    """The representative layer: a deep copy of ``layers[anchor]`` (keeping its attention type
-    and config) whose parameters are overwritten by sum_j w_j theta_j."""
-    if not 0 <= anchor < len(layers):
-        raise ValueError(f"anchor position {anchor} is outside a group of {len(layers)} layers.")
+def fuse_layers(layers: Sequence[nn.Module], weights: Sequence[float], anchor_pos: int = 0) -> nn.Module:
+    """The representative layer (Sec. 3.3): a deep copy of ``layers[anchor_pos]`` (keeping its
+    attention type and config) whose parameters are overwritten by sum_j w_j theta_j."""
+    if not 0 <= anchor_pos < len(layers):
+        raise ValueError(f"anchor position {anchor_pos} is outside a group of {len(layers)} layers.")
     params = [dict(l.named_parameters()) for l in layers]
     fused = fuse_state_dicts(params, weights)
-    rep = copy.deepcopy(layers[anchor])
+    rep = copy.deepcopy(layers[anchor_pos])
     with torch.no_grad():
         for n, p in rep.named_parameters():
             p.copy_(fused[n])

@@ -30,7 +30,7 @@ from torch import nn
 from devft_lab.core.layers import decoder_layers, num_layers
 
 TensorDict = Mapping[str, torch.Tensor]
-GlobalLoRA = Mapping[int, TensorDict]  # {layer_index: {"self_attn.q_proj.lora_A.weight": A, ...}}
+GlobalLoRA = Mapping[int, TensorDict]  # read-only devft_lab.core.lora.GlobalLoRA: {layer: {name: A or B}}
 
 
 def _common_names(states: Sequence[TensorDict]) -> list[str]:

@@ -6,7 +6,8 @@ norm and LM head are *shared* with the full model (no copy; OPEN, the obvious ch
 :func:`devft_lab.core.layers.with_layers`. Each representative is a deep copy of its anchor with
 the fused tensors written in, so it keeps the anchor's attention type (Gemma3).
 
-LoRA: the full model stays a plain HF model; its adapters are the *global LoRA*, a dict
+LoRA: the full model stays a plain HF model; its adapters are the *global LoRA*
+(:data:`devft_lab.core.lora.GlobalLoRA`), a dict
 ``{layer_index: {"self_attn.q_proj.lora_A.weight": A, "self_attn.q_proj.lora_B.weight": B, ...}}``
 (names relative to the layer, as PEFT names them; A is r x in, B is out x r). The
 submodel is a PEFT model whose LoRA on representative g is the same DBLF fusion of its
@@ -20,7 +21,6 @@ dropout 0.05, on q_proj and v_proj.
 """
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -30,11 +30,10 @@ import torch
 from torch import nn
 
 from devft_lab.core.layers import decoder_layers, layer_prefix, layer_types, num_layers, with_layers
+from devft_lab.core.lora import GlobalLoRA, LayerLoRA, draw_lora_a, layer_key_pattern, to_layers
 from devft_lab.method.fusion import DEFAULT_BETA, anchor_position, fuse_layers, fuse_state_dicts, fusion_weights
 from devft_lab.method.grouping import Groups, canonical, validate_groups
 
-LayerLoRA = dict[str, torch.Tensor]
-GlobalLoRA = dict[int, LayerLoRA]
 
 
 def default_lora_config(r: int = 32, alpha: int = 64, dropout: float = 0.05,
@@ -62,7 +61,9 @@ def _targets(lora_config) -> set[str]:
 def init_global_lora(full_model: nn.Module, lora_config=None, seed: int = 0) -> GlobalLoRA:
     """A fresh global LoRA as PEFT initialises it: A ~ kaiming_uniform(a=sqrt 5), B = 0.
 
-    A non-zero B (e.g. for tests) is obtained by editing the returned tensors.
+    Seed rule (*sequential*, see :mod:`devft_lab.core.lora`): one generator seeded by ``seed``
+    draws every A (:func:`~devft_lab.core.lora.draw_lora_a`) layer by layer, modules in
+    ``named_modules`` order. A non-zero B (e.g. for tests) is obtained by editing the tensors.
     """
     cfg = lora_config or default_lora_config()
     targets = _targets(cfg)
@@ -73,8 +74,7 @@ def init_global_lora(full_model: nn.Module, lora_config=None, seed: int = 0) -> 
         for name, mod in layer.named_modules():
             if name.split(".")[-1] in targets and isinstance(mod, nn.Linear):
                 w = mod.weight
-                bound = 1 / math.sqrt(mod.in_features)  # kaiming_uniform(a=sqrt 5) bound
-                a = (torch.rand(cfg.r, mod.in_features, generator=gen) * 2 - 1) * bound
+                a = draw_lora_a((cfg.r, mod.in_features), gen)
                 entry[f"{name}.lora_A.weight"] = a.to(w.dtype).to(w.device)
                 entry[f"{name}.lora_B.weight"] = torch.zeros(mod.out_features, cfg.r, dtype=w.dtype, device=w.device)
         if not entry:
@@ -112,37 +112,30 @@ class Submodel:
         return list(get_peft_model_state_dict(self.model))
 
 
-def _layer_key_pattern(peft_model) -> re.Pattern:
+def layer_key_pattern_of(peft_model) -> re.Pattern:
+    """:func:`devft_lab.core.lora.layer_key_pattern` for this model's decoder-layer path."""
     base = peft_model.get_base_model()
-    path = layer_prefix(base, 0)[: -len(".0")]
-    return re.compile(rf"(?:^|\.){re.escape(path)}\.(\d+)\.(.+)$")
+    return layer_key_pattern(layer_prefix(base, 0)[: -len(".0")])
 
 
 def submodel_lora_state(peft_model) -> GlobalLoRA:
     """The PEFT model's adapters as {layer position: {name relative to the layer: tensor}}."""
     from peft import get_peft_model_state_dict
 
-    pat = _layer_key_pattern(peft_model)
-    out: GlobalLoRA = {}
-    for key, t in get_peft_model_state_dict(peft_model).items():
-        m = pat.search(key)
-        if m is None:
-            raise ValueError(f"adapter tensor {key!r} is not inside a decoder layer; devft_lab only "
-                             "adapts decoder layers.")
-        out.setdefault(int(m.group(1)), {})[m.group(2)] = t.detach().clone()
-    return out
+    state = {k: t.detach().clone() for k, t in get_peft_model_state_dict(peft_model).items()}
+    return to_layers(state, layer_key_pattern_of(peft_model))[0]
 
 
 def set_submodel_lora_state(peft_model, state: Mapping[int, Mapping[str, torch.Tensor]]) -> None:
     """Write {layer position: {name: tensor}} into the PEFT model's adapters (all must be given)."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-    pat = _layer_key_pattern(peft_model)
+    pat = layer_key_pattern_of(peft_model)
     current = get_peft_model_state_dict(peft_model)
     new = {}
     for key, t in current.items():
-        m = pat.search(key)
-        pos, name = int(m.group(1)), m.group(2)
+        m = pat.match(key)
+        pos, name = int(m["i"]), m["name"]
         if pos not in state or name not in state[pos]:
             raise ValueError(f"LoRA state has no tensor {name!r} for layer {pos}; give every adapter "
                              f"tensor of the submodel (names like {name!r}).")
@@ -151,7 +144,7 @@ def set_submodel_lora_state(peft_model, state: Mapping[int, Mapping[str, torch.T
             raise ValueError(f"LoRA tensor {name!r} of layer {pos} has shape {tuple(src.shape)}, "
                              f"the model expects {tuple(t.shape)} (check the rank r).")
         new[key] = src.to(dtype=t.dtype, device=t.device)
-    extra = [p for p in state if p not in {int(pat.search(k).group(1)) for k in current}]
+    extra = [p for p in state if p not in {int(pat.match(k)["i"]) for k in current}]
     if extra:
         raise ValueError(f"LoRA state names layer position(s) {extra} that the model does not have.")
     result = set_peft_model_state_dict(peft_model, new)
@@ -160,16 +153,17 @@ def set_submodel_lora_state(peft_model, state: Mapping[int, Mapping[str, torch.T
 
 
 def fuse_lora(global_lora: Mapping[int, Mapping[str, torch.Tensor]], groups: Sequence[Sequence[int]],
-              method: str = "dblf", beta: float = DEFAULT_BETA, anchor: str = "first",
+              method: str = "dblf", beta: float = DEFAULT_BETA, anchor_rule: str = "first",
               warn: bool = True) -> GlobalLoRA:
-    """{group position: fused LoRA}: rep_A = sum_j w_j A_j and rep_B = sum_j w_j B_j (DBLF weights).
+    """{group position: fused LoRA}: rep_A = sum_j w_j A_j and rep_B = sum_j w_j B_j (DBLF weights,
+    Sec. 3.3; A and B are fused each on its own, so rep_B rep_A is not the fused B A).
 
     ``warn=False`` silences the negative-anchor-weight warning (a caller that already
     warned for the same groups, e.g. :func:`build_submodel` fusing the base layers).
     """
     out: GlobalLoRA = {}
     for g, members in enumerate(groups):
-        a = anchor_position(len(members), anchor)
+        a = anchor_position(len(members), anchor_rule)
         with warnings.catch_warnings():
             if not warn:
                 warnings.simplefilter("ignore", UserWarning)
@@ -183,10 +177,10 @@ def fuse_lora(global_lora: Mapping[int, Mapping[str, torch.Tensor]], groups: Seq
 
 def build_submodel(full_model: nn.Module, groups: Sequence[Sequence[int]], beta: float = DEFAULT_BETA,
                    method: str = "dblf", lora_config=None, global_lora: Mapping | None = None,
-                   anchor: str = "first", seed: int = 0) -> Submodel:
-    """Stage submodel of ``len(groups)`` representative layers with PEFT LoRA.
+                   anchor_rule: str = "first", seed: int = 0) -> Submodel:
+    """Stage submodel of ``len(groups)`` representative layers with PEFT LoRA (Sec. 3.1-3.3).
 
-    For group g with members j and anchor a (DBLF):
+    For group g with members j and anchor a (DBLF, Sec. 3.3):
         rep_g = theta_a + beta * sum_j (theta_j - theta_a)      (base tensors, norms, LoRA A, B)
     The submodel's decoder stack is [rep_1, ..., rep_k]; embeddings, final norm and head
     are the full model's own modules. ``global_lora=None`` starts from
@@ -206,7 +200,7 @@ def build_submodel(full_model: nn.Module, groups: Sequence[Sequence[int]], beta:
     full_types = layer_types(full_model)
     reps, anchors, types, weights = [], [], [], []
     for members in groups:
-        a = anchor_position(len(members), anchor)
+        a = anchor_position(len(members), anchor_rule)
         w = fusion_weights(len(members), method, beta, a)
         reps.append(fuse_layers([layers[i] for i in members], w, a))
         anchors.append(members[a])
@@ -214,6 +208,6 @@ def build_submodel(full_model: nn.Module, groups: Sequence[Sequence[int]], beta:
         weights.append(w)
     sub = with_layers(full_model, reps, types)
     peft_model = get_peft_model(sub, cfg)
-    set_submodel_lora_state(peft_model, fuse_lora(lora, groups, method, beta, anchor, warn=False))
+    set_submodel_lora_state(peft_model, fuse_lora(lora, groups, method, beta, anchor_rule, warn=False))
     peft_model.train(full_model.training)
     return Submodel(peft_model, groups, anchors, types, weights, cfg)

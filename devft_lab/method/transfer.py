@@ -13,9 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from devft_lab.core.lora import GlobalLoRA
 from devft_lab.method.grouping import validate_groups
-
-GlobalLoRA = dict[int, dict[str, torch.Tensor]]
 
 
 def transfer_lora(global_lora: Mapping[int, Mapping[str, torch.Tensor]], groups: Sequence[Sequence[int]],

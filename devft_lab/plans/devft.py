@@ -24,16 +24,15 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from devft_lab.fl.accounting import tensor_bytes
-from devft_lab.fl.client import get_lora_state
-from devft_lab.fl.stages import StageModel, stage_groups, to_flat, to_layers
 from devft_lab.core.layers import decoder_layers, num_layers
+from devft_lab.core.lora import GlobalLoRA, get_lora_state, to_flat, to_layers
+from devft_lab.fl.stages import StageModel, stage_groups
 from devft_lab.method.grouping import group_layers
 from devft_lab.method.similarity import layer_parameter_similarity
 from devft_lab.method.submodel import (build_submodel, fuse_lora, init_global_lora, lora_scaling,
                                        set_submodel_lora_state)
 from devft_lab.method.transfer import transfer_lora
 
-GlobalLoRA = dict[int, dict[str, torch.Tensor]]
 
 
 def fused_delivery_bytes(full_model: torch.nn.Module, groups: Sequence[Sequence[int]]) -> int:
@@ -52,7 +51,7 @@ class DevFTPlan:
 
     def __init__(self, full_model: torch.nn.Module, lora_config, capacities: Sequence[int],
                  rounds: Sequence[int], *, beta: float = 0.1, grouping: str = "spectral",
-                 affinity: str = "clip", fusion: str = "dblf", anchor: str = "first", seed: int = 0,
+                 affinity: str = "clip", fusion: str = "dblf", anchor_rule: str = "first", seed: int = 0,
                  global_lora: GlobalLoRA | None = None):
         if len(capacities) != len(rounds):
             raise ValueError(f"{len(capacities)} capacities but {len(rounds)} stage round counts.")
@@ -60,7 +59,7 @@ class DevFTPlan:
         self.L = num_layers(full_model)
         self.capacities, self.rounds = [int(c) for c in capacities], [int(r) for r in rounds]
         self.beta, self.grouping, self.affinity = float(beta), grouping, affinity
-        self.fusion, self.anchor, self.seed = fusion, anchor, int(seed)
+        self.fusion, self.anchor_rule, self.seed = fusion, anchor_rule, int(seed)
         self.global_lora: GlobalLoRA = global_lora or init_global_lora(full_model, lora_config, seed)
         self._sub = None  # the current stage's Submodel
         self._eval = None  # singleton (full-model) submodel used to evaluate between stages
@@ -84,7 +83,7 @@ class DevFTPlan:
         groups = stage_groups(info) or self.groups_for(stage)
         self._sub = None
         sub = build_submodel(self.full, groups, self.beta, self.fusion, self.lora_config,
-                             global_lora=self.global_lora, anchor=self.anchor, seed=self.seed)
+                             global_lora=self.global_lora, anchor_rule=self.anchor_rule, seed=self.seed)
         self._sub = sub
         n_params = sum(p.numel() for layer in decoder_layers(sub.model.get_base_model()) for p in layer.parameters())
         return StageModel(stage, sub.model, get_lora_state(sub.model), self.rounds[stage],
@@ -108,7 +107,7 @@ class DevFTPlan:
         for g, members in enumerate(previous.info["groups"]):
             for i in members:
                 full[i].update({n: t.clone() for n, t in reps[g].items()})
-        fused = fuse_lora(full, stage.info["groups"], self.fusion, self.beta, self.anchor, warn=False)
+        fused = fuse_lora(full, stage.info["groups"], self.fusion, self.beta, self.anchor_rule, warn=False)
         keep = {n for layer in reps.values() for n in layer}
         return to_flat({g: {n: t for n, t in d.items() if n in keep} for g, d in fused.items()}, prefix)
 
@@ -121,7 +120,7 @@ class DevFTPlan:
         full = transfer_lora(self.global_lora, stage.info["groups"], reps)
         if self._eval is None:
             self._eval = build_submodel(self.full, [[i] for i in range(self.L)], self.beta, self.fusion,
-                                        self.lora_config, global_lora=full, anchor=self.anchor)
+                                        self.lora_config, global_lora=full, anchor_rule=self.anchor_rule)
         else:
             self._eval.load_lora_state(full)
         self._eval.model.eval()

@@ -15,12 +15,11 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from devft_lab.fl.client import get_lora_state
-from devft_lab.fl.stages import StageModel, to_layers
 from devft_lab.core.layers import decoder_layers, layer_types, num_layers, with_layers
+from devft_lab.core.lora import GlobalLoRA, get_lora_state, to_flat, to_layers
+from devft_lab.fl.stages import StageModel
 from devft_lab.method.submodel import init_global_lora, set_submodel_lora_state
 
-GlobalLoRA = dict[int, dict[str, torch.Tensor]]
 
 
 class ProgFedPlan:
@@ -76,7 +75,6 @@ class ProgFedPlan:
         return self._eval
 
     def export(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        from devft_lab.fl.stages import to_flat
 
         return {}, to_flat(self.global_lora, "g.layers")
 

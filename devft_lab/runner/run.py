@@ -29,7 +29,8 @@ from devft_lab.runner.config import (ConfigError, RunConfig, config_hash, load_c
                               validate_against_model)
 from devft_lab.fl.client import LocalTraining, get_lora_state
 from devft_lab.fl.simulation import Simulation, SimulationSettings, dump_json, final_state
-from devft_lab.fl.stages import FullModelPlan, StagePlan, to_flat
+from devft_lab.core.lora import to_flat, to_layers
+from devft_lab.fl.stages import FullModelPlan, StagePlan
 from devft_lab.fl.strategies import Strategy, from_config
 
 LOG_NAME = "run.log"
@@ -94,7 +95,7 @@ def build_plan(cfg: RunConfig, model: torch.nn.Module, capacities: Sequence[int]
 
         init = init_global_lora(model, lcfg, seed)
         peft_model = get_peft_model(model, lcfg)
-        prefix = next(k for k in get_lora_state(peft_model)).split(".layers.")[0] + ".layers"
+        prefix = to_layers(get_lora_state(peft_model))[1]
         return FullModelPlan(peft_model, to_flat(init, prefix), rounds[0])
     if cfg.devft.plan == "progfed":
         from devft_lab.plans.progfed import ProgFedPlan
@@ -104,7 +105,7 @@ def build_plan(cfg: RunConfig, model: torch.nn.Module, capacities: Sequence[int]
 
     d = cfg.devft
     return DevFTPlan(model, lcfg, capacities, rounds, beta=d.beta, grouping=d.grouping, affinity=d.affinity,
-                     fusion=d.fusion, anchor=d.anchor, seed=seed)
+                     fusion=d.fusion, anchor_rule=d.anchor, seed=seed)
 
 
 def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict]) -> Callable | None:

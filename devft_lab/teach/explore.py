@@ -221,14 +221,14 @@ def lora_gradients(sub: Submodel, tokenizer, texts: Sequence[str], batch_size: i
 def _key_to_position(sub: Submodel) -> dict[str, tuple[int, str]]:
     from peft import get_peft_model_state_dict
 
-    from devft_lab.method.submodel import _layer_key_pattern
+    from devft_lab.method.submodel import layer_key_pattern_of
 
-    pat = _layer_key_pattern(sub.model)
+    pat = layer_key_pattern_of(sub.model)
     out = {}
     for key in get_peft_model_state_dict(sub.model):
-        m = pat.search(key)
+        m = pat.match(key)
         if m:
-            out[key] = (int(m.group(1)), m.group(2))
+            out[key] = (int(m["i"]), m["name"])
     return out
 
 

@@ -122,7 +122,7 @@ def run_stages(parts, rounds_per_stage: int = 1, clients: Sequence[int] = (0, 1)
     (:func:`lora_cosine` of the B tensors) and ``holds_representative``.
     """
     from devft_lab.fl.client import client_update
-    from devft_lab.fl.stages import to_layers
+    from devft_lab.core.lora import to_layers
     from devft_lab.method.grouping import validate_groups
 
     plan, strategy, s = parts.plan, parts.strategy, parts.settings
