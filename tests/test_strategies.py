@@ -223,3 +223,23 @@ def test_base_class_hooks_are_no_ops_that_strategies_override():
     moved = {k: v + 1.0 for k, v in template.items()}
     expected = 0.5 * 0.2 * sum(float(v.numel()) for v in template.values())  # mu/2 * sum (1)^2
     assert float(get_strategy("fedprox", mu=0.2).local_penalty(moved, template)) == pytest.approx(expected)
+
+
+def test_stage_rules_shared_by_simulation_and_flower():
+    from devft_lab.fl.stages import StageModel, stage_eval_state, stage_start_state
+
+    template = make_state(0)
+    ffa = get_strategy("ffa-lora", a_seed=2)
+    first = stage_start_state(ffa, StageModel(0, None, template, 1))
+    later = stage_start_state(ffa, StageModel(1, None, template, 1))
+    a = next(k for k in template if is_lora_a(k))
+    assert torch.equal(first[a], ffa.init_global(template)[a])  # the shared A, drawn at stage 1 only
+    assert torch.equal(later[a], template[a])  # later stages keep the transferred A
+    fedsa = get_strategy("fedsa-lora")
+    bs = [k for k in template if is_lora_b(k)]
+    kept = {0: {b: torch.ones_like(template[b]) for b in bs}, 1: {b: 4 * torch.ones_like(template[b]) for b in bs},
+            2: {}}
+    out = stage_eval_state(fedsa, template, kept, {0: 3, 1: 1, 2: 50})  # client 2 kept nothing
+    assert all(torch.allclose(out[b], torch.full_like(template[b], (3 * 1 + 1 * 4) / 4)) for b in bs)
+    assert torch.equal(out[a], template[a])  # A is the global one
+    assert all(torch.equal(stage_eval_state(fedsa, template, {}, {})[b], template[b]) for b in bs)

@@ -30,7 +30,7 @@ from devft_lab.fl.accounting import (Ledger, RoundCost, cuda_peak_mb, num_params
 from devft_lab.fl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from devft_lab.fl.client import LocalTraining, client_update
 from devft_lab.fl.sampling import sample_clients
-from devft_lab.fl.stages import StageModel, StagePlan
+from devft_lab.fl.stages import StageModel, StagePlan, end_stage, stage_eval_state, stage_start_state
 from devft_lab.fl.strategies import State, Strategy, merge_delta, stacked_delta
 from devft_lab.core.train import round_lr
 
@@ -137,11 +137,7 @@ class Simulation:
     # ------------------------------------------------------------------ helpers
     def _eval_state(self) -> State:
         st = self.state
-        kept = [c for c in sorted(st.kept) if st.kept[c]]
-        if not kept:
-            return self.strategy.eval_state(st.global_state)
-        return self.strategy.eval_state(st.global_state, [st.kept[c] for c in kept],
-                                        [st.samples.get(c, 1) for c in kept])
+        return stage_eval_state(self.strategy, st.global_state, st.kept, st.samples)
 
     def evaluate(self) -> dict[str, float]:
         """Evaluate the full model as it stands now (the plan folds the stage adapter in)."""
@@ -160,9 +156,7 @@ class Simulation:
         if resumed and st.merged:  # FLoRA: the base weights carry every merged aggregate so far
             merge_delta(sm.model.state_dict(), st.merged, 1.0, inplace=True)
         if not resumed:
-            start = dict(sm.start)
-            # FFA-LoRA's shared A is drawn once; later stages keep the fused (transferred) A.
-            st.global_state = self.strategy.init_global(start) if stage == 0 else start
+            st.global_state = stage_start_state(self.strategy, sm)
             if stage > 0:
                 st.kept = {c: self.plan.carry(k, sm, self._previous) for c, k in st.kept.items()}
             st.stage_info, st.delivered, st.stage_round = dict(sm.info), [], 0
@@ -190,7 +184,7 @@ class Simulation:
                     self._one_round()
                     bar.update(1)
                     bar.set_postfix(stage=st.stage + 1, loss=f"{self._last_loss:.3f}")
-                self.plan.end(st.stage, self._eval_state())
+                end_stage(self.plan, self.strategy, st.stage, st.global_state, st.kept, st.samples)
                 st.stage += 1
                 st.stage_round = 0
                 if st.stage == len(rounds):

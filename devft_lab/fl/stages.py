@@ -15,11 +15,14 @@ The flat and per-layer forms of a LoRA state and the parser between them live in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 import torch
 
 from devft_lab.core.lora import State, get_lora_state, set_lora_state, to_flat, to_layers  # noqa: F401
+
+if TYPE_CHECKING:
+    from devft_lab.fl.strategies import Strategy
 
 
 @dataclass
@@ -96,6 +99,33 @@ class FullModelPlan:
 
     def restore(self, meta, tensors) -> None:
         pass
+
+
+# --------------------------------------------------------------------------- a stage's life
+# The stage begin/end/eval rules that every runtime follows (the in-process
+# devft_lab.fl.simulation.Simulation and the Flower devft_lab.flower.devft_workload.DevFTWorkload).
+def stage_start_state(strategy: "Strategy", stage: StageModel) -> State:
+    """The global adapter stage ``stage`` starts from: the plan's start adapter, through
+    ``strategy.init_global`` at the first stage only (FFA-LoRA's shared A is drawn once; later
+    stages start from the fused, transferred adapter)."""
+    start = dict(stage.start)
+    return strategy.init_global(start) if stage.index == 0 else start
+
+
+def stage_eval_state(strategy: "Strategy", global_state: Mapping[str, torch.Tensor],
+                     kept: Mapping[int, Mapping[str, torch.Tensor]], samples: Mapping[int, int]) -> State:
+    """``strategy.eval_state`` over the global state and the clients' kept tensors (FedSA-LoRA's
+    Bs, weighted by each client's sample count; clients without kept tensors are left out)."""
+    clients = [c for c in sorted(kept) if kept[c]]
+    if not clients:
+        return strategy.eval_state(global_state)
+    return strategy.eval_state(global_state, [kept[c] for c in clients], [samples.get(c, 1) for c in clients])
+
+
+def end_stage(plan: StagePlan, strategy: "Strategy", stage: int, global_state: Mapping[str, torch.Tensor],
+              kept: Mapping[int, Mapping[str, torch.Tensor]], samples: Mapping[int, int]) -> None:
+    """Hand the stage's evaluation adapter back to the plan (DevFT: knowledge transfer)."""
+    plan.end(stage, stage_eval_state(strategy, global_state, kept, samples))
 
 
 def stage_groups(info: Mapping[str, Any]) -> list[list[int]] | None:

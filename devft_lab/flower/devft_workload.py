@@ -34,6 +34,7 @@ from typing import Any, Mapping
 
 import torch
 
+from devft_lab.fl.stages import StageModel, end_stage, stage_eval_state, stage_start_state
 from devft_lab.flower.workload import ClientReply, State, Workload, register
 
 
@@ -41,10 +42,8 @@ def _clone(state: Mapping[str, torch.Tensor]) -> State:
     return {k: v.detach().clone() for k, v in state.items()}
 
 
-def _stub(index: int, info: Mapping[str, Any]):
+def _stub(index: int, info: Mapping[str, Any]) -> StageModel:
     """A StageModel carrying only what ``plan.carry`` reads (index and info)."""
-    from devft_lab.fl.stages import StageModel
-
     return StageModel(index, None, {}, 0, 0, dict(info))
 
 
@@ -106,12 +105,11 @@ class DevFTWorkload(Workload):
         p = self.parts
         while self.stage < stage:
             if self.stage >= 0:
-                p.plan.end(self.stage, self._eval_state())
+                end_stage(p.plan, p.strategy, self.stage, self.global_state, self.kept_view, self.samples)
                 self.kept_view = {}
             self.stage += 1
             self.sm = p.plan.begin(self.stage, None)
-            start = dict(self.sm.start)
-            self.global_state = p.strategy.init_global(start) if self.stage == 0 else start
+            self.global_state = stage_start_state(p.strategy, self.sm)
             down = set(p.strategy.downlink_keys(self.global_state))
             self.stage_start = {k: v.clone() for k, v in self.global_state.items() if k not in down}
             self.infos.append(json.loads(json.dumps(self.sm.info)))
@@ -148,11 +146,7 @@ class DevFTWorkload(Workload):
 
     def _eval_state(self) -> State:
         """``strategy.eval_state`` over the global state and the collected kept tensors (as Simulation)."""
-        kept = [c for c in sorted(self.kept_view) if self.kept_view[c]]
-        if not kept:
-            return self.parts.strategy.eval_state(self.global_state)
-        return self.parts.strategy.eval_state(self.global_state, [self.kept_view[c] for c in kept],
-                                              [self.samples.get(c, 1) for c in kept])
+        return stage_eval_state(self.parts.strategy, self.global_state, self.kept_view, self.samples)
 
     def collect(self, rnd: int) -> tuple[list[int], dict[str, Any]] | None:
         """At a stage end, the kept tensors of every client that trained (FedSA-LoRA's B).
