@@ -153,6 +153,30 @@ def test_check_and_clean(capsys):
     nbformat.validate(nb)
 
 
+def test_execute_stores_outputs_with_nbclient(tmp_path):
+    pytest.importorskip("nbclient")
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from devft_lab.teach.notebooks import execute
+
+    nb = new_notebook(cells=[new_code_cell("import os\nprint(os.environ['DEVFT_NB_TEST'])"),
+                             new_code_cell("print(1)\nprint(2)"), new_code_cell("6 * 7")])
+    path = tmp_path / "t.ipynb"
+    nbformat.write(nb, path)
+    assert execute(path, timeout=120, env={"DEVFT_NB_TEST": "from-env"}) > 0
+    out = nbformat.read(path, as_version=4)
+    assert [c.execution_count for c in out.cells] == [1, 2, 3]
+    assert out.cells[0].outputs[0]["text"] == "from-env\n"
+    assert [o["text"] for o in out.cells[1].outputs] == ["1\n2\n"]  # one coalesced stream
+    assert out.cells[2].outputs[0]["data"]["text/plain"] == "42"
+    assert out.metadata["kernelspec"]["name"] == "python3"
+    bad = tmp_path / "bad.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("1 / 0")]), bad)
+    with pytest.raises(Exception, match="ZeroDivisionError"):
+        execute(bad, timeout=120, save=False)
+
+
 def test_committed_notebooks_are_clean():
     """The before-stop contract: kernelspec python3, outputs present, no widget state, < 2 MB."""
     import subprocess

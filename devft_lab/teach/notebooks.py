@@ -1,4 +1,4 @@
-"""Notebook tooling: checks that nbval compares, and a small executor that commits clean outputs.
+"""Notebook tooling: checks that nbval compares, and an executor (nbclient) that commits clean outputs.
 
 ``check`` prints one profile-independent line per fact, so a notebook's checked cells give
 the same output on the tiny CI model and on SmolLM2 (see notebooks/README.md)::
@@ -13,7 +13,7 @@ state stripped, kernelspec normalised)::
     DEVFT_PROFILE=ci python -m devft_lab.teach.notebooks run --no-save notebooks/*.ipynb   # smoke
     python -m devft_lab.teach.notebooks clean notebooks/*.ipynb                            # metadata only
 
-Uses ``jupyter_client`` and ``nbformat`` (installed with nbval by the ``test`` extra).
+Uses ``nbclient`` and ``nbformat`` (installed by the ``test`` extra).
 """
 from __future__ import annotations
 
@@ -47,58 +47,18 @@ def clean(nb) -> None:
 
 def execute(path: str | Path, timeout: float = 1800, save: bool = True, env: dict | None = None) -> float:
     """Run every code cell of the notebook at ``path`` in a fresh ``python3`` kernel of this
-    Python; store outputs (``save``); return the wall time in seconds. Raises on a cell error."""
+    Python (nbclient, working directory: the notebook's folder); store outputs (``save``);
+    return the wall time in seconds. Raises ``nbclient.exceptions.CellExecutionError`` on a cell error."""
     import nbformat
-    from jupyter_client.manager import start_new_kernel
-    from nbformat.v4 import output_from_msg
+    from nbclient import NotebookClient
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=False,
+                            store_widget_state=False, record_timing=False, coalesce_streams=True,
+                            resources={"metadata": {"path": str(path.parent.resolve())}})
     t0 = time.perf_counter()
-    kenv = {**os.environ, **(env or {})}
-    km, kc = start_new_kernel(kernel_name="python3", cwd=str(path.parent.resolve()), env=kenv,
-                              extra_arguments=[])
-    try:
-        count = 0
-        for index, cell in enumerate(nb.cells):
-            if cell.cell_type != "code":
-                continue
-            outputs: list = []
-            display_ids: dict[str, list[int]] = {}
-
-            def hook(msg, outputs=outputs, display_ids=display_ids):
-                kind = msg["msg_type"]
-                content = msg["content"]
-                if kind == "clear_output":
-                    outputs.clear()
-                    display_ids.clear()
-                    return
-                if kind == "update_display_data":
-                    did = content.get("transient", {}).get("display_id")
-                    for k in display_ids.get(did, []):
-                        outputs[k] = output_from_msg({**msg, "msg_type": "display_data"})
-                    return
-                if kind in ("stream", "display_data", "execute_result", "error"):
-                    out = output_from_msg(msg)
-                    did = content.get("transient", {}).get("display_id")
-                    if did:
-                        display_ids.setdefault(did, []).append(len(outputs))
-                    if kind == "stream" and outputs and outputs[-1].get("output_type") == "stream" \
-                            and outputs[-1]["name"] == out["name"]:
-                        outputs[-1]["text"] += out["text"]
-                    else:
-                        outputs.append(out)
-
-            reply = kc.execute_interactive(cell.source, timeout=timeout, output_hook=hook, allow_stdin=False)
-            count += 1
-            cell.outputs = outputs
-            cell.execution_count = count
-            if reply["content"]["status"] == "error":
-                tb = "\n".join(reply["content"].get("traceback", []))
-                raise RuntimeError(f"{path}: cell {index} failed:\n{tb}")
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
+    client.execute(env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - t0
     clean(nb)
     if save:
