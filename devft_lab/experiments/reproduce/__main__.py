@@ -1,0 +1,3 @@
+from devft_lab.experiments.reproduce.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,188 @@
+"""Aggregating finished cells: mean +- std over seeds, paired gaps, ratios, time-to-target efficiency."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from devft_lab.experiments.reproduce.cells import Cell, Plan, _json, cell_status
+
+
+# --------------------------------------------------------------------------- aggregation
+def mean_std(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (n - 1; None for one value) of finite values."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not xs:
+        return {"mean": None, "std": None, "n": 0}
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
+    return {"mean": m, "std": sd, "n": len(xs)}
+
+
+def fmt(ms: dict[str, Any] | None, digits: int = 2, scale: float = 1.0) -> str:
+    """``mean ± std`` (or ``mean`` for one seed, ``-`` for none)."""
+    if not ms or ms.get("mean") is None:
+        return "-"
+    s = f"{ms['mean'] / scale:.{digits}f}"
+    return s + (f" ± {ms['std'] / scale:.{digits}f}" if ms.get("std") is not None else "")
+
+
+@dataclass
+class Finished:
+    """The finished runs of one variant, by seed."""
+
+    summaries: dict[int, dict] = field(default_factory=dict)
+    metas: dict[int, dict] = field(default_factory=dict)
+    paths: dict[int, Path] = field(default_factory=dict)
+
+
+def collect(plan: Plan, cells: Sequence[Cell]) -> dict[str, Finished]:
+    """Summaries of the finished (not stale) cells, by variant key."""
+    out: dict[str, Finished] = {}
+    for c in cells:
+        f = out.setdefault(c.variant.key, Finished())
+        if cell_status(plan, c) == "done":
+            d = plan.cell_dir(c)
+            f.summaries[c.seed] = _json(d / "summary.json")
+            f.metas[c.seed] = _json(d / "meta.json")
+            f.paths[c.seed] = d
+    return out
+
+
+def headline(summaries: Iterable[dict]) -> tuple[str, bool]:
+    """The metric tables compare by: ``acc`` (higher is better) if evaluated, else ``eval_loss``."""
+    keys = {k for s in summaries for k in s.get("final", {})}
+    return ("acc", True) if "acc" in keys else ("eval_loss", False)
+
+
+def row_metrics(summaries: dict[int, dict]) -> dict[str, dict[str, Any]]:
+    """Mean ± std over seeds of final metrics, initial metric and totals."""
+    ss = list(summaries.values())
+    keys = sorted({k for s in ss for k in s.get("final", {})})
+    out = {k: mean_std([s["final"].get(k) for s in ss if k in s.get("final", {})]) for k in keys}
+    for k in sorted({k for s in ss for k in s.get("initial", {}) if k != "eval_s"}):
+        out[f"initial_{k}"] = mean_std([s["initial"][k] for s in ss if k in s.get("initial", {})])
+    out["train_s"] = mean_std([s.get("train_s", 0) + s.get("aggregate_s", 0) for s in ss])
+    for k in ("paper_bytes", "full_bytes", "uplink_bytes", "downlink_bytes", "submodel_delivery_bytes",
+              "flops_estimate", "peak_rss_mb", "cuda_peak_mb"):
+        out[k] = mean_std([s.get(k) for s in ss if k in s])
+    return out
+
+
+def paired(a: dict[int, dict], b: dict[int, dict], metric: str) -> dict[str, Any]:
+    """a - b of ``final[metric]`` over the seeds both have: mean ± std of per-seed differences."""
+    seeds = sorted(set(a) & set(b))
+    diffs = [a[s]["final"][metric] - b[s]["final"][metric] for s in seeds
+             if metric in a[s].get("final", {}) and metric in b[s].get("final", {})]
+    return {**mean_std(diffs), "seeds": seeds}
+
+
+def ratio(a: dict[int, dict], b: dict[int, dict], get: Callable[[dict], float | None]) -> dict[str, Any]:
+    """b / a per seed (how many times less ``a`` needs than ``b``), mean ± std."""
+    vals = []
+    for s in sorted(set(a) & set(b)):
+        x, y = get(a[s]), get(b[s])
+        if x and y is not None:
+            vals.append(y / x)
+    return mean_std(vals)
+
+
+def _wall(s: dict) -> float:
+    return s.get("train_s", 0.0) + s.get("aggregate_s", 0.0)
+
+
+# --------------------------------------------------------------------------- efficiency helpers
+def reach(curve: tuple[list[float], list[float], list[float], list[float]], target: float,
+          higher: bool) -> dict[str, float] | None:
+    """Wall s, paper bytes and full bytes at the first evaluation at or beyond ``target``."""
+    t, pb, fb, v = curve
+    for i, x in enumerate(v):
+        if (x >= target) if higher else (x <= target):
+            return {"time_s": t[i], "paper_bytes": pb[i], "full_bytes": fb[i], "value": x}
+    return None
+
+
+def stage_round_costs(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """Mean per-round cost of the first and the last stage of one run (stage = ``row['stage']``)."""
+    if not rows:
+        return {}
+    stages = sorted({r["stage"] for r in rows})
+
+    def mean_of(sel: list[dict]) -> dict[str, float]:
+        n = len(sel)
+        return {"time_s": sum(r["train_s"] + r["aggregate_s"] for r in sel) / n,
+                "paper_bytes": sum(r["uplink_bytes"] for r in sel) / n,
+                "full_bytes": sum(r["uplink_bytes"] + r["downlink_bytes"] + r["submodel_delivery_bytes"]
+                                  for r in sel) / n,
+                "flops": sum(r["flops_estimate"] for r in sel) / n,
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in sel),
+                "cuda_peak_mb": max(r["cuda_peak_mb"] for r in sel),
+                "capacity": sel[0].get("extra", {}).get("capacity"), "rounds": n}
+
+    return {"first": mean_of([r for r in rows if r["stage"] == stages[0]]),
+            "last": mean_of([r for r in rows if r["stage"] == stages[-1]])}
+
+
+def efficiency(fin: dict[str, Finished], metric: str, higher: bool) -> dict[str, Any]:
+    """Time/bytes to FedIT's final value (per seed), and DevFT's stage rounds vs a full-model round."""
+    from devft_lab.runner.report import read_run
+
+    ref = fin.get("fedit", Finished())
+    finals = {s: ref.summaries[s]["final"][metric] for s in ref.summaries if metric in ref.summaries[s].get("final", {})}
+    initials = {s: ref.summaries[s].get("initial", {}).get(metric) for s in finals}
+
+    def improved(s: int) -> bool:  # a target only where FedIT beat the untrained model of that seed
+        i = initials[s]
+        return i is None or (finals[s] > i if higher else finals[s] < i)
+
+    targets = {s: v for s, v in finals.items() if improved(s)}
+    out: dict[str, Any] = {"target": {"definition": f"FedIT's final {metric} in the same seed, where it improves on "
+                                                    f"the untrained model's (other seeds have no target)",
+                                      **mean_std(list(targets.values())), "per_seed": targets,
+                                      "no_target_seeds": sorted(s for s in finals if s not in targets)},
+                           "to_target": {}, "rounds": {}}
+    reached: dict[str, dict[int, dict]] = {}
+    for key, f in fin.items():
+        per: dict[int, dict] = {}
+        for s, path in f.paths.items():
+            if s in targets:
+                per[s] = reach(read_run(path).curve(metric), targets[s], higher) or {}
+        reached[key] = per
+        hit = {s: r for s, r in per.items() if r}
+        out["to_target"][key] = {
+            "reached": f"{len(hit)} of {len(per)}",
+            "time_s": mean_std([r["time_s"] for r in hit.values()]),
+            "paper_bytes": mean_std([r["paper_bytes"] for r in hit.values()]),
+            "full_bytes": mean_std([r["full_bytes"] for r in hit.values()]),
+        }
+    base = reached.get("fedit", {})
+    for key, per in reached.items():
+        for q in ("time_s", "paper_bytes", "full_bytes"):
+            vals = [base[s][q] / per[s][q] for s in per if per[s] and base.get(s) and per[s][q] > 0]
+            out["to_target"][key][f"{q}_x_less_than_fedit"] = mean_std(vals)
+    dev_hit = reached.get("devft", {})
+    out["devft_vs"] = {key: {q: mean_std([per[s][q] / dev_hit[s][q] for s in per
+                                          if per[s] and dev_hit.get(s) and dev_hit[s][q] > 0])
+                             for q in ("time_s", "paper_bytes", "full_bytes")}
+                       for key, per in reached.items() if key != "devft"}
+    # per-round cost: DevFT's first / last stage against FedIT's full-model rounds
+    def rounds_of(f: Finished) -> dict[int, list[dict]]:
+        return {s: read_run(p).rows for s, p in f.paths.items()}
+
+    dev = {s: stage_round_costs(r) for s, r in rounds_of(fin.get("devft", Finished())).items()}
+    full = {s: stage_round_costs(r)["last"] for s, r in rounds_of(ref).items() if r}
+    for which in ("first", "last"):
+        per_q: dict[str, Any] = {}
+        for q in ("time_s", "paper_bytes", "full_bytes", "flops", "peak_rss_mb", "cuda_peak_mb"):
+            per_q[q] = mean_std([d[which][q] for d in dev.values() if d])
+            per_q[f"{q}_x_less_than_full"] = mean_std(
+                [full[s][q] / dev[s][which][q] for s in dev if dev[s] and s in full and dev[s][which][q] > 0])
+        per_q["capacity"] = next((d[which]["capacity"] for d in dev.values() if d), None)
+        out["rounds"][f"devft_{which}_stage"] = per_q
+    out["rounds"]["full_model"] = {q: mean_std([f[q] for f in full.values()])
+                                   for q in ("time_s", "paper_bytes", "full_bytes", "flops", "peak_rss_mb",
+                                             "cuda_peak_mb")}
+    return out
+
+
