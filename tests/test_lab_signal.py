@@ -21,7 +21,7 @@ def test_shipped_config_loads_and_overrides_apply():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("step=3", "unknown field 'step' .*did you mean 'steps'"),
+    ("step=3", "unknown field 'step'. Did you mean 'steps'"),
     ("steps=0", "steps must be an integer >= 1"),
     ("steps", "write key=value"),
     ("lr=fast", "lr = 'fast' should be"),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
 import platform
 import shlex
@@ -24,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from devft_lab.core.choices import closest
+from devft_lab.core.tables import markdown_table
 from devft_lab.data.records import DataError
 
 
@@ -70,9 +71,8 @@ def load_signal_config(path: str | Path | None, overrides: list[str] = ()) -> Si
     names = [f.name for f in dataclasses.fields(SignalConfig)]
     for key in raw:
         if key not in names:
-            hint = difflib.get_close_matches(key, names, n=1)
-            raise DataError(f"{path or '--set'}: unknown field {key!r}"
-                            f"{f' (did you mean {hint[0]!r}?)' if hint else ''}; fields: {', '.join(names)}.")
+            raise DataError(f"{path or '--set'}: unknown field {key!r}.{closest(key, names)} "
+                            f"Fields: {', '.join(names)}.")
     from devft_lab.runner.config import ConfigError, build_dataclass
 
     try:
@@ -122,7 +122,7 @@ def run(cfg: SignalConfig, command: str) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
 
     from devft_lab.data.lab import expand_suites, load_pool
-    from devft_lab.core.evaluate import evaluate_suites, paired_bootstrap
+    from devft_lab.core.evaluate import evaluate_suites
     from devft_lab.core.models import load_model
     from devft_lab.core.train import encode_examples, train_local
 
@@ -187,17 +187,17 @@ def markdown(r: dict[str, Any]) -> str:
              f"All suites ({', '.join(r['all_suites']['suites'])}): {r['all_suites']['base_avg']:.1f} → "
              f"{r['all_suites']['finetuned_avg']:.1f}, gap {r['all_suites']['gap']:+.1f}, 95% interval "
              f"[{r['all_suites']['ci95'][0]:+.1f}, {r['all_suites']['ci95'][1]:+.1f}] over {r['all_suites']['n_eval']} items.",
-             "", "| suite | tasks in the pool? | n | base | fine-tuned | gap | 95% CI |", "|---|---|---|---|---|---|---|"]
+             ""]
     seen = {"indist": "yes (held-out items)", "bbh": "no (unseen BBH tasks)", "mmlu": "no"}
-    for name, s in r["per_suite"].items():
-        lines.append(f"| {name} | {seen.get(name, '?')} | {s['n']} | {s['base']:.1f} | {s['finetuned']:.1f} | "
-                     f"{s['gap']:+.1f} | [{s['ci95'][0]:+.1f}, {s['ci95'][1]:+.1f}] |")
-    lines += ["", "Per task (accuracy %, raw log-likelihood):", "", "| suite | task | n | base | fine-tuned | gap |",
-              "|---|---|---|---|---|---|"]
-    for name, s in r["per_suite"].items():
-        for t, v in s["tasks"].items():
-            lines.append(f"| {name} | {t} | {v['n']} | {v['base']:.1f} | {v['finetuned']:.1f} | "
-                         f"{v['finetuned'] - v['base']:+.1f} |")
+    lines += markdown_table(
+        ["suite", "tasks in the pool?", "n", "base", "fine-tuned", "gap", "95% CI"],
+        [[name, seen.get(name, "?"), s["n"], f"{s['base']:.1f}", f"{s['finetuned']:.1f}", f"{s['gap']:+.1f}",
+          f"[{s['ci95'][0]:+.1f}, {s['ci95'][1]:+.1f}]"] for name, s in r["per_suite"].items()])
+    lines += ["", "Per task (accuracy %, raw log-likelihood):", ""]
+    lines += markdown_table(
+        ["suite", "task", "n", "base", "fine-tuned", "gap"],
+        [[name, t, v["n"], f"{v['base']:.1f}", f"{v['finetuned']:.1f}", f"{v['finetuned'] - v['base']:+.1f}"]
+         for name, s in r["per_suite"].items() for t, v in s["tasks"].items()])
     t, e = r["train"], r["eval_seconds"]
     lines += ["", f"Length-normalised (acc_norm) average: {r['base_avg_norm']:.1f} → {r['finetuned_avg_norm']:.1f}.",
               f"Fine-tune: {t['steps']} steps × batch {r['config']['batch_size']} ({t['samples_seen']} examples seen "

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from devft_lab.core.tables import markdown_table
+
 
 @dataclass
 class RunLog:
@@ -69,20 +71,19 @@ def metric_of(run: RunLog) -> str:
 
 def table(runs: Sequence[RunLog]) -> str:
     """One Markdown row per run: metric before/after, time, bytes both ways, memory."""
-    lines = ["| run | rounds | metric | before | after | train+agg s | paper MB (LoRA up) | full MB | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    body = []
     for r in runs:
         m = metric_of(r)
         _, _, _, v = r.curve(m)
         last = r.rows[-1] if r.rows else {}
         before = f"{r.initial[m]:.4g}" if m in r.initial else "-"
         after = f"{v[-1]:.4g}" if v else "-"
-        lines.append(
-            f"| {r.name} | {len(r.rows)} | {m} | {before} | {after} | "
-            f"{last.get('cum_train_s', 0) + last.get('cum_aggregate_s', 0):.1f} | "
-            f"{last.get('cum_paper_bytes', 0) / 1e6:.2f} | {last.get('cum_full_bytes', 0) / 1e6:.2f} | "
-            f"{max((x['peak_rss_mb'] for x in r.rows), default=0):.0f} |")
-    return "\n".join(lines)
+        body.append([r.name, len(r.rows), m, before, after,
+                     f"{last.get('cum_train_s', 0) + last.get('cum_aggregate_s', 0):.1f}",
+                     f"{last.get('cum_paper_bytes', 0) / 1e6:.2f}", f"{last.get('cum_full_bytes', 0) / 1e6:.2f}",
+                     f"{max((x['peak_rss_mb'] for x in r.rows), default=0):.0f}"])
+    return "\n".join(markdown_table(["run", "rounds", "metric", "before", "after", "train+agg s",
+                                     "paper MB (LoRA up)", "full MB", "peak RSS MB"], body))
 
 
 def plot(runs: Sequence[RunLog], out: str | Path | None = None, metric: str | None = None):

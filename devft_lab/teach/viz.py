@@ -360,9 +360,9 @@ def table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = 
             return floatfmt.format(x)
         return str(x)
 
-    lines_ = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines_ += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return Markdown("\n".join(lines_))
+    from devft_lab.core.tables import markdown_table
+
+    return Markdown("\n".join(markdown_table(cols, [[cell(r.get(c, "")) for c in cols] for r in rows])))
 
 
 def off_diagonal(matrix) -> np.ndarray:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from devft_lab.core.tables import markdown_table
 from devft_lab.experiments.reproduce.cells import (Cell, NOT_IMPLEMENTED, PAPER_ABLATION, PAPER_COLUMNS,
                                                    PAPER_COLUMN_OF_BASE, PAPER_COMPAT, PAPER_EFFICIENCY,
                                                    PAPER_GROWTH, PAPER_MAIN, Plan, ROW_LABELS, TABLES, V,
@@ -104,7 +105,7 @@ def to_markdown(t: dict[str, Any]) -> str:
             head.insert(3, f"drop vs DevFT x2{pts}" if t["table"] == "growth" else f"drop vs DevFT{pts}")
             if t["table"] == "ablation":
                 head.insert(4, "paper drop %")
-        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        body = []
         for r in t["rows"]:
             if r.get("status") == "not implemented":
                 cells = [r["method"], "-", "not implemented"] + ["-"] * (len(head) - 3 - len(paper_cols))
@@ -123,34 +124,36 @@ def to_markdown(t: dict[str, Any]) -> str:
                         p = (r.get("paper") or {}).get("drop_pct_llama31_8b")
                         cells.insert(4, f"{p:.2f}" if p is not None else "-")
             cells += [f"{r['paper'][c]:.2f}" if c in r.get("paper", {}) else "-" for c in paper_cols]
-            out.append("| " + " | ".join(cells) + " |")
+            body.append(cells)
+        out += markdown_table(head, body)
     else:
-        out += [f"Target: {t['target']['definition']} = {fmt(t['target'])}.", "",
-                "| method | reached | time to target s | LoRA uplink MB to target | full MB to target | "
-                "time x less than FedIT | uplink x less than FedIT | seeds | cells |",
-                "|---|---|---|---|---|---|---|---|---|"]
+        out += [f"Target: {t['target']['definition']} = {fmt(t['target'])}.", ""]
+        body = []
         for r in t["rows"]:
             if r.get("status") == "not implemented":
-                out.append(f"| {r['method']} | not implemented | - | - | - | - | - | - | - |")
+                body.append([r["method"], "not implemented"] + ["-"] * 7)
                 continue
             e = t["to_target"].get(r["key"], {})
-            out.append(f"| {r['method']} | {e.get('reached', '-')} | {fmt(e.get('time_s'), 1)} | "
-                       f"{fmt(e.get('paper_bytes'), 2, 1e6)} | {fmt(e.get('full_bytes'), 2, 1e6)} | "
-                       f"{fmt(e.get('time_s_x_less_than_fedit'))} | {fmt(e.get('paper_bytes_x_less_than_fedit'))} | "
-                       f"{', '.join(map(str, r['seeds'])) or '-'} | {r['cells']} |")
+            body.append([r["method"], e.get("reached", "-"), fmt(e.get("time_s"), 1),
+                         fmt(e.get("paper_bytes"), 2, 1e6), fmt(e.get("full_bytes"), 2, 1e6),
+                         fmt(e.get("time_s_x_less_than_fedit")), fmt(e.get("paper_bytes_x_less_than_fedit")),
+                         ", ".join(map(str, r["seeds"])) or "-", r["cells"]])
+        out += markdown_table(["method", "reached", "time to target s", "LoRA uplink MB to target",
+                               "full MB to target", "time x less than FedIT", "uplink x less than FedIT", "seeds",
+                               "cells"], body)
         rr = t["rounds"]
-        out += ["", "Per-round cost (mean over a stage's rounds, then over seeds):", "",
-                "| round | layers | time s | LoRA uplink KB | full KB | GFLOP | peak RSS MB | CUDA peak MB | "
-                "time x less | uplink x less | full x less | FLOP x less |", "|" + "---|" * 12]
+        out += ["", "Per-round cost (mean over a stage's rounds, then over seeds):", ""]
+        body = []
         for label, key in (("DevFT first stage", "devft_first_stage"), ("DevFT last stage", "devft_last_stage"),
                            ("full model (FedIT)", "full_model")):
             q = rr.get(key, {})
             xs = [fmt(q.get(f"{k}_x_less_than_full")) if key != "full_model" else "1"
                   for k in ("time_s", "paper_bytes", "full_bytes", "flops")]
-            out.append(f"| {label} | {q.get('capacity', 'all')} | {fmt(q.get('time_s'), 3)} | "
-                       f"{fmt(q.get('paper_bytes'), 1, 1e3)} | {fmt(q.get('full_bytes'), 1, 1e3)} | "
-                       f"{fmt(q.get('flops'), 2, 1e9)} | {fmt(q.get('peak_rss_mb'), 0)} | "
-                       f"{fmt(q.get('cuda_peak_mb'), 0)} | {' | '.join(xs)} |")
+            body.append([label, q.get("capacity", "all"), fmt(q.get("time_s"), 3), fmt(q.get("paper_bytes"), 1, 1e3),
+                         fmt(q.get("full_bytes"), 1, 1e3), fmt(q.get("flops"), 2, 1e9),
+                         fmt(q.get("peak_rss_mb"), 0), fmt(q.get("cuda_peak_mb"), 0), *xs])
+        out += markdown_table(["round", "layers", "time s", "LoRA uplink KB", "full KB", "GFLOP", "peak RSS MB",
+                               "CUDA peak MB", "time x less", "uplink x less", "full x less", "FLOP x less"], body)
         pe = PAPER_EFFICIENCY
         out += ["", f"Paper: convergence time LLaMA2-7B DevFT {pe['time_to_convergence_h_llama2_7b']['devft']} h vs "
                 f"C2A {pe['time_to_convergence_h_llama2_7b']['c2a']} h; communication LLaMA2-13B "
