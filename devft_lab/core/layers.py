@@ -10,7 +10,6 @@ Supported (tested on tiny random models): LLaMA, Mistral, Qwen2, Gemma3 (text).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -26,14 +25,6 @@ SUPPORTED: dict[str, str] = {
 
 class UnsupportedArchitectureError(ValueError):
     """Raised for a model whose decoder-layer layout devft_lab does not know."""
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """What DevFT needs to know about one decoder layer of the full model."""
-
-    index: int
-    layer_type: str | None  # e.g. "sliding_attention" / "full_attention" for Gemma3, else None
 
 
 def _check(model: nn.Module) -> str:

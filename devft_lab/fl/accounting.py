@@ -77,15 +77,6 @@ def peak_rss_mb() -> float:
     return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
 
 
-def current_rss_mb() -> float | None:
-    """Current resident memory in MiB (needs psutil; None without it)."""
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover
-        return None
-    return psutil.Process().memory_info().rss / (1024 * 1024)
-
-
 def cuda_peak_mb(reset: bool = False) -> float:
     """Peak CUDA memory allocated by torch in MiB since the last reset (0 without CUDA)."""
     if not torch.cuda.is_available():

@@ -15,7 +15,7 @@ The flat and per-layer forms of a LoRA state and the parser between them live in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 import torch
 
@@ -134,10 +134,3 @@ def stage_groups(info: Mapping[str, Any]) -> list[list[int]] | None:
     return [list(map(int, x)) for x in g] if g is not None else None
 
 
-def check_plan(plan: StagePlan, expected_stages: Sequence[int] | None = None) -> None:
-    """Sanity checks a custom plan must pass before a run starts."""
-    rounds = plan.stage_rounds()
-    if not rounds or any(int(r) < 1 for r in rounds):
-        raise ValueError(f"every stage needs at least one round, got {rounds}.")
-    if expected_stages is not None and len(rounds) != len(expected_stages):
-        raise ValueError(f"plan has {len(rounds)} stages, expected {len(expected_stages)}.")

@@ -123,17 +123,6 @@ def lora_delta_name(lora_a_name: str) -> str:
     return lora_a_name.replace(".lora_A.weight", ".weight")
 
 
-def merged_layer_state(layer: nn.Module, lora: TensorDict | None = None,
-                       scaling: float = 2.0) -> dict[str, torch.Tensor]:
-    """A layer's tensors with its LoRA merged: W + s * B @ A for every adapted Linear.
-
-    ``lora`` maps ``<module>.lora_A.weight`` / ``<module>.lora_B.weight`` (names relative
-    to the layer, as PEFT names them) to A (r x in) and B (out x r).
-    """
-    view = _LazyMerged(layer, lora, scaling)
-    return {n: view[n] for n in view}
-
-
 def layer_parameter_similarity(model: nn.Module, global_lora: GlobalLoRA | None = None,
                                scaling: float = 2.0, include_lora: bool = True) -> torch.Tensor:
     """L x L cosine similarity of the layers' parameters (DGLG's W).

@@ -105,13 +105,6 @@ class Submodel:
     def load_lora_state(self, state: Mapping[int, Mapping[str, torch.Tensor]]) -> None:
         set_submodel_lora_state(self.model, state)
 
-    def lora_names(self) -> list[str]:
-        """PEFT state-dict keys of the submodel's adapters."""
-        from peft import get_peft_model_state_dict
-
-        return list(get_peft_model_state_dict(self.model))
-
-
 def layer_key_pattern_of(peft_model) -> re.Pattern:
     """:func:`devft_lab.core.lora.layer_key_pattern` for this model's decoder-layer path."""
     base = peft_model.get_base_model()

@@ -52,7 +52,7 @@ import yaml
 
 from devft_lab.core.choices import ConfigError
 from devft_lab.core.choices import closest as _closest
-from devft_lab.fl.strategies import STRATEGY_ALIASES, STRATEGY_PARAMS, canonical_strategy, get_strategy
+from devft_lab.fl.strategies import STRATEGY_ALIASES, STRATEGY_PARAMS, canonical_strategy, get_strategy  # noqa: F401
 from devft_lab.method.fusion import ANCHOR_RULES, FUSION_METHODS
 from devft_lab.method.grouping import METHODS as GROUPING_METHODS
 from devft_lab.method.grouping import NEGATIVES

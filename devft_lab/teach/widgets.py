@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-import numpy as np
 from torch import nn
 
 from devft_lab.teach import explore, viz
@@ -167,6 +166,3 @@ def interact(render: Callable[..., object], **controls) -> None:
         w.observe(on_change, names="value")
 
 
-def as_array(x) -> np.ndarray:
-    """Small convenience for notebooks: anything matrix-like as a numpy array."""
-    return viz._np(x)
