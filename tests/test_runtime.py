@@ -1,7 +1,6 @@
 """The federated runtime end to end on the tiny model: equivalences, strategies, resume, errors."""
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -107,11 +106,16 @@ def test_bad_config_exit_2_and_no_run_folder(tmp_path, capsys, override, field):
     assert not (tmp_path / "bad").exists()
 
 
+# Rounds logged before the kill: 3 puts it inside stage 2 (rounds 2-3 of 4 stages x 2 rounds), after a
+# stage boundary and before the next one, so the resume must rebuild a stage from its checkpoint.
+KILL_AFTER_ROUNDS = 3
+
+
 def test_sigkill_then_resume_gives_identical_adapters(tmp_path):
     args = ["tiny", "fed.num_rounds=8", "devft.rounds_per_stage=2", f"out_dir={tmp_path}"]
     ref = _cli("run", *args, "name=ref", "--quiet")
     assert ref.returncode == 0, ref.stderr
-    kill_after = random.Random(os.getpid()).randint(1, 6)  # rounds logged before the kill
+    kill_after = KILL_AFTER_ROUNDS
     proc = subprocess.Popen([sys.executable, "-m", "devft_lab.cli", "run", *args, "name=killed", "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = tmp_path / "killed" / "rounds.jsonl"
