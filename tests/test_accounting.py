@@ -1,6 +1,7 @@
 """Byte counts, FLOPs and the ledger."""
 import csv
 import json
+import time
 
 import pytest
 import torch
@@ -26,10 +27,11 @@ def test_flops_and_memory():
     assert training_flops(10, 3) == 180
     assert training_flops(10, 3, lora_params=1, lora_only=True) == (40 + 6) * 3
     assert peak_rss_mb() > 1
-    assert cuda_peak_mb() >= 0
+    if not torch.cuda.is_available():
+        assert cuda_peak_mb() == 0.0
     with Timer() as t:
-        sum(range(1000))
-    assert t.seconds >= 0
+        time.sleep(0.02)
+    assert 0.02 <= t.seconds < 5
     m = torch.nn.Linear(4, 2)
     m.bias.requires_grad_(False)
     assert num_params(m) == 10 and num_params(m, trainable_only=True) == 8

@@ -161,6 +161,13 @@ def _devft(acc_mid, acc_end):
     return [_row(0, 0, 1.0, 20, None, 2), _row(1, 0, 1.0, 20, acc_mid, 2), _row(2, 1, 8.0, 80, acc_end, 8)]
 
 
+def _numbers(text: str) -> set[float]:
+    """Every signed decimal number written in a generated reading."""
+    import re
+
+    return {float(x) for x in re.findall(r"[+-]?\d+(?:\.\d+)?", text)}
+
+
 def test_main_table_reports_gap_spread_paper_values_and_partial_status(tmp_path):
     plan = _plan(tmp_path)
     for seed, (f, d) in enumerate([(40.0, 43.0), (42.0, 46.0)]):
@@ -180,7 +187,7 @@ def test_main_table_reports_gap_spread_paper_values_and_partial_status(tmp_path)
     assert set(rows["devft"]["config_hashes"]) == {"devft-s0", "devft-s1"}
     gap = t["devft_minus_fedit"]
     assert gap["mean"] == 3.5 and math.isclose(gap["std"], math.sqrt(0.5))
-    assert "+3.50 points, std 0.71 over 2 seeds" in t["reading"] and "has the paper's direction" in t["reading"]
+    assert {3.5, 0.71, 2.0} <= _numbers(t["reading"]) and "paper's direction" in t["reading"]  # gap, std, seeds
     text = md.read_text()
     assert "partial: 5 of 8 cells" in text and "| DevFT | - | 44.50 ± 2.12 |" in text and "42.33" in text
     assert "not implemented" in text and t["reading"] in text
@@ -193,7 +200,7 @@ def test_reading_follows_the_numbers_when_devft_loses(tmp_path):
         _fake_run(plan, "devft", seed, _devft(38.0, d))
     t = rp.build_table(plan, "main", [0, 1], "cmd")
     assert t["devft_minus_fedit"]["mean"] == -3.0
-    assert "-3.00 points" in t["reading"] and "opposite to the paper's" in t["reading"]
+    assert -3.0 in _numbers(t["reading"]) and "opposite" in t["reading"]
 
 
 def test_compat_reading_flags_unchanged_rows_and_mixed_machines(tmp_path):
@@ -201,9 +208,10 @@ def test_compat_reading_flags_unchanged_rows_and_mixed_machines(tmp_path):
     _fake_run(plan, "fedsa-lora", 0, _fedit(35.0, 28.0), initial=30.0, machine="2 threads")
     _fake_run(plan, "fedsa-lora-devft", 0, _devft(30.0, 30.0), initial=30.0, machine="1 thread")
     t = rp.build_table(plan, "compat", [0], "cmd")
-    assert "+2.00 points" in t["reading"]
-    assert "FedSA-LoRA + DevFT ended with exactly the base model's scores" in t["reading"]
-    assert "2 different machine settings" in t["reading"] and "client FLOPs 2.00x less" in t["reading"]
+    rows = {r["key"]: r for r in t["rows"]}
+    assert rows["fedsa-lora-devft"]["metrics"]["acc"]["mean"] == rows["fedsa-lora-devft"]["metrics"]["initial_acc"]["mean"]
+    assert {2.0} <= _numbers(t["reading"]) and "exactly the base model" in t["reading"]  # gap +2, FLOPs 2x
+    assert "machine settings" in t["reading"]
     # the same machine and a row that moved: neither remark
     plan2 = _plan(tmp_path / "b")
     _fake_run(plan2, "fedsa-lora", 0, _fedit(35.0, 28.0))
@@ -249,13 +257,13 @@ def _efficiency_case(plan, machines=("fake", "fake")):
     assert math.isclose(tt["devft"]["paper_bytes_x_less_than_fedit"]["mean"], 160 / 120)
     assert tt["progfed"]["reached"] == "0 of 1" and tt["progfed"]["time_s"]["mean"] is None
     assert t["devft_vs"]["fedit"]["time_s"]["mean"] == 2.0 and t["devft_vs"]["progfed"]["time_s"]["n"] == 0
-    assert "DevFT needed 2.00x less time and 1.33x less LoRA uplink than FedIT (1 seeds)" in t["reading"]
+    assert {2.0, 1.33} <= _numbers(t["reading"])  # time and uplink ratios vs FedIT
     r = t["rounds"]
     assert r["devft_first_stage"]["capacity"] == 2 and r["devft_first_stage"]["time_s"]["mean"] == 1.0
     assert r["devft_first_stage"]["time_s_x_less_than_full"]["mean"] == 10.0
     assert r["devft_first_stage"]["paper_bytes_x_less_than_full"]["mean"] == 4.0
     assert r["devft_last_stage"]["time_s_x_less_than_full"]["mean"] == 1.25
-    assert "ProgFed did not reach" in t["reading"] and "time 10.00x less (paper 10.3x)" in t["reading"]
+    assert "ProgFed did not reach" in t["reading"] and {10.0, 10.3} <= _numbers(t["reading"])  # first stage, paper
     assert "| DevFT | 1 of 1 | 10.0 |" in rp.to_markdown(t)
 
 
@@ -268,8 +276,7 @@ def test_ablation_drop_is_devft_minus_variant(tmp_path):
     rows = {r["key"]: r for r in t["rows"]}
     assert rows["fusion-r-one"]["vs_devft"]["mean"] == 5.0 and rows["fusion-sum"]["vs_devft"]["mean"] == -2.0
     assert rows["fusion-r-one"]["paper"]["drop_pct_llama31_8b"] == 10.96
-    assert "R-ONE fusion: drop vs full DevFT +5.00 points, one seed (no spread) (+10.0% of DevFT's score)" in t["reading"]
-    assert "SUM fusion: drop vs full DevFT -2.00 points" in t["reading"]
+    assert {5.0, -2.0, 10.0} <= _numbers(t["reading"])  # the two drops and R-ONE's drop in % of DevFT's 50
     assert t["status"] == "partial: 3 of 6 cells"
 
 
