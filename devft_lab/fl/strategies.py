@@ -226,7 +226,7 @@ class FedProx(FedIT):
 
     def local_penalty(self, params: Mapping[str, torch.Tensor],
                       global_state: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """``mu/2 ||w - w_global||^2``, added to the client's loss each step (Li et al. 2020, eq. 2)."""
+        """``mu/2 ||w - w_global||^2``, added to the client's loss each step (Li et al. 2020)."""
         return proximal_term(params, global_state, self.mu)
 
 

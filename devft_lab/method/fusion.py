@@ -43,7 +43,7 @@ DEFAULT_BETA = 0.1
 
 def anchor_position(m: int, rule: str = "first") -> int:
     """``anchor_pos``, the position of the anchor inside a sorted group of m layers, from an
-    ``anchor_rule`` (one of :data:`ANCHOR_RULES`; the paper, Sec. 3.3: the first layer)."""
+    ``anchor_rule`` (one of :data:`ANCHOR_RULES`; the paper's DBLF: the first layer)."""
     if m < 1:
         raise ValueError("a group needs at least one layer.")
     if rule == "first":
@@ -56,13 +56,13 @@ def anchor_position(m: int, rule: str = "first") -> int:
 
 
 def anchor_weight(m: int, beta: float) -> float:
-    """The anchor's effective weight in DBLF: 1 - beta (m - 1) (the DBLF rule of Sec. 3.3 expanded)."""
+    """The anchor's effective weight in DBLF: 1 - beta (m - 1) (the paper's DBLF rule expanded)."""
     return 1.0 - beta * (m - 1)
 
 
 def fusion_weights(m: int, method: str = "dblf", beta: float = DEFAULT_BETA, anchor_pos: int = 0) -> list[float]:
     """Per-member weights w (member order, anchor at position ``anchor_pos``): rep = sum_j w_j theta_j
-    (DBLF, the paper's Sec. 3.3: rep = theta_a + beta sum_j (theta_j - theta_a)).
+    (the paper's DBLF: rep = theta_a + beta sum_j (theta_j - theta_a)).
 
     dblf:  w_a = 1 - beta (m - 1),  w_j = beta  (j != a)
     laco:  dblf with beta = 1
@@ -128,7 +128,7 @@ def fuse_state_dicts(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequ
 
 
 def fuse_layers(layers: Sequence[nn.Module], weights: Sequence[float], anchor_pos: int = 0) -> nn.Module:
-    """The representative layer (Sec. 3.3): a deep copy of ``layers[anchor_pos]`` (keeping its
+    """The representative layer (the paper's DBLF): a deep copy of ``layers[anchor_pos]`` (keeping its
     attention type and config) whose parameters are overwritten by sum_j w_j theta_j."""
     if not 0 <= anchor_pos < len(layers):
         raise ValueError(f"anchor position {anchor_pos} is outside a group of {len(layers)} layers.")

@@ -149,7 +149,7 @@ def fuse_lora(global_lora: Mapping[int, Mapping[str, torch.Tensor]], groups: Seq
               method: str = "dblf", beta: float = DEFAULT_BETA, anchor_rule: str = "first",
               warn: bool = True) -> GlobalLoRA:
     """{group position: fused LoRA}: rep_A = sum_j w_j A_j and rep_B = sum_j w_j B_j (DBLF weights,
-    Sec. 3.3; A and B are fused each on its own, so rep_B rep_A is not the fused B A).
+    the paper's DBLF; A and B are fused each on its own, so rep_B rep_A is not the fused B A).
 
     ``warn=False`` silences the negative-anchor-weight warning (a caller that already
     warned for the same groups, e.g. :func:`build_submodel` fusing the base layers).
@@ -171,9 +171,9 @@ def fuse_lora(global_lora: Mapping[int, Mapping[str, torch.Tensor]], groups: Seq
 def build_submodel(full_model: nn.Module, groups: Sequence[Sequence[int]], beta: float = DEFAULT_BETA,
                    method: str = "dblf", lora_config=None, global_lora: Mapping | None = None,
                    anchor_rule: str = "first", seed: int = 0) -> Submodel:
-    """Stage submodel of ``len(groups)`` representative layers with PEFT LoRA (Sec. 3.1-3.3).
+    """Stage submodel of ``len(groups)`` representative layers with PEFT LoRA (the paper's stage loop, step 1: DGLG groups, DBLF fusion).
 
-    For group g with members j and anchor a (DBLF, Sec. 3.3):
+    For group g with members j and anchor a (the paper's DBLF):
         rep_g = theta_a + beta * sum_j (theta_j - theta_a)      (base tensors, norms, LoRA A, B)
     The submodel's decoder stack is [rep_1, ..., rep_k]; embeddings, final norm and head
     are the full model's own modules. ``global_lora=None`` starts from
