@@ -2,12 +2,12 @@
 
 Floors (imports only point down):
 
+* surface       ``devft_lab.cli``, ``devft_lab.experiments``, ``devft_lab.teach``, notebooks
+* assembly      ``devft_lab.runner`` (config, run, report), ``devft_lab.plans`` (devft, progfed)
+* federated     ``devft_lab.fl``      clients, strategies, accounting, checkpoints, stages
 * method math   ``devft_lab.method``  schedule, similarity, grouping (DGLG), fusion (DBLF),
                                       submodel, transfer — knows nothing of federation
-* federated     ``devft_lab.fl``      clients, strategies, accounting, checkpoints
-* foundations   ``devft_lab.core.models``  presets and loading; ``devft_lab.core.layers`` the
-                                      architecture adapter; ``devft_lab.data``; ``devft_lab.core.evaluate``
-* surface       ``devft_lab.cli``, notebooks
+* foundations   ``devft_lab.core`` (models, layers, lora, train, evaluate, ...), ``devft_lab.data``
 
 Start with ``from devft_lab.core.models import load_model``.
 """
