@@ -17,7 +17,7 @@ import torch
 
 from devft_lab.fl.client import get_lora_state
 from devft_lab.fl.stages import StageModel, to_layers
-from devft_lab.core.layers import decoder_layers, layer_types, num_layers, with_layers
+from devft_lab.core.layers import decoder_layers, layer_types, num_layers, share_tensors_copy, with_layers
 from devft_lab.method.submodel import init_global_lora, set_submodel_lora_state
 
 GlobalLoRA = dict[int, dict[str, torch.Tensor]]
@@ -42,7 +42,7 @@ class ProgFedPlan:
     def _prefix_model(self, k: int):
         from peft import get_peft_model
 
-        layers = [copy.deepcopy(layer) for layer in decoder_layers(self.full)[:k]]
+        layers = [share_tensors_copy(layer) for layer in decoder_layers(self.full)[:k]]  # frozen: no copy
         types = layer_types(self.full)
         sub = with_layers(self.full, layers, types[:k] if types else None)
         model = get_peft_model(sub, copy.deepcopy(self.lora_config))
