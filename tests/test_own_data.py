@@ -197,6 +197,11 @@ def test_too_few_samples_per_client_suggests_the_fix(tmp_path):
     with pytest.raises(ConfigError, match=r"48 training examples: set data.num_clients=6 or data.min_samples=2"):
         build(cfg, progress=False)
     assert not (tmp_path / "tiny").exists()
+    cfg = load_config("tiny", [f"data.source={EXAMPLE_TRAIN}", "data.num_clients=20", "data.min_samples=8",
+                               "data.partitioner=dirichlet", "data.partitioner_params={alpha: 0.5}", "train.seed=42"])
+    with pytest.raises(ConfigError, match=r"set data.num_clients=3 or data.partitioner=iid with "
+                                          r"data.num_clients=6 \(the pool has one category"):
+        build(cfg, progress=False)
 
 
 # --------------------------------------------------------------------------- memory: shared base tensors

@@ -205,8 +205,14 @@ def split_suggestion(categories: list[str], cfg: RunConfig) -> str:
         fixes.append(f"data.num_clients={clients}")
     if min_samples and min_samples != da.min_samples:
         fixes.append(f"data.min_samples={min_samples}")
+    if da.partitioner != "iid":
+        iid, _ = feasible_split(categories, "iid", da.num_clients, seed=cfg.train.seed, min_samples=da.min_samples)
+        if iid and iid > (clients or 0):
+            fixes.append(f"data.partitioner=iid with data.num_clients={iid}"
+                         + (" (the pool has one category: nothing to skew over)"
+                            if len(set(categories)) == 1 else ""))
     if not fixes:
-        return " No number of clients works with this partitioner; try data.partitioner=iid."
+        return "\nNo number of clients works with this pool; use more data (data.source)."
     fix = " or ".join(fixes)
     per = clients_per_round_count(cfg.fed, clients or da.num_clients)
     note = (f" (fed.clients_per_round = {cfg.fed.clients_per_round} must then be at most {clients})"
