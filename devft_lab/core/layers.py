@@ -80,6 +80,18 @@ def _reindex(layer: nn.Module, index: int) -> None:
             m.layer_idx = index
 
 
+def share_tensors_copy(module: nn.Module) -> nn.Module:
+    """New module objects over the *same* parameter and buffer tensors (no weight memory).
+
+    What a submodel needs of a layer it does not change: PEFT can wrap the copy's Linear
+    modules and :func:`with_layers` can reindex it without touching the original, while the
+    frozen base weights stay one tensor in memory. Replacing a copy's parameter by a new
+    ``nn.Parameter`` leaves the original's alone; writing into it in place does not.
+    """
+    memo = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return copy.deepcopy(module, memo)
+
+
 def with_layers(
     model: nn.Module,
     layers: list[nn.Module],

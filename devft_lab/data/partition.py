@@ -195,6 +195,23 @@ def partition(categories: Sequence[Any], partitioner: str, num_clients: int, see
         "or lower min_samples.")
 
 
+def feasible_split(categories: Sequence[Any], partitioner: str, num_clients: int, seed: int = 0,
+                   min_samples: int = 1, **params: Any) -> tuple[int | None, int | None]:
+    """``(most clients <= num_clients, largest min_samples <= min_samples)`` for which
+    :func:`partition` succeeds with the same seed and parameters (None: no value works).
+    Each is searched on its own, the other setting kept."""
+    def works(k: int, m: int) -> bool:
+        try:
+            partition(categories, partitioner, k, seed, m, **params)
+            return True
+        except DataError:
+            return False
+
+    clients = next((k for k in range(min(num_clients, len(categories)), 0, -1) if works(k, min_samples)), None)
+    least = next((m for m in range(min_samples, 0, -1) if works(num_clients, m)), None)
+    return clients, least
+
+
 def partition_counts(parts: Sequence[Sequence[int]], categories: Sequence[Any]) -> tuple[np.ndarray, list[str]]:
     """``(counts, names)``: ``counts[client, j]`` examples of category ``names[j]`` (sorted names)."""
     codes, names = _encode(categories)

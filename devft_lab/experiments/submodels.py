@@ -131,19 +131,66 @@ def markdown(result: dict) -> str:
                               else "{" + ",".join(map(str, g)) + "}" for g in s["groups"])
             lines.append(f"| {rule} | {i} | {s['capacity']} | {s['build_seconds']:.2f} | {s['perplexity']:.4g} | "
                          f"{s['largest_group']} | {s['min_fusion_weight']} | {groups} |")
-    sim = torch.tensor(result["similarity"])
-    off = sim[~torch.eye(len(sim), dtype=torch.bool)]
-    lines += [
-        "", "Notes:", "",
-        f"- Off-diagonal layer similarities lie in [{off.min():.4f}, {off.max():.4f}] (mean {off.mean():.4f}): "
-        "the concatenated base weights of two different layers are nearly orthogonal, so W is almost flat "
-        "and the unnormalised-Laplacian embedding isolates a few outlier layers and leaves one large group.",
-        "- DBLF gives a group of m layers the anchor weight 1 - beta (m - 1): negative for m > 11 at beta 0.1 "
-        "(column 'min fusion weight'); those stages extrapolate away from the anchor.",
-        "- Perplexities of the fused shallow submodels before any training are expected to be huge; the last "
-        "stage (singleton groups) equals the full model.",
-    ]
+    lines += ["", "Notes:", "", *(f"- {n}" for n in notes(result))]
     return "\n".join(lines) + "\n"
+
+
+ORTHOGONAL = 0.1  # |cosine| below this for every pair of layers: "nearly orthogonal"
+
+
+def similarity_note(sim: torch.Tensor) -> str:
+    """One sentence on the off-diagonal layer similarities, worded from their values."""
+    off = sim[~torch.eye(len(sim), dtype=torch.bool)]
+    lo, hi, mean = float(off.min()), float(off.max()), float(off.mean())
+    text = f"Off-diagonal layer similarities lie in [{lo:.4f}, {hi:.4f}] (mean {mean:.4f}): "
+    if max(abs(lo), abs(hi)) < ORTHOGONAL:
+        return text + ("the concatenated base weights of two different layers are nearly orthogonal, so W is "
+                       "almost flat and the grouping rests on small differences.")
+    parts = []
+    if lo < 0:
+        parts.append(f"some pairs point in opposite directions (down to {lo:.2f}; devft.affinity decides how "
+                     "negative values enter the graph)")
+    if hi >= 0.5:
+        parts.append(f"some pairs are strongly aligned (up to {hi:.2f})")
+    elif hi >= ORTHOGONAL:
+        parts.append(f"the most similar pairs reach {hi:.2f}")
+    return text + "; ".join(parts) + "."
+
+
+def notes(result: dict) -> list[str]:
+    """The notes under the table, each derived from the measured numbers."""
+    out = [similarity_note(torch.tensor(result["similarity"]))]
+    L, stages = result["num_layers"], result["stages"]
+    first = stages[0]
+    if first["largest_group"] > L / 2:
+        out.append(f"Stage 1 puts {first['largest_group']} of {L} layers into one group: the spectral embedding "
+                   "isolates a few outlier layers and leaves one large group.")
+    negative = [s for s in stages if s["min_fusion_weight"] < 0]
+    if negative and result["fusion"] == "dblf":
+        beta = result["beta"]
+        out.append(f"DBLF gives a group of m layers the anchor weight 1 - beta (m - 1), negative for m > "
+                   f"{1 + 1 / beta:.4g} at beta {beta}: stage(s) "
+                   f"{', '.join(str(stages.index(s) + 1) for s in negative)} extrapolate away from the anchor "
+                   "(column 'min fusion weight').")
+    full = result["full_model_perplexity"]
+    worst = max(s["perplexity"] for s in stages)
+    out.append(f"Before any training the fused submodels reach perplexity up to {worst:.4g} against {full:.4g} "
+               "for the full model" + (f" ({worst / full:.3g}x)." if full > 0 else "."))
+    last = stages[-1]
+    if last["capacity"] == L:
+        same = abs(last["perplexity"] - full) <= 1e-3 * max(1.0, full)
+        out.append("The last stage (singleton groups) " + ("equals the full model (same perplexity)." if same else
+                   f"differs from the full model ({last['perplexity']:.4g} vs {full:.4g}): check the fusion."))
+    return out
+
+
+def default_out(model_name: str) -> Path:
+    """``results/submodels_<model>.json``, the model's preset name, file stem or hub id made a file name."""
+    import re
+
+    p = Path(model_name)
+    base = p.stem if model_name.startswith((".", "/", "~")) or p.suffix == ".gguf" else model_name
+    return Path("results") / f"submodels_{re.sub(r'[^A-Za-z0-9._-]+', '_', base).strip('_')}.json"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -157,12 +204,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="other grouping rules to measure the same way")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="results/submodels_smollm2.json")
+    p.add_argument("--out", help="JSON file (default: results/submodels_<model>.json)")
     args = p.parse_args(argv)
     result = {"command": "python -m devft_lab.experiments.submodels " + " ".join(map(shlex.quote, argv or sys.argv[1:]))}
     result.update(run(args.model, args.beta, args.capacities, grouping=args.grouping, method=args.fusion,
                       seed=args.seed, device=args.device, compare=tuple(args.compare)))
-    out = Path(args.out)
+    out = Path(args.out) if args.out else default_out(args.model)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     out.with_suffix(".md").write_text(markdown(result))

@@ -7,8 +7,8 @@ grouping.py        DGLG: spectral grouping, contiguous DP, EVEN and RANDOM basel
 fusion.py          DBLF and its variants as per-member fusion weights
 submodel.py        the runnable stage submodel (shared embeddings/head, PEFT LoRA)
 transfer.py        knowledge transfer of representative LoRA back to the groups
-report.py          ``python -m devft_lab.experiments.submodels``: build every stage on a model
 =================  ==========================================================
+(the per-stage submodel measurement is ``python -m devft_lab.experiments.submodels``)
 """
 from devft_lab.method.fusion import anchor_weight, fuse_layers, fuse_state_dicts, fuse_tensors, fusion_weights
 from devft_lab.method.grouping import (contiguous_groups, cut_value, even_groups, group_layers, random_groups,

@@ -23,13 +23,12 @@ sum        1 each                                       m
 The anchor's weight 1 - beta (m - 1) is negative for m > 1 + 1/beta (m > 11 at beta 0.1):
 :func:`fusion_weights` warns then.
 
-Gemma3 (sliding and full attention): a representative is a deep copy of its *anchor*
+Gemma3 (sliding and full attention): a representative is a copy of its *anchor*
 module with the fused tensors written in, so it keeps the anchor's attention type even
 when the group mixes sliding and full attention layers.
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -128,14 +127,25 @@ def fuse_state_dicts(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequ
 
 
 def fuse_layers(layers: Sequence[nn.Module], weights: Sequence[float], anchor_pos: int = 0) -> nn.Module:
-    """The representative layer (the paper's DBLF): a deep copy of ``layers[anchor_pos]`` (keeping its
-    attention type and config) whose parameters are overwritten by sum_j w_j theta_j."""
+    """The representative layer (the paper's DBLF): a copy of ``layers[anchor_pos]`` (keeping its attention type
+    and config) whose parameters are sum_j w_j theta_j.
+
+    The copy is new modules over the anchor's tensors (:func:`share_tensors_copy`); each
+    fused parameter is a new tensor. When the weights pick the anchor alone (a singleton
+    group, R-ONE) the representative *shares* the anchor's base tensors: no weight memory.
+    """
+    from devft_lab.core.layers import share_tensors_copy
+
     if not 0 <= anchor_pos < len(layers):
         raise ValueError(f"anchor position {anchor_pos} is outside a group of {len(layers)} layers.")
-    params = [dict(l.named_parameters()) for l in layers]
-    fused = fuse_state_dicts(params, weights)
-    rep = copy.deepcopy(layers[anchor_pos])
-    with torch.no_grad():
-        for n, p in rep.named_parameters():
-            p.copy_(fused[n])
+    if len(weights) != len(layers):
+        raise ValueError(f"need one weight per layer, got {len(weights)} weights for {len(layers)} layers.")
+    rep = share_tensors_copy(layers[anchor_pos])
+    if all(w == (1 if j == anchor_pos else 0) for j, w in enumerate(weights)):
+        return rep
+    fused = fuse_state_dicts([dict(l.named_parameters()) for l in layers], weights)
+    for n, p in list(rep.named_parameters()):
+        owner_name, _, leaf = n.rpartition(".")
+        owner = rep.get_submodule(owner_name) if owner_name else rep
+        setattr(owner, leaf, nn.Parameter(fused.pop(n), requires_grad=p.requires_grad))
     return rep

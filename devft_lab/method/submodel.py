@@ -3,8 +3,10 @@
 Built from the current global model in two steps (STATED): the groups (DGLG) and one
 representative per group (DBLF), in group order. The embeddings, rotary embedding, final
 norm and LM head are *shared* with the full model (no copy; OPEN, the obvious choice), via
-:func:`devft_lab.core.layers.with_layers`. Each representative is a deep copy of its anchor with
-the fused tensors written in, so it keeps the anchor's attention type (Gemma3).
+:func:`devft_lab.core.layers.with_layers`. Each representative is a copy of its anchor's
+modules holding the fused tensors, so it keeps the anchor's attention type (Gemma3); a
+singleton group's representative shares its layer's frozen base tensors (no copy), so the
+last stage and the evaluation model cost adapters only.
 
 LoRA: the full model stays a plain HF model; its adapters are the *global LoRA*
 (:data:`devft_lab.core.lora.GlobalLoRA`), a dict

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from devft_lab.core.layers import decoder_layers, layer_types, num_layers, with_layers
+from devft_lab.core.layers import decoder_layers, layer_types, num_layers, share_tensors_copy, with_layers
 from devft_lab.core.lora import GlobalLoRA, get_lora_state, to_flat, to_layers
 from devft_lab.fl.stages import StageModel
 from devft_lab.method.submodel import init_global_lora, set_submodel_lora_state
@@ -41,7 +41,7 @@ class ProgFedPlan:
     def _prefix_model(self, k: int):
         from peft import get_peft_model
 
-        layers = [copy.deepcopy(layer) for layer in decoder_layers(self.full)[:k]]
+        layers = [share_tensors_copy(layer) for layer in decoder_layers(self.full)[:k]]  # frozen: no copy
         types = layer_types(self.full)
         sub = with_layers(self.full, layers, types[:k] if types else None)
         model = get_peft_model(sub, copy.deepcopy(self.lora_config))

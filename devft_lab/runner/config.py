@@ -25,7 +25,8 @@ Choices made where the paper is silent (see ``docs``/DEVFT_METHOD.md, "OPEN"):
 
 * ``fed.num_rounds`` is the total; with DevFT on, ``devft.rounds_per_stage`` (an int or a
   list, one entry per stage) splits it. Leave ``rounds_per_stage`` null to split
-  ``num_rounds`` evenly (later stages take the remainder). If both are given they must agree.
+  ``num_rounds`` evenly (later stages take the remainder). If both are given they must agree;
+  :func:`load_config` with an override of ``fed.num_rounds`` alone re-splits evenly.
 * ``devft.capacities`` null means geometric growth ending at the full model
   (``devft_lab.method.schedule.stage_capacities``: ``round(L / growth**(S - s))``, made
   strictly increasing); it can only be checked against a model with
@@ -144,7 +145,7 @@ class DevFTConfig:
 @dataclass
 class EvalConfig:
     every_n_rounds: int = 0  # 0: only at the end of each stage and of the run
-    suites: list[str] = field(default_factory=list)
+    suites: list[str] = field(default_factory=list)  # lab suite names and/or your own .jsonl files
     max_per_task: int | None = None
     holdout: int = 0  # pool examples kept out of training for a held-out loss (0: none)
 
@@ -419,8 +420,30 @@ def load_config(
     overrides: Iterable[str] | Mapping[str, Any] = (),
     validate_: bool = True,
 ) -> RunConfig:
-    """Load a shipped config by name (``"tiny"``) or a YAML file by path, apply overrides, validate."""
-    return from_dict(apply_overrides(load_raw(name_or_path), overrides), validate_=validate_)
+    """Load a shipped config by name (``"tiny"``) or a YAML file by path, apply overrides, validate.
+
+    Overriding ``fed.num_rounds`` alone sizes the schedule from it: when the file's
+    ``devft.rounds_per_stage`` no longer sums to the new total, it is reset to null (the
+    stages split ``fed.num_rounds`` evenly, see :func:`stage_rounds`). Override both to
+    choose the split yourself.
+    """
+    raw = apply_overrides(load_raw(name_or_path), overrides)
+    keys = ({str(k) for k in overrides} if isinstance(overrides, Mapping)
+            else {str(o).split("=", 1)[0].strip() for o in overrides})
+    if "fed.num_rounds" in keys and "devft.rounds_per_stage" not in keys:
+        cfg = from_dict(raw, validate_=False)
+        d = cfg.devft
+        if d.enabled and d.rounds_per_stage is not None and _sized(d.rounds_per_stage, d.stages) != cfg.fed.num_rounds:
+            raw.setdefault("devft", {})["rounds_per_stage"] = None
+    return from_dict(raw, validate_=validate_)
+
+
+def _sized(rps: int | list[int], stages: int) -> int | None:
+    """Total rounds of a ``rounds_per_stage`` value (None when it is malformed)."""
+    try:
+        return rps * stages if isinstance(rps, int) else sum(int(r) for r in rps)
+    except (TypeError, ValueError):
+        return None
 
 
 # --------------------------------------------------------------------------- validation
@@ -586,7 +609,32 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"eval.holdout = {e.holdout} must be >= 0 (examples held out for the loss)")
     if e.max_per_task is not None and e.max_per_task < 1:
         raise ConfigError(f"eval.max_per_task = {e.max_per_task} must be >= 1 or null (all)")
+    validate_paths(cfg)
     return cfg
+
+
+def validate_paths(cfg: RunConfig) -> None:
+    """The files a config names, checked before a model loads or a run folder is written:
+    ``eval.suites`` (lab names or JSONL files, every item read and checked, ``file:line``
+    errors), a ``data.source`` file, and a ``model.name`` that is a path."""
+    from devft_lab.data.lab import expand_suites, is_suite_file, read_user_items  # no torch
+    from devft_lab.data.records import DataError
+
+    suites = cfg.eval.suites
+    try:
+        for spec in expand_suites(suites):
+            if is_suite_file(spec):
+                read_user_items(spec)
+    except DataError as err:
+        raise ConfigError(f"eval.suites = {list(suites)}: {err}") from None
+    src = cfg.data.source
+    if Path(src).suffix.lower() in (".json", ".jsonl") and not Path(src).is_file():
+        raise ConfigError(f"data.source = {src!r}: no such file; give an existing .json/.jsonl file "
+                          "(Alpaca or chat records), lab, tiny, or a Hugging Face dataset name")
+    name = cfg.model.name
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+        raise ConfigError(f"model.name = {name!r}: no such file or folder; give a .gguf file, a folder "
+                          "with config.json (or one .gguf), a preset (devft-lab model list) or a hub id org/name")
 
 
 def default_capacities(num_layers: int, stages: int, growth: float) -> list[int]:

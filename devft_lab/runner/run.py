@@ -25,8 +25,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from devft_lab.runner.config import (ConfigError, RunConfig, config_hash, load_config, stage_rounds, to_yaml,
-                              validate_against_model)
+from devft_lab.runner.config import (ConfigError, RunConfig, clients_per_round_count, config_hash, load_config,
+                                    stage_rounds, to_yaml, validate_against_model)
 from devft_lab.fl.client import LocalTraining, get_lora_state
 from devft_lab.fl.simulation import Simulation, SimulationSettings, dump_json, final_state
 from devft_lab.core.lora import to_flat, to_layers
@@ -133,9 +133,11 @@ def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict]) -> Callable |
 
             res = evaluate_suites(model, tokenizer, list(cfg.eval.suites), max_per_task=cfg.eval.max_per_task,
                                   seed=cfg.train.seed, template=cfg.data.template)
+            from devft_lab.data.lab import suite_name
+
             out["acc"] = float(res["avg"])
-            for name, v in res.get("suites", {}).items():
-                out[f"acc_{name}"] = float(v["acc"])
+            for spec, v in res.get("suites", {}).items():  # a file suite under its stem
+                out[f"acc_{suite_name(spec)}"] = float(v["acc"])
         model.train(was)
         return out
 
@@ -176,7 +178,7 @@ def build(cfg: RunConfig, progress: bool = True) -> Parts:
         parts = partition(categories, cfg.data.partitioner, cfg.data.num_clients, seed=cfg.train.seed,
                           min_samples=cfg.data.min_samples, **dict(cfg.data.partitioner_params))
     except DataError as e:
-        raise ConfigError(f"data: {e}") from None
+        raise ConfigError(f"data: {e}{split_suggestion(categories, cfg)}") from None
     encoded = encode_examples(tok, pool, cfg.data.template, cfg.train.seq_len)
     client_data = [[encoded[i] for i in p] for p in parts]
     evaluator = make_evaluator(cfg, tok, encode_examples(tok, held, cfg.data.template, cfg.train.seq_len))
@@ -189,6 +191,35 @@ def build(cfg: RunConfig, progress: bool = True) -> Parts:
         lr=t.lr, lr_min=t.lr_min, lr_schedule=t.schedule, eval_every=cfg.eval.every_n_rounds,
         config_hash=config_hash(cfg), progress=progress, lora_scaling=cfg.lora.alpha / cfg.lora.r)
     return Parts(cfg, model, tok, plan, strategy, client_data, settings, evaluator, capacities, categories, parts)
+
+
+def split_suggestion(categories: list[str], cfg: RunConfig) -> str:
+    """What to lower when the pool cannot give every client ``data.min_samples`` examples:
+    the most clients that work and the largest min_samples that works (same seed, partitioner)."""
+    from devft_lab.data.partition import feasible_split
+
+    da = cfg.data
+    clients, min_samples = feasible_split(categories, da.partitioner, da.num_clients, seed=cfg.train.seed,
+                                          min_samples=da.min_samples, **dict(da.partitioner_params))
+    fixes = []
+    if clients:
+        fixes.append(f"data.num_clients={clients}")
+    if min_samples and min_samples != da.min_samples:
+        fixes.append(f"data.min_samples={min_samples}")
+    if da.partitioner != "iid":
+        iid, _ = feasible_split(categories, "iid", da.num_clients, seed=cfg.train.seed, min_samples=da.min_samples)
+        if iid and iid > (clients or 0):
+            fixes.append(f"data.partitioner=iid with data.num_clients={iid}"
+                         + (" (the pool has one category: nothing to skew over)"
+                            if len(set(categories)) == 1 else ""))
+    if not fixes:
+        return "\nNo number of clients works with this pool; use more data (data.source)."
+    fix = " or ".join(fixes)
+    per = clients_per_round_count(cfg.fed, clients or da.num_clients)
+    note = (f" (fed.clients_per_round = {cfg.fed.clients_per_round} must then be at most {clients})"
+            if clients and isinstance(cfg.fed.clients_per_round, int) and per > clients else "")
+    return (f"\nThe pool has {len(categories)} training examples: set {fix}{note}, "
+            "or use more data (data.source).")
 
 
 def run_dir_of(cfg: RunConfig) -> Path:
