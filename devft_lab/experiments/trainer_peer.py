@@ -33,7 +33,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 DEFAULTS: dict[str, Any] = dict(clients=2, per_client=16, steps=4, batch_size=8, seq_len=192, lr=1e-4,
-                                r=8, alpha=16, dropout=0.05, targets=("q_proj", "v_proj"), seed=0)
+                                r=8, alpha=16, dropout=0.05, targets=("q_proj", "v_proj"), seed=0,
+                                dtype="float32")
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -108,26 +109,29 @@ class _Encoded(torch.utils.data.Dataset):
         return {"input_ids": list(r["input_ids"]), "labels": list(r["labels"])}
 
 
-def _training_args(out_dir: str, *, steps: int, batch_size: int, lr: float, seed: int):
-    """TrainingArguments of one client round (names checked against transformers 5.x)."""
+def _training_args(out_dir: str, *, steps: int, batch_size: int, lr: float, seed: int, dtype: str = "float32"):
+    """TrainingArguments of one client round (names checked against transformers 5.x);
+    ``dtype = bfloat16``: the Trainer's own bf16 mixed precision (autocast), on CPU too."""
     from transformers import TrainingArguments
 
     cuda = torch.cuda.is_available()
+    bf16 = dtype == "bfloat16" or (cuda and torch.cuda.is_bf16_supported())
     return TrainingArguments(
         output_dir=out_dir, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=lr,
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
-        dataloader_num_workers=0, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
+        dataloader_num_workers=0, use_cpu=not cuda, bf16=bf16,
         remove_unused_columns=False, seed=seed,
     )
 
 
-def _trainer_client(model, tok, rows, global_state, *, steps, batch_size, lr, seed, out_dir) -> dict:
+def _trainer_client(model, tok, rows, global_state, *, steps, batch_size, lr, seed, out_dir, dtype="float32") -> dict:
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer
 
     set_peft_model_state_dict(model, global_state)
-    trainer = Trainer(model=model, args=_training_args(out_dir, steps=steps, batch_size=batch_size, lr=lr, seed=seed),
+    trainer = Trainer(model=model, args=_training_args(out_dir, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                                                                dtype=dtype),
                       train_dataset=_Encoded(rows),
                       data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
     trainer.remove_callback(PrinterCallback)  # disable_tqdm adds it: it prints the final metrics line
@@ -138,7 +142,7 @@ def _trainer_client(model, tok, rows, global_state, *, steps, batch_size, lr, se
 def trainer_round(model_name: str, examples: Sequence[Mapping], *, clients: int = 2, steps: int = 4,
                   batch_size: int = 8, seq_len: int = 192, lr: float = 1e-4, r: int = 8, alpha: int = 16,
                   dropout: float = 0.05, targets: Sequence[str] = ("q_proj", "v_proj"), seed: int = 0,
-                  warmup: int = 1) -> dict:
+                  warmup: int = 1, dtype: str = "float32") -> dict:
     """One federated round in the OpenFedLLM pattern (a ``Trainer`` per client per round).
 
     Returns ``round_s`` (the timed round, after ``warmup`` untimed rounds), ``warmup_s``,
@@ -155,7 +159,7 @@ def trainer_round(model_name: str, examples: Sequence[Mapping], *, clients: int 
         for rnd in range(warmup + 1):
             t0 = time.perf_counter()
             states = [_trainer_client(model, tok, rows, glob, steps=steps, batch_size=batch_size, lr=lr,
-                                      seed=seed * 1000 + rnd * 100 + k, out_dir=out_dir)
+                                      seed=seed * 1000 + rnd * 100 + k, out_dir=out_dir, dtype=dtype)
                       for k, rows in enumerate(data)]
             glob = fedavg(states, weights)
             times.append(time.perf_counter() - t0)
@@ -167,7 +171,7 @@ def trainer_round(model_name: str, examples: Sequence[Mapping], *, clients: int 
 def ours_round(model_name: str, examples: Sequence[Mapping], *, clients: int = 2, steps: int = 4,
                batch_size: int = 8, seq_len: int = 192, lr: float = 1e-4, r: int = 8, alpha: int = 16,
                dropout: float = 0.05, targets: Sequence[str] = ("q_proj", "v_proj"), seed: int = 0,
-               warmup: int = 1) -> dict:
+               warmup: int = 1, dtype: str = "float32") -> dict:
     """The same round through :func:`devft_lab.fl.client.client_update` + ``fedit`` aggregation.
 
     Same returns as :func:`trainer_round`.
@@ -180,7 +184,8 @@ def ours_round(model_name: str, examples: Sequence[Mapping], *, clients: int = 2
     data = _client_data(tok, examples, clients, seq_len)
     weights = [len(d) for d in data]
     strategy = get_strategy("fedit")
-    training = LocalTraining(steps=steps, batch_size=batch_size, lr=lr, pad_id=tok.pad_token_id or 0)
+    training = LocalTraining(steps=steps, batch_size=batch_size, lr=lr, pad_id=tok.pad_token_id or 0,
+                             compute_dtype=dtype)  # packing: the runtime's default
     init = strategy.init_global(get_lora_state(model))
     glob, times = init, []
     for rnd in range(warmup + 1):
@@ -213,30 +218,42 @@ def _child(side: str, model_name: str, settings: Mapping[str, Any], threads: int
 def compare(model_name: str = "smollm2-135m", *, threads: int | None = 1, **settings) -> dict:
     """Both sides, each in a fresh process: round times, their ratio and peak RSS.
 
-    ``ratio = trainer_round_s / ours_round_s`` (the target: >= 2). ``settings`` override
+    ``ratio = trainer_round_s / ours_round_s`` (the target: >= 2), both in ``dtype``;
+    ``dtype = auto`` (the default): the compute dtype devft_lab's probe picks on this machine,
+    and then the Trainer is also timed in its own default (fp32 on CPU) as
+    ``trainer_default_round_s`` / ``ratio_vs_trainer_default``. ``settings`` override
     :data:`DEFAULTS` (``clients``, ``per_client``, ``steps``, ``batch_size``, ``seq_len``,
-    ``lr``, ``r``, ``alpha``, ``dropout``, ``targets``, ``seed``).
+    ``lr``, ``r``, ``alpha``, ``dropout``, ``targets``, ``seed``, ``dtype``).
     """
+    from devft_lab.core.device import compute_dtype
+
     unknown = set(settings) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"compare(): unknown settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    s = {**DEFAULTS, **settings, "targets": list(settings.get("targets", DEFAULTS["targets"]))}
+    s = {**DEFAULTS, "dtype": "auto", **settings, "targets": list(settings.get("targets", DEFAULTS["targets"]))}
+    requested = s["dtype"]
+    s["dtype"], probe = compute_dtype(requested, "cuda" if torch.cuda.is_available() else "cpu")
     env = dict(os.environ)
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    runs = [("trainer", "trainer", s["dtype"]), ("ours", "ours", s["dtype"])]
+    if requested == "auto" and s["dtype"] != "float32" and not torch.cuda.is_available():
+        runs.append(("trainer_default", "trainer", "float32"))
     out: dict[str, Any] = {}
-    for side in ("trainer", "ours"):
+    for label, side, dtype in runs:
         cmd = [sys.executable, "-m", "devft_lab.experiments.trainer_peer", "--child", side, "--model", model_name,
-               "--settings", json.dumps(s)] + (["--threads", str(threads)] if threads else [])
+               "--settings", json.dumps({**s, "dtype": dtype})] + (["--threads", str(threads)] if threads else [])
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if res.returncode != 0:
             raise RuntimeError(f"trainer_peer --child {side} failed:\n{res.stderr[-4000:]}")
         child = json.loads(res.stdout.strip().splitlines()[-1])
-        out[f"{side}_round_s"] = child["round_s"]
-        out[f"{side}_peak_rss_mb"] = child["peak_rss_mb"]
+        out[f"{label}_round_s"] = child["round_s"]
+        out[f"{label}_peak_rss_mb"] = child["peak_rss_mb"]
         out["threads"] = child["threads"]
     out["ratio"] = out["trainer_round_s"] / out["ours_round_s"]
-    out.update(model=model_name, device="cuda" if torch.cuda.is_available() else "cpu", **s)
+    if "trainer_default_round_s" in out:
+        out["ratio_vs_trainer_default"] = out["trainer_default_round_s"] / out["ours_round_s"]
+    out.update(model=model_name, device="cuda" if torch.cuda.is_available() else "cpu", dtype_probe=probe, **s)
     return out
 
 
