@@ -205,6 +205,9 @@ def reading(rep7: dict) -> str:
            if close else
            f"Neither parameter-memory count gives the 4x memory claim (bf16 {s['ratio_param_bytes_bf16']:.2f}x, "
            f"INT4 {s['ratio_param_bytes_int4']:.2f}x).")
+    same = [i + 1 for i, r in enumerate(rep7["stages"])
+            if abs(r["ratio_lora_up_bytes"] - PAPER_FIRST_STAGE["communication"]) < 1e-9]
+    match = f" ({PAPER_FIRST_STAGE['communication']:.0f}x is what stage {same[0]} gives)" if same else ""
     return (
         f"Per token, stage 1 of LLaMA2-7B costs {s['ratio_flops_per_token_6n']:.2f}x fewer training FLOPs than "
         f"the full model (the LM head runs at every stage), so the paper's {PAPER_FIRST_STAGE['time']}x less time "
@@ -212,7 +215,7 @@ def reading(rep7: dict) -> str:
         f"model, whose dequantisation and memory traffic scale with the layers, or a different baseline); "
         f"its basis is not given. LoRA bytes scale exactly with the layers, so one round of stage 1 sends "
         f"{s['ratio_lora_up_bytes']:.0f}x less, not {PAPER_FIRST_STAGE['communication']:.0f}x, whichever way "
-        f"(up, or up + down) it is counted ({PAPER_FIRST_STAGE['communication']:.0f}x is what stage 2 gives). {mem}"
+        f"(up, or up + down) it is counted{match}. {mem}"
     )
 
 
