@@ -152,9 +152,14 @@ def shape_report(name: str, lora_bytes_per_param: int = 4) -> dict:
     if caps != stage_capacities(counts.num_layers, cfg.devft.stages, cfg.devft.growth):
         raise ValueError(f"{name}: config capacities {caps} differ from the schedule's rule.")
     rows = with_ratios([stage_cost(counts, k, lora_bytes_per_param) for k in caps])
+    full = rows[-1]
+    seq, d = cfg.train.seq_len, model.config.hidden_size
+    # QK^T and AV: 2 * 2 * seq * d FLOPs per token and layer forward (no causal halving), over 2 N
+    attn_share = 4 * seq * d * counts.num_layers / (2 * (full["flops_per_token_6n"] / 6))
     return {"model": cfg.model.name, "config": f"devft_lab/runner/configs/{name}.yaml", "shape": PAPER_SHAPES[name],
             "lora": {"r": cfg.lora.r, "target_modules": list(cfg.lora.target_modules)},
-            "counts": {**asdict(counts), "total": counts.total}, "capacities": caps, "stages": rows}
+            "counts": {**asdict(counts), "total": counts.total}, "capacities": caps, "stages": rows,
+            "attention_score_flops_share": {"seq_len": seq, "share_of_weight_flops": attn_share}}
 
 
 # --------------------------------------------------------------------------- output
@@ -211,9 +216,9 @@ def reading(rep7: dict) -> str:
     return (
         f"Per token, stage 1 of LLaMA2-7B costs {s['ratio_flops_per_token_6n']:.2f}x fewer training FLOPs than "
         f"the full model (the LM head runs at every stage), so the paper's {PAPER_FIRST_STAGE['time']}x less time "
-        f"is more than the compute saved: it must count something other than FLOPs (wall time of an INT4 "
-        f"model, whose dequantisation and memory traffic scale with the layers, or a different baseline); "
-        f"its basis is not given. LoRA bytes scale exactly with the layers, so one round of stage 1 sends "
+        f"is more than the compute saved, and more than the {s['ratio_layers']:.0f}x fewer decoder layers: running "
+        f"fewer layers cannot give it alone, so it must count something besides per-token compute (e.g. the full "
+        f"model's memory pressure, other settings per stage, or another baseline); its basis is not given. LoRA bytes scale exactly with the layers, so one round of stage 1 sends "
         f"{s['ratio_lora_up_bytes']:.0f}x less, not {PAPER_FIRST_STAGE['communication']:.0f}x, whichever way "
         f"(up, or up + down) it is counted{match}. {mem}"
     )
@@ -221,6 +226,7 @@ def reading(rep7: dict) -> str:
 
 def markdown(reports: dict[str, dict], command: str) -> str:
     rep7 = reports["llama2_7b"]
+    a = rep7["attention_score_flops_share"]
     return "\n\n".join([
         "# Paper-shape efficiency per DevFT stage (meta device, no weights)",
         f"Command: `{command}`",
@@ -228,7 +234,8 @@ def markdown(reports: dict[str, dict], command: str) -> str:
         "stages, LoRA r and targets from the shipped configs (r = 32 on q_proj, v_proj; stages 4/8/16/32, "
         "5/10/20/40 for 13B). Per client and round; LoRA bytes at fp32 (PEFT keeps adapters in fp32 over a "
         "bf16 base; at bf16 they halve, ratios unchanged). FLOPs per token exclude attention scores "
-        "(about 2% at sequence length 512).",
+        f"(at sequence length {a['seq_len']}, full model, {100 * a['share_of_weight_flops']:.1f}% of the weight "
+        "FLOPs for LLaMA2-7B).",
         "## Per stage", table(reports),
         "## The paper's first-stage claims (LLaMA2-7B)", claims_table(rep7),
         "## Reading", reading(rep7),
