@@ -207,15 +207,21 @@ def _ll_tree(model, encoded: Sequence[tuple[list[int], list[list[int]]]], pad: i
         cache = copy.deepcopy(prefix_cache)
         if len(rows) > 1:
             cache.batch_repeat_interleave(len(rows))
+    # the language-model head only where a choice token is predicted (the union over rows):
+    # most of a row is prompt, and its logits would cost more than the attention does
+    wanted = sorted({p for _, _, spans in rows for p in
+                     [spans[0][0] - 1] + [s + j for s, n_s in spans for j in range(n_s)]})
+    col = {p: j for j, p in enumerate(wanted)}
     out = model(input_ids=ids.to(device), attention_mask=_tree_mask(rows, n, k, device), position_ids=pos.to(device),
-                **{_cache_kwarg(model): cache}, use_cache=k > 0)
+                **{_cache_kwarg(model): cache}, use_cache=k > 0,
+                logits_to_keep=torch.tensor(wanted, device=device))
     logp = F.log_softmax(out.logits.float(), dim=-1)
     result = []
     for r, ((p_ids, c_ids), (_, _, spans)) in enumerate(zip(encoded, rows)):
         last = spans[0][0] - 1  # the prompt's last position in the row
         lls = []
         for c, (start, length) in zip(c_ids, spans):
-            at = torch.tensor([last] + list(range(start, start + length)), device=device)
+            at = torch.tensor([col[last]] + [col[start + j] for j in range(length)], device=device)
             lls.append(float(logp[r, at, torch.tensor(c, device=device)].sum()))
         result.append(lls)
     return result
@@ -313,10 +319,12 @@ def choice_loglikelihoods(model, tokenizer, items: Sequence[dict[str, Any]],
 def score_multiple_choice(model, tokenizer, items: Sequence[dict[str, Any]],
                           template: str | PromptTemplate = "chat", batch_size: int = 16,
                           share_prefix: bool | None = None, batched: bool = True) -> list[dict[str, Any]]:
-    """Per item: ``{"id", "task", "pred", "pred_norm", "correct", "correct_norm", "lls"}``.
+    """Per item: ``{"id", "task", "pred", "pred_norm", "correct", "correct_norm", "answer_nll", "lls"}``.
 
     ``pred`` maximises the summed log-likelihood; ``pred_norm`` the log-likelihood per
-    character of the choice as rendered (lm-evaluation-harness ``acc_norm``).
+    character of the choice as rendered (lm-evaluation-harness ``acc_norm``); ``answer_nll`` is
+    the held-out response-token loss: the correct choice's negative log-likelihood per token
+    (continuous, so it moves before accuracy does).
     """
     tmpl = get_template(template)
     lls = choice_loglikelihoods(model, tokenizer, items, tmpl, batch_size, share_prefix, batched)
@@ -324,8 +332,10 @@ def score_multiple_choice(model, tokenizer, items: Sequence[dict[str, Any]],
     for it, ll in zip(items, lls):
         norm = [v / max(1, len(tmpl.response(c))) for v, c in zip(ll, it["choices"])]
         pred, pred_norm = int(np.argmax(ll)), int(np.argmax(norm))
+        n_answer = len(tokenizer(tmpl.response(it["choices"][it["answer"]]), add_special_tokens=False)["input_ids"])
         rows.append({"id": it.get("id"), "task": it.get("task"), "pred": pred, "pred_norm": pred_norm,
                      "correct": pred == it["answer"], "correct_norm": pred_norm == it["answer"],
+                     "answer_nll": round(-ll[it["answer"]] / max(1, n_answer), 5),
                      "lls": [round(v, 4) for v in ll]})
     return rows
 
@@ -383,22 +393,32 @@ def exact_match(model, tokenizer, items: Sequence[dict[str, Any]], template: str
 # --------------------------------------------------------------------------- suites
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per-task acc / acc_norm (percent), per-suite macro averages over tasks, and the
-    macro average over suites (``avg``). ``rows`` need ``suite``, ``task``, ``correct``, ``correct_norm``."""
+    macro average over suites (``avg``). ``rows`` need ``suite``, ``task``, ``correct``, ``correct_norm``;
+    where every row has ``answer_nll`` its macro averages come too (``answer_nll``, nats per token)."""
     by: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for r in rows:
         by.setdefault(r["suite"], {}).setdefault(r["task"], []).append(r)
     suites = {}
+    with_nll = bool(rows) and all("answer_nll" in r for r in rows)
     for s, tasks in by.items():
         per_task = {t: {"acc": 100.0 * np.mean([r["correct"] for r in rs]),
                         "acc_norm": 100.0 * np.mean([r["correct_norm"] for r in rs]), "n": len(rs)}
                     for t, rs in sorted(tasks.items())}
+        if with_nll:
+            for t, rs in tasks.items():
+                per_task[t]["answer_nll"] = np.mean([r["answer_nll"] for r in rs])
         suites[s] = {"acc": float(np.mean([v["acc"] for v in per_task.values()])),
                      "acc_norm": float(np.mean([v["acc_norm"] for v in per_task.values()])),
                      "n": sum(v["n"] for v in per_task.values()),
                      "tasks": {t: {k: (float(v) if k != "n" else v) for k, v in d.items()} for t, d in per_task.items()}}
-    return {"avg": float(np.mean([v["acc"] for v in suites.values()])) if suites else float("nan"),
-            "avg_norm": float(np.mean([v["acc_norm"] for v in suites.values()])) if suites else float("nan"),
-            "n": len(rows), "suites": suites}
+        if with_nll:
+            suites[s]["answer_nll"] = float(np.mean([v["answer_nll"] for v in per_task.values()]))
+    out = {"avg": float(np.mean([v["acc"] for v in suites.values()])) if suites else float("nan"),
+           "avg_norm": float(np.mean([v["acc_norm"] for v in suites.values()])) if suites else float("nan"),
+           "n": len(rows), "suites": suites}
+    if with_nll:  # macro over suites, like ``avg``
+        out["answer_nll"] = float(np.mean([v["answer_nll"] for v in suites.values()]))
+    return out
 
 
 def evaluate_suites(model, tokenizer, suites: Sequence[str] = ("lab",), max_per_task: int | None = None,

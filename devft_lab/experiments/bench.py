@@ -1,6 +1,6 @@
 """Runtime benchmark: ratios measured in one run on this machine (not a timed test).
 
-    python -m devft_lab.experiments.bench [--model smollm2-135m] [--out results/bench_runtime.json]
+    python -m devft_lab.bench [--model smollm2-135m] [--out results/bench_runtime.json]
 
 Prints and writes, all from the same run:
 
@@ -12,7 +12,8 @@ Prints and writes, all from the same run:
   ``peak_share`` = achieved FLOP/s (``(4 N + 6 N_lora)`` per real token, see
   :func:`devft_lab.fl.accounting.training_flops`) over that dtype's matmul peak;
 * ``eval``: multiple-choice items/s of the old one-item-at-a-time scorer and the batched one
-  (fp32, and in the probed dtype), with how many predictions agree;
+  (fp32, and in the probed dtype), with how many predictions agree and ``peak_share`` (forward
+  FLOP/s, ``2 N`` per token, over the dtype's matmul peak: what bounds any further speed-up);
 * ``stage_round_cost_ratio``: one client round's time at each DevFT stage over a full-model
   round (same data, same steps, the runtime's defaults);
 * ``trainer_peer``: a federated round of a plain ``Trainer`` + PEFT loop (OpenFedLLM's
@@ -127,7 +128,11 @@ def eval_speed(model_name: str, dtype: str, n_items: int = 60) -> dict:
     runs = {"one_at_a_time_float32": (False, "float32"), "batched_float32": (True, "float32")}
     if dtype != "float32":
         runs[f"batched_{dtype}"] = (True, dtype)
-    out, rows = {"items": len(items)}, {}
+    from devft_lab.core.evaluate import _encode, get_template
+
+    chat = get_template("chat")
+    tokens = sum(len(p) + sum(len(c) - 1 for c in cs) for p, cs in (_encode(tok, chat, it) for it in items))
+    out, rows = {"items": len(items), "tokens": tokens}, {}
     for name, (batched, dt) in runs.items():
         t = time.perf_counter()
         with autocast_context("cpu", dt):
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     res = {"model": args.model, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "command": "python -m devft_lab.experiments.bench " + " ".join(argv if argv is not None else sys.argv[1:])}
+           "command": "python -m devft_lab.bench " + " ".join(argv if argv is not None else sys.argv[1:])}
     probe = probe_compute_dtype("cpu")
     dtype = probe["chosen"]
     res["compute_dtype"] = probe
@@ -217,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, v in res["local_step"].items():
         v["peak_share"] = v["train_gflops"] / peaks["float32" if name.endswith("float32") else dtype]
     res["eval"] = eval_speed(args.model, dtype)
+    for name, v in res["eval"].items():
+        if isinstance(v, dict):  # forward FLOPs: 2 N per token (the head only where a choice is read)
+            gflops = 2 * res["decoder_params"] * res["eval"]["tokens"] * v["items_per_s"] / res["eval"]["items"] / 1e9
+            v["peak_share"] = gflops / peaks["float32" if name.endswith("float32") else dtype]
     res["trainer_peer"] = compare(args.model, threads=torch.get_num_threads())
     res.update(memory(args.model))
     used = res["local_step"][f"packed_{dtype}"]

@@ -156,12 +156,28 @@ def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict], compute_dtype
             from devft_lab.data.lab import suite_name
 
             out["acc"] = float(res["avg"])
+            if "answer_nll" in res:  # the correct answers' loss per token, on the same items
+                out["answer_nll"] = float(res["answer_nll"])
             for spec, v in res.get("suites", {}).items():  # a file suite under its stem
                 out[f"acc_{suite_name(spec)}"] = float(v["acc"])
         model.train(was)
         return out
 
+    evaluate.fingerprint = _eval_fingerprint(cfg, holdout)  # what it scores (see base_eval_cache)
     return evaluate
+
+
+def _eval_fingerprint(cfg: RunConfig, holdout: list[dict]) -> str:
+    """SHA-256 of the held-out examples' tokens and of every evaluation item."""
+    import hashlib
+
+    from devft_lab.data.lab import expand_suites, load_suite
+
+    h = hashlib.sha256(json.dumps([[e["input_ids"], e["labels"]] for e in holdout]).encode())
+    for name in expand_suites(list(cfg.eval.suites)) if cfg.eval.suites else []:
+        items = load_suite(name, max_per_task=cfg.eval.max_per_task, seed=cfg.train.seed)
+        h.update(json.dumps([name, items], sort_keys=True, default=str).encode())
+    return h.hexdigest()
 
 
 def _device_of_model(model: torch.nn.Module) -> torch.device:
@@ -298,6 +314,23 @@ def resume(run_dir: str | os.PathLike, quiet: bool = False) -> dict[str, Any]:
     return _run(parts, run_dir, quiet, resume=True)
 
 
+def base_eval_cache(cfg: RunConfig, compute_dtype: str, fingerprint: str) -> Path:
+    """Where the untrained model's evaluation is kept: one file per model, compute dtype, and
+    what is scored (``fingerprint``: the held-out examples and items, see make_evaluator). The
+    method, LoRA and federation settings do not change it, since every adapter starts at B = 0,
+    so runs that differ only in method share it."""
+    import hashlib
+    from dataclasses import asdict
+
+    from devft_lab import __version__
+    from devft_lab.core.models import cache_dir
+
+    key = {"v": __version__, "model": asdict(cfg.model), "dtype": compute_dtype, "what": fingerprint,
+           "template": cfg.data.template, "device": str(device_of(cfg))}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return cache_dir() / "base_eval" / f"{cfg.model.name.replace('/', '_')}-{digest}.json"
+
+
 def _run(parts: Parts, run_dir: Path, quiet: bool, resume: bool) -> dict[str, Any]:
     log = _logger(run_dir, quiet)
     make = Simulation.resume if resume else Simulation
@@ -309,15 +342,23 @@ def _run(parts: Parts, run_dir: Path, quiet: bool, resume: bool) -> dict[str, An
             f"rounds {parts.plan.stage_rounds()}, strategy {parts.strategy.name}")
         if parts.evaluator is not None and sim.ledger.position().get("rounds", 0) == 0:
             t0 = time.perf_counter()
-            base = parts.evaluator(parts.model)  # every adapter starts with B = 0: the base model
-            dump_json(run_dir / "initial_eval.json", {**base, "eval_s": time.perf_counter() - t0})
-            log(f"before training: {_fmt(base)}")
+            cached = base_eval_cache(parts.cfg, parts.compute.get("dtype", "float32"), getattr(parts.evaluator, "fingerprint", ""))
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            if cached.exists():  # the same base model, items and held-out set: scored before
+                base = json.loads(cached.read_text())
+                log(f"before training (cached, {cached}): {_fmt(base)}")
+            else:
+                base = parts.evaluator(parts.model)  # every adapter starts with B = 0: the base model
+                dump_json(cached, base)
+                log(f"before training: {_fmt(base)}")
+            dump_json(run_dir / "initial_eval.json", {**base, "eval_s": time.perf_counter() - t0,
+                                                       "cached": str(cached)})
     summary = sim.run()
     if sim.state.done:
         export_adapter(parts, final_state(sim), run_dir / "adapter")
     last = {}
     for row in sim.ledger.rows:
-        last.update({k: v for k, v in row["extra"].items() if k == "eval_loss" or k.startswith("acc")})
+        last.update({k: v for k, v in row["extra"].items() if k in ("eval_loss", "answer_nll") or k.startswith("acc")})
     summary["final"] = last
     summary["capacities"] = parts.capacities
     if (run_dir / "initial_eval.json").exists():
