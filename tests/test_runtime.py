@@ -160,3 +160,17 @@ def test_flora_merges_the_exact_aggregate_into_the_base(tmp_path):
     from devft_lab.runner.run import build
     with pytest.raises(ConfigError, match="devft.enabled=false"):
         build(cfg, progress=False)
+
+
+def test_untrained_evaluation_is_scored_once_and_shared_by_methods(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEVFT_LAB_CACHE", str(tmp_path / "cache"))
+    _, a = _run(tmp_path, "a", "eval.suites=[indist]", "eval.max_per_task=2")
+    _, b = _run(tmp_path, "b", "eval.suites=[indist]", "eval.max_per_task=2", "fed.strategy=fedsa")
+    ia, ib = (json.loads((d / "initial_eval.json").read_text()) for d in (a, b))
+    assert ia["cached"] == ib["cached"] and Path(ia["cached"]).exists()
+    assert {k: v for k, v in ia.items() if k != "eval_s"} == {k: v for k, v in ib.items() if k != "eval_s"}
+    assert "answer_nll" in ia and ia["answer_nll"] > 0  # the correct answers' loss per token
+    _, c = _run(tmp_path, "c", "eval.suites=[indist]", "eval.max_per_task=3")  # other items: scored anew
+    ic = json.loads((c / "initial_eval.json").read_text())
+    assert ic["cached"] != ia["cached"]
+    assert len(list((tmp_path / "cache" / "base_eval").glob("*.json"))) == 2

@@ -99,3 +99,90 @@ def test_ffa_lora_trains_b_only(tiny):
     assert flags and all(v is (not is_lora_a(k)) for k, v in flags.items())
     with pytest.raises(ValueError, match="does not fit"):
         set_lora_state(pm, {"nope.lora_A.weight": torch.zeros(1)})
+
+
+# --------------------------------------------------------------------------- packing
+def _varied(tok, n=7):
+    """Examples of clearly different lengths (the case where padding wastes work)."""
+    return [encode_example(tok, {"instruction": "word " * (3 + 7 * i), "response": "yes " * (1 + i % 3)}, "chat", 128)
+            for i in range(n)]
+
+
+def test_pack_places_every_token_once_and_restarts_positions(tiny):
+    from devft_lab.core.train import pack
+
+    _, tok = tiny
+    enc = _varied(tok)
+    b = pack(enc, tok.pad_token_id)
+    assert b["input_ids"].shape[0] < len(enc)  # fewer rows than examples: padding was saved
+    assert b["input_ids"].shape[1] == max(len(e["input_ids"]) for e in enc)
+    starts = (b["position_ids"] == 0).sum()
+    assert starts >= len(enc)  # a segment per example (+ padding tails)
+    labelled = int((b["labels"] != IGNORE).sum())
+    # every response token is labelled once (first tokens of examples are prompt tokens)
+    assert labelled == sum(sum(1 for l in e["labels"][1:] if l != IGNORE) for e in enc)
+    with pytest.raises(ValueError, match="capacity"):
+        pack(enc, tok.pad_token_id, capacity=4)
+
+
+def test_packed_loss_and_gradients_equal_the_padded_ones(tiny):
+    from peft import get_peft_model
+
+    from devft_lab.core.train import pack
+    from devft_lab.method.submodel import default_lora_config
+
+    model, tok = load_model("tiny-llama", device="cpu")
+    pm = get_peft_model(model, default_lora_config(r=4, alpha=8, dropout=0.0))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for k, p in lora_parameters(pm).items():
+            p.normal_(0, 0.05)  # B != 0, so the LoRA path takes part
+    enc = _varied(tok)
+    grads = []
+    losses = []
+    for make in (collate, pack):
+        pm.zero_grad(set_to_none=True)
+        loss, n = lm_loss(pm, make(enc, tok.pad_token_id))
+        (loss / n).backward()
+        losses.append((float(loss.detach()), n))
+        grads.append({k: p.grad.clone() for k, p in lora_parameters(pm).items() if p.grad is not None})
+    (la, na), (lb, nb) = losses
+    assert na == nb and math.isclose(la, lb, rel_tol=1e-5)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], atol=1e-6, rtol=1e-4), k
+
+
+def test_packed_training_matches_padded_training(tiny):
+    from peft import get_peft_model
+
+    from devft_lab.method.submodel import default_lora_config
+
+    model, tok = load_model("tiny-llama", device="cpu")
+    pm = get_peft_model(model, default_lora_config(r=4, alpha=8, dropout=0.0))
+    enc = _varied(tok, 12)
+    start = get_lora_state(pm)
+    results = []
+    for packing in (False, True):
+        set_lora_state(pm, start)
+        s = train_local(pm, enc, steps=4, batch_size=4, lr=1e-2, seed=0, pad_id=tok.pad_token_id, packing=packing)
+        results.append((s, get_lora_state(pm)))
+    (s0, a), (s1, b) = results
+    assert s0.tokens == s1.tokens and s0.target_tokens == s1.target_tokens
+    assert math.isclose(s0.loss, s1.loss, rel_tol=1e-4)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_bf16_autocast_loss_is_close_to_fp32(tiny):
+    from devft_lab.core.device import autocast_context
+
+    model, tok = tiny
+    batch = collate(_varied(tok, 3), tok.pad_token_id)
+    with torch.no_grad():
+        ref, n = lm_loss(model, batch)
+        with autocast_context("cpu", "bfloat16"):
+            low, _ = lm_loss(model, batch)
+        with autocast_context("cpu", "float32"):
+            same, _ = lm_loss(model, batch)
+    assert float(same) == float(ref)  # fp32 "autocast" is no autocast
+    assert float(low) != float(ref) and math.isclose(float(low) / n, float(ref) / n, rel_tol=0.05)

@@ -148,6 +148,105 @@ def _ll_shared(model, p_ids: list[int], c_ids: list[list[int]], pad: int, device
     return lls
 
 
+def _tree_rows(encoded: Sequence[tuple[list[int], list[list[int]]]], k: int) -> list[tuple[list[int], list[int], list[tuple[int, int]]]]:
+    """Per item, one row: the prompt after the shared prefix, then every choice but its last token.
+
+    Returns ``(ids, positions, spans)`` per item, where ``spans[i] = (start, length)`` locates
+    choice ``i``'s tokens in the row. Each choice's first token is predicted from the
+    prompt's last position, its later tokens from its own earlier ones.
+    """
+    rows = []
+    for p_ids, c_ids in encoded:
+        ids, pos = list(p_ids[k:]), list(range(k, len(p_ids)))
+        spans = []
+        for c in c_ids:
+            spans.append((len(ids), len(c) - 1))
+            ids += c[:-1]
+            pos += list(range(len(p_ids), len(p_ids) + len(c) - 1))
+        rows.append((ids, pos, spans))
+    return rows
+
+
+def _tree_mask(rows, n: int, k: int, device) -> torch.Tensor:
+    """Boolean ``(B, 1, n, k + n)`` mask: the prefix for all; the prompt causal; each choice
+    sees the prompt and its own earlier tokens, never another choice (padding sees the prefix and
+    itself, so no attention row is empty)."""
+    mask = torch.zeros((len(rows), 1, n, k + n), dtype=torch.bool)
+    mask[:, :, :, :k] = True
+    mask[:, 0, :, k:] |= torch.eye(n, dtype=torch.bool)
+    for r, (ids, _, spans) in enumerate(rows):
+        p = spans[0][0] if spans else len(ids)
+        mask[r, 0, :p, k:k + p] = torch.tril(torch.ones(p, p, dtype=torch.bool))
+        for start, length in spans:
+            mask[r, 0, start:start + length, k:k + p] = True
+            mask[r, 0, start:start + length, k + start:k + start + length] = torch.tril(
+                torch.ones(length, length, dtype=torch.bool))
+    return mask.to(device)
+
+
+@torch.no_grad()
+def _ll_tree(model, encoded: Sequence[tuple[list[int], list[list[int]]]], pad: int, device,
+             prefix: tuple[int, Any] = (0, None)) -> list[list[float]]:
+    """Choice log-likelihoods of several items in one forward pass (HF models).
+
+    Each item is one row (:func:`_tree_rows`) under a tree-shaped attention mask
+    (:func:`_tree_mask`), after the shared prefix's KV cache: the same numbers as
+    :func:`_ll_shared`, which runs two passes per item.
+    """
+    k, prefix_cache = prefix
+    rows = _tree_rows(encoded, k)
+    n = max(len(ids) for ids, _, _ in rows)
+    ids = torch.full((len(rows), n), pad, dtype=torch.long)
+    pos = torch.zeros((len(rows), n), dtype=torch.long)
+    for r, (row_ids, row_pos, _) in enumerate(rows):
+        ids[r, :len(row_ids)] = torch.tensor(row_ids)
+        pos[r, :len(row_pos)] = torch.tensor(row_pos)
+        pos[r, len(row_pos):] = row_pos[-1] if row_pos else k
+    cache = None
+    if k:
+        cache = copy.deepcopy(prefix_cache)
+        if len(rows) > 1:
+            cache.batch_repeat_interleave(len(rows))
+    # the language-model head only where a choice token is predicted (the union over rows):
+    # most of a row is prompt, and its logits would cost more than the attention does
+    wanted = sorted({p for _, _, spans in rows for p in
+                     [spans[0][0] - 1] + [s + j for s, n_s in spans for j in range(n_s)]})
+    col = {p: j for j, p in enumerate(wanted)}
+    out = model(input_ids=ids.to(device), attention_mask=_tree_mask(rows, n, k, device), position_ids=pos.to(device),
+                **{_cache_kwarg(model): cache}, use_cache=k > 0,
+                logits_to_keep=torch.tensor(wanted, device=device))
+    logp = F.log_softmax(out.logits.float(), dim=-1)
+    result = []
+    for r, ((p_ids, c_ids), (_, _, spans)) in enumerate(zip(encoded, rows)):
+        last = spans[0][0] - 1  # the prompt's last position in the row
+        lls = []
+        for c, (start, length) in zip(c_ids, spans):
+            at = torch.tensor([col[last]] + [col[start + j] for j in range(length)], device=device)
+            lls.append(float(logp[r, at, torch.tensor(c, device=device)].sum()))
+        result.append(lls)
+    return result
+
+
+def _batches_by_tokens(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices grouped longest first, each group's ``len * longest`` at most ``max_tokens``."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _fits_sliding_window(model, n: int) -> bool:
+    """A custom 4D mask replaces sliding-window masks too: use it only for rows inside the window."""
+    get = getattr(model, "get_base_model", None)
+    cfg = (get() if callable(get) else model).config
+    window = getattr(cfg, "sliding_window", None) or getattr(getattr(cfg, "text_config", None), "sliding_window", None)
+    return window is None or n <= window
+
+
 @torch.no_grad()
 def _ll_full(model, seqs: list[tuple[list[int], list[int]]], pad: int, device, batch_size: int) -> list[float]:
     """Log-likelihood of each continuation given its context, one full sequence each."""
@@ -174,11 +273,14 @@ def _ll_full(model, seqs: list[tuple[list[int], list[int]]], pad: int, device, b
 @torch.no_grad()
 def choice_loglikelihoods(model, tokenizer, items: Sequence[dict[str, Any]],
                           template: str | PromptTemplate = "chat", batch_size: int = 16,
-                          share_prefix: bool | None = None) -> list[list[float]]:
+                          share_prefix: bool | None = None, batched: bool = True,
+                          max_tokens: int = 4096) -> list[list[float]]:
     """Sum log-likelihood of every choice of every item (``items``: closed-ended records).
 
     ``share_prefix``: run the prompt once and share its KV cache across the choices
     (default: on for Hugging Face / PEFT models, off for any other module).
+    ``batched`` (HF models): several items and all their choices per forward pass, up to
+    ``max_tokens`` tokens (padding included) a pass; ``False``: two passes per item.
     """
     tmpl = get_template(template)
     device, pad = _device(model), _pad_id(tokenizer)
@@ -191,7 +293,18 @@ def choice_loglikelihoods(model, tokenizer, items: Sequence[dict[str, Any]],
             k = _common_prefix([p for p, _ in encoded])
             prefix = (k, _cache_of(model(input_ids=torch.tensor([encoded[0][0][:k]], device=device),
                                          use_cache=True, logits_to_keep=1))) if k else (0, None)
-            return [_ll_shared(model, p, cs, pad, device, prefix) for p, cs in encoded]
+            if not batched:
+                return [_ll_shared(model, p, cs, pad, device, prefix) for p, cs in encoded]
+            lengths = [len(p) - k + sum(len(c) - 1 for c in cs) for p, cs in encoded]
+            out: list[list[float] | None] = [None] * len(encoded)
+            for group in _batches_by_tokens(lengths, max_tokens):
+                if not _fits_sliding_window(model, k + lengths[group[0]]):
+                    for i in group:
+                        out[i] = _ll_shared(model, *encoded[i], pad, device, prefix)
+                    continue
+                for i, lls in zip(group, _ll_tree(model, [encoded[i] for i in group], pad, device, prefix)):
+                    out[i] = lls
+            return out  # type: ignore[return-value]
         flat = [(p, c) for p, cs in encoded for c in cs]
         lls = _ll_full(model, flat, pad, device, batch_size)
         out, k = [], 0
@@ -205,20 +318,24 @@ def choice_loglikelihoods(model, tokenizer, items: Sequence[dict[str, Any]],
 
 def score_multiple_choice(model, tokenizer, items: Sequence[dict[str, Any]],
                           template: str | PromptTemplate = "chat", batch_size: int = 16,
-                          share_prefix: bool | None = None) -> list[dict[str, Any]]:
-    """Per item: ``{"id", "task", "pred", "pred_norm", "correct", "correct_norm", "lls"}``.
+                          share_prefix: bool | None = None, batched: bool = True) -> list[dict[str, Any]]:
+    """Per item: ``{"id", "task", "pred", "pred_norm", "correct", "correct_norm", "answer_nll", "lls"}``.
 
     ``pred`` maximises the summed log-likelihood; ``pred_norm`` the log-likelihood per
-    character of the choice as rendered (lm-evaluation-harness ``acc_norm``).
+    character of the choice as rendered (lm-evaluation-harness ``acc_norm``); ``answer_nll`` is
+    the held-out response-token loss: the correct choice's negative log-likelihood per token
+    (continuous, so it moves before accuracy does).
     """
     tmpl = get_template(template)
-    lls = choice_loglikelihoods(model, tokenizer, items, tmpl, batch_size, share_prefix)
+    lls = choice_loglikelihoods(model, tokenizer, items, tmpl, batch_size, share_prefix, batched)
     rows = []
     for it, ll in zip(items, lls):
         norm = [v / max(1, len(tmpl.response(c))) for v, c in zip(ll, it["choices"])]
         pred, pred_norm = int(np.argmax(ll)), int(np.argmax(norm))
+        n_answer = len(tokenizer(tmpl.response(it["choices"][it["answer"]]), add_special_tokens=False)["input_ids"])
         rows.append({"id": it.get("id"), "task": it.get("task"), "pred": pred, "pred_norm": pred_norm,
                      "correct": pred == it["answer"], "correct_norm": pred_norm == it["answer"],
+                     "answer_nll": round(-ll[it["answer"]] / max(1, n_answer), 5),
                      "lls": [round(v, 4) for v in ll]})
     return rows
 
@@ -276,22 +393,32 @@ def exact_match(model, tokenizer, items: Sequence[dict[str, Any]], template: str
 # --------------------------------------------------------------------------- suites
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per-task acc / acc_norm (percent), per-suite macro averages over tasks, and the
-    macro average over suites (``avg``). ``rows`` need ``suite``, ``task``, ``correct``, ``correct_norm``."""
+    macro average over suites (``avg``). ``rows`` need ``suite``, ``task``, ``correct``, ``correct_norm``;
+    where every row has ``answer_nll`` its macro averages come too (``answer_nll``, nats per token)."""
     by: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for r in rows:
         by.setdefault(r["suite"], {}).setdefault(r["task"], []).append(r)
     suites = {}
+    with_nll = bool(rows) and all("answer_nll" in r for r in rows)
     for s, tasks in by.items():
         per_task = {t: {"acc": 100.0 * np.mean([r["correct"] for r in rs]),
                         "acc_norm": 100.0 * np.mean([r["correct_norm"] for r in rs]), "n": len(rs)}
                     for t, rs in sorted(tasks.items())}
+        if with_nll:
+            for t, rs in tasks.items():
+                per_task[t]["answer_nll"] = np.mean([r["answer_nll"] for r in rs])
         suites[s] = {"acc": float(np.mean([v["acc"] for v in per_task.values()])),
                      "acc_norm": float(np.mean([v["acc_norm"] for v in per_task.values()])),
                      "n": sum(v["n"] for v in per_task.values()),
                      "tasks": {t: {k: (float(v) if k != "n" else v) for k, v in d.items()} for t, d in per_task.items()}}
-    return {"avg": float(np.mean([v["acc"] for v in suites.values()])) if suites else float("nan"),
-            "avg_norm": float(np.mean([v["acc_norm"] for v in suites.values()])) if suites else float("nan"),
-            "n": len(rows), "suites": suites}
+        if with_nll:
+            suites[s]["answer_nll"] = float(np.mean([v["answer_nll"] for v in per_task.values()]))
+    out = {"avg": float(np.mean([v["acc"] for v in suites.values()])) if suites else float("nan"),
+           "avg_norm": float(np.mean([v["acc_norm"] for v in suites.values()])) if suites else float("nan"),
+           "n": len(rows), "suites": suites}
+    if with_nll:  # macro over suites, like ``avg``
+        out["answer_nll"] = float(np.mean([v["answer_nll"] for v in suites.values()]))
+    return out
 
 
 def evaluate_suites(model, tokenizer, suites: Sequence[str] = ("lab",), max_per_task: int | None = None,

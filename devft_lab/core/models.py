@@ -95,7 +95,9 @@ def default_device() -> str:
 
 
 def default_dtype(device: str) -> torch.dtype:
-    """fp32 on CPU (bf16 matmul is ~60x slower there), bf16 on CUDA."""
+    """Weight dtype: fp32 on CPU, bf16 on CUDA. (On CPU the compute dtype is probed separately,
+    :func:`devft_lab.core.device.probe_compute_dtype`: bf16 matmul is 60x slower than fp32 on
+    some CPUs and 2-3x faster on others, so the weights stay fp32 and autocast decides.)"""
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 

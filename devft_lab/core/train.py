@@ -7,9 +7,14 @@ Three pieces, each small:
 ``lm_loss``         summed cross-entropy over the response tokens. The LM head is applied
                     only where a label exists: with a 49k vocabulary the head dominates a
                     shallow submodel's cost, and prompt positions need no logits at all.
+``pack``            a micro-batch without padding waste: examples laid end to end in rows
+                    (first-fit decreasing), ``position_ids`` restarting at 0 for each one, so
+                    transformers builds a block-diagonal causal mask and no example sees
+                    another. The loss equals the padded batch's within float tolerance.
 ``train_local``     AdamW steps over shuffled batches with gradient accumulation and
                     clipping; a fixed learning rate (the federated runtime sets it per round
-                    from a cosine across rounds, :func:`round_lr`).
+                    from a cosine across rounds, :func:`round_lr`); packed batches and the
+                    compute dtype the device probe chose (:mod:`devft_lab.core.device`).
 
 No TRL, no Trainer: nothing here breaks when those APIs move.
 """
@@ -23,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from devft_lab.core.device import autocast_context
 from devft_lab.data.templates import PromptTemplate, get_template
 
 IGNORE = -100
@@ -71,6 +77,47 @@ def collate(encoded: Sequence[Mapping[str, list[int]]], pad_id: int = 0) -> dict
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def pack(encoded: Sequence[Mapping[str, list[int]]], pad_id: int = 0,
+         capacity: int | None = None) -> dict[str, torch.Tensor]:
+    """Examples laid end to end in rows of ``capacity`` tokens (default: the longest example).
+
+    First-fit decreasing: each example goes into the first row with room, longest first.
+    ``position_ids`` restart at 0 for every example (and for a row's padding tail), and
+    there is no ``attention_mask``: transformers 5 then builds a block-diagonal causal mask
+    from the positions, so attention never crosses examples. Each example's first label is
+    ``IGNORE``, so no token is predicted from the previous example (in a padded batch that
+    position is never a target either).
+    """
+    lengths = [len(e["input_ids"]) for e in encoded]
+    cap = max(lengths) if capacity is None else capacity
+    if max(lengths) > cap:
+        raise ValueError(f"pack: an example has {max(lengths)} tokens, more than capacity={cap}.")
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for i in sorted(range(len(encoded)), key=lambda i: (-lengths[i], i)):
+        for r, u in enumerate(used):
+            if u + lengths[i] <= cap:
+                rows[r].append(i)
+                used[r] += lengths[i]
+                break
+        else:
+            rows.append([i])
+            used.append(lengths[i])
+    ids = torch.full((len(rows), cap), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), cap), IGNORE, dtype=torch.long)
+    pos = torch.zeros((len(rows), cap), dtype=torch.long)
+    for r, members in enumerate(rows):
+        at = 0
+        for i in members:
+            k = lengths[i]
+            ids[r, at:at + k] = torch.tensor(encoded[i]["input_ids"])
+            labels[r, at + 1:at + k] = torch.tensor(encoded[i]["labels"][1:])
+            pos[r, at:at + k] = torch.arange(k)
+            at += k
+        pos[r, at:] = torch.arange(cap - at)  # the padding tail: a segment of its own
+    return {"input_ids": ids, "labels": labels, "position_ids": pos}
+
+
 # --------------------------------------------------------------------------- loss
 def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     """The ``*ForCausalLM`` module inside a PEFT wrapper (or the model itself)."""
@@ -82,7 +129,8 @@ def lm_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[
     """(summed next-token cross-entropy over labelled positions, number of those positions).
 
     Runs the decoder stack, then the LM head on the labelled positions only; falls back to
-    the full logits for models without the usual ``.model`` / ``.lm_head`` split.
+    the full logits for models without the usual ``.model`` / ``.lm_head`` split. ``batch``
+    is :func:`collate`'s (``attention_mask``) or :func:`pack`'s (``position_ids``).
     """
     labels = batch["labels"]
     target = labels[:, 1:]
@@ -90,14 +138,17 @@ def lm_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[
     n = int(where.sum())
     lm = causal_lm(model)
     decoder, head = getattr(lm, "model", None), getattr(lm, "get_output_embeddings", lambda: None)()
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+    if "position_ids" in batch:
+        inputs.update(position_ids=batch["position_ids"], use_cache=False)  # packed: no cache, no mask
     if decoder is not None and head is not None:
-        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = decoder(**inputs).last_hidden_state
         logits = head(hidden[:, :-1][where])
         cap = getattr(lm.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
     else:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        out = model(**inputs)
         logits = out.logits[:, :-1][where]
     loss = F.cross_entropy(logits.float(), target[where], reduction="sum")
     return loss, n
@@ -142,13 +193,19 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
                 batch_size: int, lr: float, grad_accum: int = 1, max_grad_norm: float | None = 1.0,
                 weight_decay: float = 0.0, seed: int = 0, pad_id: int = 0,
                 penalty: Callable[[], torch.Tensor] | None = None, device: str | torch.device | None = None,
-                progress: Callable[[int, float], None] | None = None) -> TrainStats:
+                progress: Callable[[int, float], None] | None = None, packing: bool = True,
+                compute_dtype: str = "auto") -> TrainStats:
     """Train the parameters with ``requires_grad`` for ``steps`` optimizer steps (AdamW).
 
     Each step accumulates ``grad_accum`` micro-batches of ``batch_size`` examples; the loss
     is the mean over response tokens (plus ``penalty()``, e.g. FedProx's proximal term).
     Batches come from ``seed`` alone, and dropout from the global torch RNG, which the
     caller seeds: the same seed and state give the same result.
+
+    ``packing``: micro-batches via :func:`pack` (no padding waste) rather than :func:`collate`.
+    ``compute_dtype``: the autocast dtype of the forward pass (``float32``: none; ``auto``:
+    bf16 on CUDA, fp32 elsewhere; the runner passes what :func:`~devft_lab.core.device.compute_dtype`
+    measured).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -157,7 +214,9 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(int(seed))
     batches = batch_order(len(encoded), steps * grad_accum, batch_size, gen)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+    if compute_dtype == "auto":
+        compute_dtype = "bfloat16" if device.type == "cuda" else "float32"
+    make_batch = pack if packing else collate
     was_training = model.training
     model.train()
     t0, total, n_tok, n_target, seen = time.perf_counter(), 0.0, 0, 0, 0
@@ -166,18 +225,16 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
         step_loss = 0.0
         for micro in range(grad_accum):
             idx = batches[step * grad_accum + micro]
-            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
-            if autocast is not None:
-                with autocast:
-                    loss_sum, n = lm_loss(model, batch)
-            else:
+            chunk = [encoded[i] for i in idx]
+            batch = {k: v.to(device) for k, v in make_batch(chunk, pad_id).items()}
+            with autocast_context(device, compute_dtype):
                 loss_sum, n = lm_loss(model, batch)
             loss = loss_sum / max(n, 1)
             if penalty is not None:
                 loss = loss + penalty()
             (loss / grad_accum).backward()
             step_loss += float(loss_sum.detach()) / max(n, 1) / grad_accum
-            n_tok += int(batch["attention_mask"].sum())
+            n_tok += sum(len(e["input_ids"]) for e in chunk)
             n_target += n
             seen += len(idx)
         if max_grad_norm:

@@ -1,1 +1,1 @@
-"""Experiment drivers that write results/: the paper's tables (reproduce), the runtime benchmark (bench), the centralised lab signal, the submodel report."""
+"""Experiment drivers that write results/: the paper's tables (reproduce), the runtime benchmark (bench), the centralised lab signal, the submodel report, the paper-shape stage costs (meta device) and their CUDA measurement."""

@@ -1,24 +1,36 @@
 """Runtime benchmark: ratios measured in one run on this machine (not a timed test).
 
-    python -m devft_lab.experiments.bench [--model smollm2-135m] [--out results/bench_runtime.json]
+    python -m devft_lab.bench [--model smollm2-135m] [--out results/bench_runtime.json]
 
-Prints and writes:
+Prints and writes, all from the same run:
 
-* ``matmul_gflops``: fp32 matmul throughput of this machine (2048^2 GEMMs, best of a
-  measurement before and one after the training measurement);
-* ``tokens_per_s``: local training throughput of the full model (LoRA, the runtime's loop),
-  and ``matmul_ratio`` = achieved training FLOP/s (``(4 N + 6 N_lora)`` per token, see
-  :func:`devft_lab.fl.accounting.training_flops`) over the matmul FLOP/s;
-* ``stage_round_cost_ratio``: one client round's time at each DevFT stage over a
-  full-model round (same data, same steps);
+* ``matmul_gflops``: GEMM throughput per dtype (2048^2, best of a measurement before and one
+  after the rest), the peak each local-step variant is compared with;
+* ``compute_dtype``: what the runtime's probe (:mod:`devft_lab.core.device`) picks here;
+* ``local_step``: training tokens/s of the full model's LoRA step (the runtime's loop) for
+  padded fp32 batches (the old path), packed fp32, and packed in the probed dtype, each with
+  ``peak_share`` = achieved FLOP/s (``(4 N + 6 N_lora)`` per real token, see
+  :func:`devft_lab.fl.accounting.training_flops`) over that dtype's matmul peak;
+* ``eval``: multiple-choice items/s of the old one-item-at-a-time scorer and the batched one
+  (fp32, and in the probed dtype), with how many predictions agree and ``peak_share`` (forward
+  FLOP/s, ``2 N`` per token, over the dtype's matmul peak: what bounds any further speed-up);
+* ``stage_round_cost_ratio``: one client round's time at each DevFT stage over a full-model
+  round (same data, same steps, the runtime's defaults);
+* ``trainer_peer``: a federated round of a plain ``Trainer`` + PEFT loop (OpenFedLLM's
+  pattern) vs ours, same model, data, steps, batch and sequence length, with peak RSS of both
+  (:mod:`devft_lab.experiments.trainer_peer`);
 * ``rss_mb_4_clients`` / ``rss_mb_100_clients``: peak RSS of a federated run (FedSA-LoRA,
   whose clients each keep their own B, every client trained once) with 4 and with 100
-  clients, each in a fresh process; ``adapter_mb`` the size of one client's kept state.
+  clients, each in a fresh process.
+
+Targets (issue 13): local step >= 70% of the peak of the dtype in use; eval >= 3x items/s;
+our round >= 2x faster than the Trainer loop. ``targets`` in the output says which are met.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import subprocess
 import sys
 import time
@@ -26,68 +38,112 @@ from pathlib import Path
 
 import torch
 
+from devft_lab.core.device import matmul_gflops as _gemm
 
-def matmul_gflops(n: int = 2048, repeat: int = 10) -> float:
-    """Measured fp32 GEMM throughput (GFLOP/s), best of ``repeat``."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+
+def matmul_gflops(n: int = 2048, repeat: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """Measured GEMM throughput (GFLOP/s) in ``dtype``, best of ``repeat``."""
+    return _gemm(dtype, "cpu", n=n, repeat=repeat, budget_s=10.0)
 
 
 def _examples(n: int = 64) -> list[dict]:
+    """``n`` pool examples drawn across tasks (seeded), so lengths vary as in a real batch."""
     from devft_lab.data import load_examples
 
     try:
-        return load_examples("lab")[:n]
+        pool = load_examples("lab")
     except Exception:  # the lab pool is not built: the synthetic set has the same shape
-        return load_examples("tiny")[:n]
+        pool = load_examples("tiny")
+    return random.Random(0).sample(pool, min(n, len(pool)))
 
 
-def _client_round_s(model, enc, steps: int, batch_size: int, pad_id: int) -> tuple[float, int]:
+def _client_round_s(model, enc, steps: int, batch_size: int, pad_id: int, packing: bool = True,
+                    dtype: str = "float32") -> tuple[float, int]:
     from devft_lab.core.train import train_local
 
+    kw = dict(batch_size=batch_size, lr=1e-4, pad_id=pad_id, packing=packing, compute_dtype=dtype)
     torch.manual_seed(0)
-    train_local(model, enc, steps=1, batch_size=batch_size, lr=1e-4, seed=1, pad_id=pad_id)  # warm-up
-    s = train_local(model, enc, steps=steps, batch_size=batch_size, lr=1e-4, seed=0, pad_id=pad_id)
+    train_local(model, enc, steps=1, seed=1, **kw)  # warm-up
+    s = train_local(model, enc, steps=steps, seed=0, **kw)
     return s.seconds, s.tokens
 
 
-def throughput(model_name: str, steps: int = 4, batch_size: int = 8) -> dict:
-    """Training tokens/s of the full model and each stage's round time over the full model's."""
-    from devft_lab.fl.accounting import training_flops
+def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int = 4, batch_size: int = 8) -> dict:
+    """Local-step tokens/s and peak share per variant; each stage's round time over the full model's."""
     from devft_lab.core.layers import num_layers
+    from devft_lab.core.models import load_model
+    from devft_lab.core.train import encode_examples
+    from devft_lab.fl.accounting import training_flops
     from devft_lab.method.grouping import even_groups
     from devft_lab.method.schedule import stage_capacities
     from devft_lab.method.submodel import build_submodel, default_lora_config
-    from devft_lab.core.models import load_model
-    from devft_lab.core.train import encode_examples
 
     model, tok = load_model(model_name, device="cpu")
     enc = encode_examples(tok, _examples(), "chat", 256)
+    pad = tok.pad_token_id or 0
     L = num_layers(model)
     cfg = default_lora_config(r=8, alpha=16, dropout=0.05)
     caps = stage_capacities(L)
     times, out = {}, {}
     for k in caps:
         sub = build_submodel(model, even_groups(L, k), 0.1, "dblf", cfg)
-        secs, tokens = _client_round_s(sub.model, enc, steps, batch_size, tok.pad_token_id or 0)
-        times[k] = secs
         if k == L:
             n_lora = sum(p.numel() for n, p in sub.model.named_parameters() if "lora_" in n)
             emb = model.get_input_embeddings().weight.numel()
             n_matmul = sum(p.numel() for p in sub.model.parameters()) - n_lora - emb  # decoder (+ no head)
-            flops = training_flops(n_matmul, tokens, n_lora, lora_only=True)
-            out.update(tokens_per_s=tokens / secs, train_gflops=flops / secs / 1e9, tokens_measured=tokens,
-                       decoder_params=n_matmul, lora_params=n_lora)
+            variants = {"padded_float32": (False, "float32"), "packed_float32": (True, "float32")}
+            if dtype != "float32":
+                variants[f"packed_{dtype}"] = (True, dtype)
+            local = {}
+            for name, (packing, dt) in variants.items():
+                secs, tokens = _client_round_s(sub.model, enc, steps, batch_size, pad, packing, dt)
+                gflops = training_flops(n_matmul, tokens, n_lora, lora_only=True) / secs / 1e9
+                local[name] = {"tokens_per_s": tokens / secs, "train_gflops": gflops, "seconds": secs,
+                               "tokens": tokens, "peak_share": gflops / peaks[dt]}
+            base = local["padded_float32"]["tokens_per_s"]
+            for v in local.values():
+                v["speedup_vs_padded_float32"] = v["tokens_per_s"] / base
+            out.update(local_step=local, decoder_params=n_matmul, lora_params=n_lora)
+            times[k] = local[f"packed_{dtype}"]["seconds"]
+        else:
+            times[k] = _client_round_s(sub.model, enc, steps, batch_size, pad, True, dtype)[0]
         del sub
     out["stage_capacities"] = caps
     out["stage_round_s"] = [times[k] for k in caps]
     out["stage_round_cost_ratio"] = [times[k] / times[L] for k in caps]
+    return out
+
+
+def eval_speed(model_name: str, dtype: str, n_items: int = 60) -> dict:
+    """Items/s of the one-at-a-time scorer vs the batched one, and agreement of predictions."""
+    from devft_lab.core.device import autocast_context
+    from devft_lab.core.evaluate import score_multiple_choice
+    from devft_lab.core.models import load_model
+    from devft_lab.data.lab import expand_suites, load_suite
+
+    model, tok = load_model(model_name, device="cpu")
+    items = [it for s in expand_suites("lab") for it in load_suite(s)]
+    items = random.Random(0).sample(items, min(n_items, len(items)))
+    score_multiple_choice(model, tok, items[:2], "chat")  # warm-up
+    runs = {"one_at_a_time_float32": (False, "float32"), "batched_float32": (True, "float32")}
+    if dtype != "float32":
+        runs[f"batched_{dtype}"] = (True, dtype)
+    from devft_lab.core.evaluate import _encode, get_template
+
+    chat = get_template("chat")
+    tokens = sum(len(p) + sum(len(c) - 1 for c in cs) for p, cs in (_encode(tok, chat, it) for it in items))
+    out, rows = {"items": len(items), "tokens": tokens}, {}
+    for name, (batched, dt) in runs.items():
+        t = time.perf_counter()
+        with autocast_context("cpu", dt):
+            rows[name] = score_multiple_choice(model, tok, items, "chat", batched=batched)
+        out[name] = {"items_per_s": len(items) / (time.perf_counter() - t),
+                     "acc": 100.0 * sum(r["correct"] for r in rows[name]) / len(items)}
+    ref = rows["one_at_a_time_float32"]
+    for name in runs:
+        out[name]["speedup"] = out[name]["items_per_s"] / out["one_at_a_time_float32"]["items_per_s"]
+        out[name]["same_pred"] = sum(a["pred"] == b["pred"] for a, b in zip(ref, rows[name]))
+        out[name]["max_ll_diff"] = max(abs(u - v) for a, b in zip(ref, rows[name]) for u, v in zip(a["lls"], b["lls"]))
     return out
 
 
@@ -147,18 +203,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.rss_child is not None:
         _rss_child(args.model, args.rss_child)
         return 0
+    from devft_lab.core.device import probe_compute_dtype
+    from devft_lab.experiments.trainer_peer import compare
     from devft_lab.runner.run import machine
 
     t0 = time.perf_counter()
     res = {"model": args.model, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "command": "python -m devft_lab.experiments.bench " + " ".join(argv if argv is not None else sys.argv[1:])}
-    first = matmul_gflops()
-    res.update(throughput(args.model))
+           "command": "python -m devft_lab.bench " + " ".join(argv if argv is not None else sys.argv[1:])}
+    probe = probe_compute_dtype("cpu")
+    dtype = probe["chosen"]
+    res["compute_dtype"] = probe
+    first = {"float32": matmul_gflops(), "bfloat16": matmul_gflops(dtype=torch.bfloat16)}
+    res.update(throughput(args.model, dtype, first))
     # the machine's throughput: the better of a measurement before and after training (other
-    # processes on a shared machine depress either one)
-    res["matmul_gflops"] = max(first, matmul_gflops())
-    res["matmul_ratio"] = res["train_gflops"] / res["matmul_gflops"]
+    # processes on a shared machine depress either one); the shares use the final peaks
+    peaks = {k: max(v, matmul_gflops(dtype=getattr(torch, k))) for k, v in first.items()}
+    res["matmul_gflops"] = peaks
+    for name, v in res["local_step"].items():
+        v["peak_share"] = v["train_gflops"] / peaks["float32" if name.endswith("float32") else dtype]
+    res["eval"] = eval_speed(args.model, dtype)
+    for name, v in res["eval"].items():
+        if isinstance(v, dict):  # forward FLOPs: 2 N per token (the head only where a choice is read)
+            gflops = 2 * res["decoder_params"] * res["eval"]["tokens"] * v["items_per_s"] / res["eval"]["items"] / 1e9
+            v["peak_share"] = gflops / peaks["float32" if name.endswith("float32") else dtype]
+    res["trainer_peer"] = compare(args.model, threads=torch.get_num_threads())
     res.update(memory(args.model))
+    used = res["local_step"][f"packed_{dtype}"]
+    best_eval = max(v["speedup"] for k, v in res["eval"].items() if isinstance(v, dict))
+    res["targets"] = {
+        "local_step_peak_share>=0.70": [round(used["peak_share"], 3), used["peak_share"] >= 0.70],
+        "eval_speedup>=3": [round(best_eval, 2), best_eval >= 3.0],
+        "round_vs_trainer>=2": [round(res["trainer_peer"]["ratio"], 2), res["trainer_peer"]["ratio"] >= 2.0]}
     res["bench_s"] = time.perf_counter() - t0
     text = json.dumps(res, indent=1)
     print(text)

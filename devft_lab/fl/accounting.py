@@ -72,7 +72,18 @@ def training_flops(n_params: int, tokens: int, lora_params: int = 0, lora_only: 
 
 # --------------------------------------------------------------------------- memory and time
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (``getrusage``: KiB on Linux, bytes on macOS)."""
+    """Peak resident memory of this process in MiB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, the high-water mark of this process's own memory
+    (``getrusage``'s ``ru_maxrss`` survives ``fork`` + ``exec``, so a fresh child started by a
+    large parent reports the parent's peak). Elsewhere ``getrusage`` (bytes on macOS)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
 

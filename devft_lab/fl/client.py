@@ -28,6 +28,8 @@ class LocalTraining:
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
     pad_id: int = 0
+    packing: bool = True  # micro-batches without padding (devft_lab.core.train.pack)
+    compute_dtype: str = "auto"  # autocast dtype of the forward pass (devft_lab.core.device)
 
 
 @dataclass
@@ -76,6 +78,7 @@ def client_update(model: torch.nn.Module, start: Mapping[str, torch.Tensor], dat
     penalty = (lambda: strategy.local_penalty(params, ref)) if penalised else None  # noqa: E731
     stats = train_local(model, data, steps=training.steps, batch_size=training.batch_size, lr=training.lr,
                         grad_accum=training.grad_accum, max_grad_norm=training.max_grad_norm, seed=s,
-                        pad_id=training.pad_id, penalty=penalty)
+                        pad_id=training.pad_id, penalty=penalty, packing=training.packing,
+                        compute_dtype=training.compute_dtype)
     trained = get_lora_state(model)
     return ClientResult(client, strategy.uplink(trained), strategy.persist(trained), len(data), stats)

@@ -79,7 +79,7 @@ QUANTIZATIONS = ("none", "int4", "int8")
 @dataclass
 class ModelConfig:
     name: str = "tiny-llama"  # a devft_lab preset, a hub id or a local folder
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto: fp32 weights, compute dtype probed (devft_lab.core.device) | float32 | bfloat16 | float16
     quantization: str = "none"  # none | int4 | int8 (the paper loads INT4)
     revision: str | None = None
 
@@ -114,6 +114,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | linear | constant, across rounds
     max_grad_norm: float | None = 1.0
     seq_len: int = 512
+    packing: bool = True  # lay examples end to end (no padding); false: right-padded batches
     seed: int = 42
 
 

@@ -19,7 +19,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -55,6 +55,7 @@ class Parts:
     capacities: list[int]
     categories: list[str]
     parts: list[list[int]]
+    compute: dict[str, Any] = field(default_factory=dict)  # compute dtype and the probe behind it
 
 
 def machine() -> str:
@@ -108,13 +109,32 @@ def build_plan(cfg: RunConfig, model: torch.nn.Module, capacities: Sequence[int]
                      fusion=d.fusion, anchor_rule=d.anchor, seed=seed)
 
 
-def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict]) -> Callable | None:
-    """Held-out response loss (``eval.holdout`` examples) and benchmark suites (``eval.suites``)."""
+def resolve_compute(cfg: RunConfig, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``{"dtype": ..., "probe": ...}``: the compute dtype of a run. A resumed run reuses the one
+    recorded in its meta.json (so it continues bit for bit); a new one asks the device probe
+    when ``model.dtype = auto``."""
+    from devft_lab.core.device import compute_dtype
+
+    if recorded and recorded.get("dtype"):
+        return {**recorded, "reused": True}
+    dtype, probe = compute_dtype(cfg.model.dtype, device_of(cfg))
+    return {"dtype": dtype, "requested": cfg.model.dtype, "probe": probe}
+
+
+def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict], compute_dtype: str = "float32") -> Callable | None:
+    """Held-out response loss (``eval.holdout`` examples) and benchmark suites (``eval.suites``),
+    computed in ``compute_dtype`` (autocast)."""
     if not holdout and not cfg.eval.suites:
         return None
 
     @torch.no_grad()
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        from devft_lab.core.device import autocast_context
+
+        with autocast_context(_device_of_model(model), compute_dtype):
+            return _evaluate(model)
+
+    def _evaluate(model: torch.nn.Module) -> dict[str, float]:
         from devft_lab.core.train import collate, lm_loss
 
         was = model.training
@@ -136,16 +156,38 @@ def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict]) -> Callable |
             from devft_lab.data.lab import suite_name
 
             out["acc"] = float(res["avg"])
+            if "answer_nll" in res:  # the correct answers' loss per token, on the same items
+                out["answer_nll"] = float(res["answer_nll"])
             for spec, v in res.get("suites", {}).items():  # a file suite under its stem
                 out[f"acc_{suite_name(spec)}"] = float(v["acc"])
         model.train(was)
         return out
 
+    evaluate.fingerprint = _eval_fingerprint(cfg, holdout)  # what it scores (see base_eval_cache)
     return evaluate
 
 
-def build(cfg: RunConfig, progress: bool = True) -> Parts:
-    """Load the model and data, partition, encode, and make the plan; writes nothing."""
+def _eval_fingerprint(cfg: RunConfig, holdout: list[dict]) -> str:
+    """SHA-256 of the held-out examples' tokens and of every evaluation item."""
+    import hashlib
+
+    from devft_lab.data.lab import expand_suites, load_suite
+
+    h = hashlib.sha256(json.dumps([[e["input_ids"], e["labels"]] for e in holdout]).encode())
+    for name in expand_suites(list(cfg.eval.suites)) if cfg.eval.suites else []:
+        items = load_suite(name, max_per_task=cfg.eval.max_per_task, seed=cfg.train.seed)
+        h.update(json.dumps([name, items], sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _device_of_model(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def build(cfg: RunConfig, progress: bool = True, compute: dict[str, Any] | None = None) -> Parts:
+    """Load the model and data, partition, encode, and make the plan; writes nothing.
+
+    ``compute``: the compute dtype recorded by an earlier start (see :func:`resolve_compute`)."""
     from devft_lab.data import DataError, load_examples
     from devft_lab.data.partition import partition
     from devft_lab.core.layers import num_layers
@@ -181,16 +223,20 @@ def build(cfg: RunConfig, progress: bool = True) -> Parts:
         raise ConfigError(f"data: {e}{split_suggestion(categories, cfg)}") from None
     encoded = encode_examples(tok, pool, cfg.data.template, cfg.train.seq_len)
     client_data = [[encoded[i] for i in p] for p in parts]
-    evaluator = make_evaluator(cfg, tok, encode_examples(tok, held, cfg.data.template, cfg.train.seq_len))
+    compute = resolve_compute(cfg, compute)
+    evaluator = make_evaluator(cfg, tok, encode_examples(tok, held, cfg.data.template, cfg.train.seq_len),
+                               compute["dtype"])
     plan = build_plan(cfg, model, capacities)
     t = cfg.train
     settings = SimulationSettings(
         clients_per_round=cfg.fed.clients_per_round, seed=t.seed,
         training=LocalTraining(steps=t.local_steps, batch_size=t.batch_size, lr=t.lr, grad_accum=t.grad_accum,
-                               max_grad_norm=t.max_grad_norm, pad_id=tok.pad_token_id or 0),
+                               max_grad_norm=t.max_grad_norm, pad_id=tok.pad_token_id or 0, packing=t.packing,
+                               compute_dtype=compute["dtype"]),
         lr=t.lr, lr_min=t.lr_min, lr_schedule=t.schedule, eval_every=cfg.eval.every_n_rounds,
         config_hash=config_hash(cfg), progress=progress, lora_scaling=cfg.lora.alpha / cfg.lora.r)
-    return Parts(cfg, model, tok, plan, strategy, client_data, settings, evaluator, capacities, categories, parts)
+    return Parts(cfg, model, tok, plan, strategy, client_data, settings, evaluator, capacities, categories, parts,
+                 compute)
 
 
 def split_suggestion(categories: list[str], cfg: RunConfig) -> str:
@@ -252,6 +298,7 @@ def start(cfg: RunConfig, force: bool = False, quiet: bool = False, command: str
         "config_hash": config_hash(cfg), "model": cfg.model.name, "capacities": parts.capacities,
         "stage_rounds": stage_rounds(cfg), "num_clients": len(parts.client_data),
         "client_sizes": [len(d) for d in parts.client_data], "machine": machine(),
+        "compute_dtype": parts.compute,
         "command": command or " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
     return _run(parts, run_dir, quiet, resume=False)
 
@@ -262,8 +309,26 @@ def resume(run_dir: str | os.PathLike, quiet: bool = False) -> dict[str, Any]:
     if not (run_dir / "config.yaml").exists():
         raise RunError(f"{run_dir} is not a run folder (no config.yaml); start one with `devft-lab run CONFIG`.")
     cfg = load_config(run_dir / "config.yaml")
-    parts = build(cfg, progress=not quiet)
+    meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").exists() else {}
+    parts = build(cfg, progress=not quiet, compute=meta.get("compute_dtype"))
     return _run(parts, run_dir, quiet, resume=True)
+
+
+def base_eval_cache(cfg: RunConfig, compute_dtype: str, fingerprint: str) -> Path:
+    """Where the untrained model's evaluation is kept: one file per model, compute dtype, and
+    what is scored (``fingerprint``: the held-out examples and items, see make_evaluator). The
+    method, LoRA and federation settings do not change it, since every adapter starts at B = 0,
+    so runs that differ only in method share it."""
+    import hashlib
+    from dataclasses import asdict
+
+    from devft_lab import __version__
+    from devft_lab.core.models import cache_dir
+
+    key = {"v": __version__, "model": asdict(cfg.model), "dtype": compute_dtype, "what": fingerprint,
+           "template": cfg.data.template, "device": str(device_of(cfg))}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return cache_dir() / "base_eval" / f"{cfg.model.name.replace('/', '_')}-{digest}.json"
 
 
 def _run(parts: Parts, run_dir: Path, quiet: bool, resume: bool) -> dict[str, Any]:
@@ -277,15 +342,23 @@ def _run(parts: Parts, run_dir: Path, quiet: bool, resume: bool) -> dict[str, An
             f"rounds {parts.plan.stage_rounds()}, strategy {parts.strategy.name}")
         if parts.evaluator is not None and sim.ledger.position().get("rounds", 0) == 0:
             t0 = time.perf_counter()
-            base = parts.evaluator(parts.model)  # every adapter starts with B = 0: the base model
-            dump_json(run_dir / "initial_eval.json", {**base, "eval_s": time.perf_counter() - t0})
-            log(f"before training: {_fmt(base)}")
+            cached = base_eval_cache(parts.cfg, parts.compute.get("dtype", "float32"), getattr(parts.evaluator, "fingerprint", ""))
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            if cached.exists():  # the same base model, items and held-out set: scored before
+                base = json.loads(cached.read_text())
+                log(f"before training (cached, {cached}): {_fmt(base)}")
+            else:
+                base = parts.evaluator(parts.model)  # every adapter starts with B = 0: the base model
+                dump_json(cached, base)
+                log(f"before training: {_fmt(base)}")
+            dump_json(run_dir / "initial_eval.json", {**base, "eval_s": time.perf_counter() - t0,
+                                                       "cached": str(cached)})
     summary = sim.run()
     if sim.state.done:
         export_adapter(parts, final_state(sim), run_dir / "adapter")
     last = {}
     for row in sim.ledger.rows:
-        last.update({k: v for k, v in row["extra"].items() if k == "eval_loss" or k.startswith("acc")})
+        last.update({k: v for k, v in row["extra"].items() if k in ("eval_loss", "answer_nll") or k.startswith("acc")})
     summary["final"] = last
     summary["capacities"] = parts.capacities
     if (run_dir / "initial_eval.json").exists():

@@ -1,0 +1,21 @@
+"""The runtime benchmark's pieces on the tiny model: they measure what they claim."""
+from devft_lab.experiments import bench
+
+
+def test_eval_speed_compares_the_same_items_and_the_batched_scorer_agrees():
+    out = bench.eval_speed("tiny-llama", "bfloat16", n_items=6)
+    assert out["items"] == 6
+    assert out["batched_float32"]["same_pred"] == 6 and out["batched_float32"]["max_ll_diff"] < 1e-3
+    assert out["one_at_a_time_float32"]["speedup"] == 1.0
+    assert {"one_at_a_time_float32", "batched_float32", "batched_bfloat16"} <= set(out)
+
+
+def test_throughput_reports_every_variant_and_stage():
+    peaks = {"float32": 100.0, "bfloat16": 200.0}
+    out = bench.throughput("tiny-llama", "bfloat16", peaks, steps=1, batch_size=4)
+    assert set(out["local_step"]) == {"padded_float32", "packed_float32", "packed_bfloat16"}
+    # packing drops padding only: the real tokens counted are the same
+    assert len({v["tokens"] for v in out["local_step"].values()}) == 1
+    assert out["stage_round_cost_ratio"][-1] == 1.0 and len(out["stage_round_s"]) == len(out["stage_capacities"])
+    v = out["local_step"]["packed_bfloat16"]
+    assert abs(v["peak_share"] - v["train_gflops"] / 200.0) < 1e-12
