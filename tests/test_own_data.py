@@ -163,7 +163,7 @@ def test_the_readme_own_data_command_reports_the_file_suite(tmp_path, capsys, mo
             f"out_dir={tmp_path}", "--quiet"]
     assert main(args) == 0
     final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["final"]
-    assert set(final) == {"acc", "acc_capitals_eval", "eval_loss"}
+    assert set(final) == {"acc", "acc_capitals_eval", "answer_nll", "eval_loss"}
     assert final["acc"] == final["acc_capitals_eval"]
     n = sum(1 for _ in open(EXAMPLE_EVAL))
     assert abs(final["acc"] * n / 100 - round(final["acc"] * n / 100)) < 1e-6  # whole items of 16

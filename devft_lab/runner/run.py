@@ -332,6 +332,7 @@ def base_eval_cache(cfg: RunConfig, compute_dtype: str, fingerprint: str) -> Pat
 
 
 def _run(parts: Parts, run_dir: Path, quiet: bool, resume: bool) -> dict[str, Any]:
+    t_run = time.perf_counter()
     log = _logger(run_dir, quiet)
     make = Simulation.resume if resume else Simulation
     sim = make(parts.plan, parts.strategy, parts.client_data, parts.settings, run_dir, parts.evaluator, log)
@@ -363,6 +364,7 @@ def _run(parts: Parts, run_dir: Path, quiet: bool, resume: bool) -> dict[str, An
     summary["capacities"] = parts.capacities
     if (run_dir / "initial_eval.json").exists():
         summary["initial"] = json.loads((run_dir / "initial_eval.json").read_text())
+    summary["wall_s"] = round(time.perf_counter() - t_run, 1)  # this sitting (a resume counts from itself)
     dump_json(run_dir / "summary.json", summary)
     log(f"done: {_fmt(last)} | {sim.ledger.summary()}")
     return summary
