@@ -352,8 +352,7 @@ def _run(parts: Parts, run_dir: Path, quiet: bool, resume: bool) -> dict[str, An
                 base = parts.evaluator(parts.model)  # every adapter starts with B = 0: the base model
                 dump_json(cached, base)
                 log(f"before training: {_fmt(base)}")
-            dump_json(run_dir / "initial_eval.json", {**base, "eval_s": time.perf_counter() - t0,
-                                                       "cached": str(cached)})
+            dump_json(run_dir / "initial_eval.json", {**base, "eval_s": time.perf_counter() - t0})
     summary = sim.run()
     if sim.state.done:
         export_adapter(parts, final_state(sim), run_dir / "adapter")
