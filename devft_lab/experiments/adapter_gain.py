@@ -20,12 +20,12 @@ from typing import Any
 import torch
 
 
-def score_run(run_dir: Path, base_rows: list | None = None) -> dict[str, Any]:
-    """Base vs adapter on ``run_dir``'s suites; ``base_rows``: reuse an earlier base scoring."""
+def score_run(run_dir: Path) -> dict[str, Any]:
+    """Base vs adapter on ``run_dir``'s suites, paired on the same items."""
     from peft import PeftModel
 
     from devft_lab.core.device import autocast_context
-    from devft_lab.core.evaluate import evaluate_suites, paired_bootstrap
+    from devft_lab.core.evaluate import evaluate_suites, paired_bootstrap, summarise
     from devft_lab.core.models import load_model
     from devft_lab.runner.config import load_config
 
@@ -39,20 +39,18 @@ def score_run(run_dir: Path, base_rows: list | None = None) -> dict[str, Any]:
               template=cfg.data.template)
     t0 = time.perf_counter()
     with autocast_context("cpu", dtype):
-        base = evaluate_suites(model, tok, **kw) if base_rows is None else None
+        base = evaluate_suites(model, tok, **kw)
         tuned_model = PeftModel.from_pretrained(model, str(run_dir / "adapter"))
         tuned = evaluate_suites(tuned_model, tok, **kw)
-    rows_base = base["items"] if base is not None else base_rows
+    rows_base = base["items"]
     lo, hi = paired_bootstrap(rows_base, tuned["items"], n_boot=2000, seed=0)
-    from devft_lab.core.evaluate import summarise
-
     b = summarise(rows_base)
     return {"run": str(run_dir), "seed": cfg.train.seed, "dtype": dtype, "n": len(rows_base),
             "base_acc": b["avg"], "acc": tuned["avg"], "gain": tuned["avg"] - b["avg"], "ci95": [lo, hi],
             "base_answer_nll": b.get("answer_nll"), "answer_nll": tuned.get("answer_nll"),
             "per_task": {s: {t: [b["suites"][s]["tasks"][t]["acc"], v["acc"]] for t, v in d["tasks"].items()}
                          for s, d in tuned["suites"].items()},
-            "score_s": round(time.perf_counter() - t0, 1), "_base_items": rows_base}
+            "score_s": round(time.perf_counter() - t0, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     res = []
     for r in args.runs:
         out = score_run(r)
-        out.pop("_base_items")
         res.append(out)
         print(json.dumps({k: v for k, v in out.items() if k != "per_task"}), flush=True)
     if args.out:
