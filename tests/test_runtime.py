@@ -173,3 +173,24 @@ def test_untrained_evaluation_is_scored_once_and_shared_by_methods(tmp_path, mon
     assert "answer_nll" in ia and ia["answer_nll"] > 0  # the correct answers' loss per token
     _run(tmp_path, "c", "eval.suites=[indist]", "eval.max_per_task=3")  # other items: scored anew
     assert len(list((tmp_path / "cache" / "base_eval").glob("*.json"))) == 2
+
+
+def test_run_keeps_its_scored_items_and_they_reproduce_its_accuracy(tmp_path, monkeypatch):
+    """initial_items.jsonl / final_items.jsonl hold every scored item (cached or not), on the same
+    items, and summarising them gives the accuracy the summary reports: a table can pair two runs
+    item by item without re-scoring their adapters."""
+    from devft_lab.core.evaluate import paired_bootstrap, summarise
+    from devft_lab.runner.run import read_items
+
+    monkeypatch.setenv("DEVFT_LAB_CACHE", str(tmp_path / "cache"))
+    s_a, a = _run(tmp_path, "a", "eval.suites=[indist]", "eval.max_per_task=3")
+    s_b, b = _run(tmp_path, "b", "eval.suites=[indist]", "eval.max_per_task=3", "fed.strategy=fedsa")
+    for s, d in ((s_a, a), (s_b, b)):
+        init, final = read_items(d / "initial_items.jsonl"), read_items(d / "final_items.jsonl")
+        assert len(init) == len(final) == summarise(final)["n"] > 0
+        assert {(r["suite"], r["id"]) for r in init} == {(r["suite"], r["id"]) for r in final}
+        assert summarise(final)["avg"] == pytest.approx(s["final"]["acc"])
+        assert summarise(init)["avg"] == pytest.approx(s["initial"]["acc"])
+    assert read_items(a / "initial_items.jsonl") == read_items(b / "initial_items.jsonl")  # b read a's cache
+    lo, hi = paired_bootstrap(read_items(a / "final_items.jsonl"), read_items(b / "final_items.jsonl"))
+    assert lo <= s_b["final"]["acc"] - s_a["final"]["acc"] <= hi

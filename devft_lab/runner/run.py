@@ -10,6 +10,7 @@ newest checkpoint with the config saved in the folder. A run folder holds::
     rounds.csv       the same as a table
     checkpoints/     the newest complete state (atomic; safetensors + JSON)
     summary.json     totals and final metrics, written when the run ends
+    initial_items.jsonl, final_items.jsonl   every scored item before / after training (pairs runs)
 """
 from __future__ import annotations
 
@@ -155,6 +156,7 @@ def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict], compute_dtype
                                   seed=cfg.train.seed, template=cfg.data.template)
             from devft_lab.data.lab import suite_name
 
+            evaluate.last_items = [item_row(r) for r in res["items"]]  # kept by _run beside the summary
             out["acc"] = float(res["avg"])
             if "answer_nll" in res:  # the correct answers' loss per token, on the same items
                 out["answer_nll"] = float(res["answer_nll"])
@@ -164,7 +166,29 @@ def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict], compute_dtype
         return out
 
     evaluate.fingerprint = _eval_fingerprint(cfg, holdout)  # what it scores (see base_eval_cache)
+    evaluate.last_items = []
     return evaluate
+
+
+def item_row(r: dict[str, Any]) -> dict[str, Any]:
+    """One scored item as kept in a run folder (``initial_items.jsonl``, ``final_items.jsonl``):
+    enough to pair two runs item by item (:func:`devft_lab.core.evaluate.paired_bootstrap`)."""
+    return {k: r[k] for k in ("suite", "id", "task", "pred", "correct", "correct_norm", "answer_nll") if k in r}
+
+
+def write_items(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Per-item rows as JSON lines, written atomically."""
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_items(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows written by :func:`write_items` (empty if the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _eval_fingerprint(cfg: RunConfig, holdout: list[dict]) -> str:
@@ -349,17 +373,23 @@ def _run(parts: Parts, run_dir: Path, quiet: bool, resume: bool) -> dict[str, An
             t0 = time.perf_counter()
             cached = base_eval_cache(parts.cfg, parts.compute.get("dtype", "float32"), getattr(parts.evaluator, "fingerprint", ""))
             cached.parent.mkdir(parents=True, exist_ok=True)
-            if cached.exists():  # the same base model, items and held-out set: scored before
-                base = json.loads(cached.read_text())
+            base = json.loads(cached.read_text()) if cached.exists() else {}
+            items = base.pop("items", None)
+            if base and (items is not None or not parts.cfg.eval.suites):  # scored before: same model and items
                 log(f"before training (cached, {cached}): {_fmt(base)}")
             else:
                 base = parts.evaluator(parts.model)  # every adapter starts with B = 0: the base model
-                dump_json(cached, base)
+                items = list(getattr(parts.evaluator, "last_items", []))
+                dump_json(cached, {**base, "items": items})
                 log(f"before training: {_fmt(base)}")
             dump_json(run_dir / "initial_eval.json", {**base, "eval_s": time.perf_counter() - t0})
+            if items:
+                write_items(run_dir / "initial_items.jsonl", items)
     summary = sim.run()
     if sim.state.done:
         export_adapter(parts, final_state(sim), run_dir / "adapter")
+        if getattr(parts.evaluator, "last_items", None):  # the final evaluation, item by item
+            write_items(run_dir / "final_items.jsonl", parts.evaluator.last_items)
     last = {}
     for row in sim.ledger.rows:
         last.update({k: v for k, v in row["extra"].items() if k in ("eval_loss", "answer_nll") or k.startswith("acc")})

@@ -61,7 +61,7 @@ SCALES: dict[str, Scale] = {
     "smoke": Scale("smoke", "tiny", ("fed.num_rounds=4", "devft.rounds_per_stage=null", "eval.holdout=8",
                                      "eval.every_n_rounds=1"),
                    "tiny random 8-layer model, 4 rounds, held-out loss: checks the machinery, not the paper"),
-    "lab": Scale("lab", "smollm2_lab", (), "SmolLM2-135M on the lab benchmark (devft_lab/runner/configs/smollm2_lab.yaml)"),
+    "lab": Scale("lab", "lab", (), "SmolLM2-135M on the lab v2 benchmark (devft_lab/runner/configs/lab.yaml)"),
     "paper": Scale("paper", "llama2_7b", (), "paper-scale config; needs a GPU, bitsandbytes and the network"),
 }
 
