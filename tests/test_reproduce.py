@@ -407,3 +407,36 @@ def test_a_written_reading_is_kept_when_the_table_is_regenerated(tmp_path):
 ])
 def test_the_recorded_command_is_the_one_that_trains_every_cell(argv, expected):
     assert rp.table_command(argv) == expected
+
+
+def _items(correct, task="t"):
+    return [{"suite": "indist", "id": f"{task}{i}", "task": task, "correct": bool(c), "correct_norm": bool(c)}
+            for i, c in enumerate(correct)]
+
+
+def test_paired_items_gap_is_the_accuracy_difference_and_pools_seeds():
+    """Per seed the gap is the difference of the two accuracies on the same items; the pooled
+    gap is their mean; its interval holds it, narrows with more seeds, flips sign with the order,
+    and collapses to zero for identical rows."""
+    import random
+
+    from devft_lab.core.evaluate import summarise
+    from devft_lab.experiments.reproduce.stats import paired_items
+
+    rng = random.Random(0)
+    a = {s: _items([rng.random() < 0.6 for _ in range(200)]) for s in (1, 2, 3)}
+    b = {s: _items([rng.random() < 0.5 for _ in range(200)]) for s in (1, 2, 3)}
+    g = paired_items(a, b)
+    for s in (1, 2, 3):
+        assert g["per_seed"][s]["gap"] == pytest.approx(summarise(a[s])["avg"] - summarise(b[s])["avg"])
+        lo, hi = g["per_seed"][s]["ci95"]
+        assert lo <= g["per_seed"][s]["gap"] <= hi
+    assert g["mean"] == pytest.approx(sum(g["per_seed"][s]["gap"] for s in (1, 2, 3)) / 3)
+    assert g["ci95"][0] <= g["mean"] <= g["ci95"][1]
+    one = paired_items({1: a[1]}, {1: b[1]})
+    assert g["half_width"] < one["half_width"]  # three seeds' items pin the gap down better than one
+    rev = paired_items(b, a)
+    assert rev["mean"] == pytest.approx(-g["mean"])
+    same = paired_items(a, a)
+    assert same["mean"] == 0 and same["ci95"] == [0.0, 0.0]
+    assert paired_items(a, {})["mean"] is None  # no shared seed: nothing to pair

@@ -452,6 +452,14 @@ def paired_bootstrap(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str
     Items are matched by (suite, id) and resampled with replacement within each task, so
     each replicate keeps the suite/task structure of :func:`summarise`'s ``avg``.
     """
+    diffs = bootstrap_gaps(rows_a, rows_b, n_boot, seed, key)
+    return float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
+
+
+def bootstrap_gaps(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]], n_boot: int = 2000,
+                   seed: int = 0, key: str = "correct") -> np.ndarray:
+    """``n_boot`` paired-bootstrap replicates of ``avg(b) - avg(a)`` in percent points (see
+    :func:`paired_bootstrap`); averaging the replicates of several seeds pools them."""
     a = {(r["suite"], r["id"]): r for r in rows_a}
     b = {(r["suite"], r["id"]): r for r in rows_b}
     if set(a) != set(b):
@@ -470,5 +478,4 @@ def paired_bootstrap(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str
             idx = rng.integers(0, len(d), size=(n_boot, len(d)))
             suite_diff += d[idx].mean(axis=1)
         diffs += suite_diff / len(task_keys)
-    diffs = 100.0 * diffs / len(suites)
-    return float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
+    return 100.0 * diffs / len(suites)

@@ -20,8 +20,10 @@ from typing import Any
 import torch
 
 
-def score_run(run_dir: Path) -> dict[str, Any]:
-    """Base vs adapter on ``run_dir``'s suites, paired on the same items."""
+def score_run(run_dir: Path, write_items: bool = False) -> dict[str, Any]:
+    """Base vs adapter on ``run_dir``'s suites, paired on the same items; with ``write_items``
+    the scored items go into the run folder as ``initial_items.jsonl`` / ``final_items.jsonl``
+    where it has none (runs made before runs kept them)."""
     from peft import PeftModel
 
     from devft_lab.core.device import autocast_context
@@ -43,6 +45,12 @@ def score_run(run_dir: Path) -> dict[str, Any]:
         tuned_model = PeftModel.from_pretrained(model, str(run_dir / "adapter"))
         tuned = evaluate_suites(tuned_model, tok, **kw)
     rows_base = base["items"]
+    if write_items:
+        from devft_lab.runner.run import item_row, write_items as write
+
+        for name, res in (("initial_items.jsonl", base), ("final_items.jsonl", tuned)):
+            if not (run_dir / name).exists():
+                write(run_dir / name, [item_row({**r}) for r in res["items"]])
     lo, hi = paired_bootstrap(rows_base, tuned["items"], n_boot=2000, seed=0)
     b = summarise(rows_base)
     return {"run": str(run_dir), "seed": cfg.train.seed, "dtype": dtype, "n": len(rows_base),
@@ -57,10 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m devft_lab.experiments.adapter_gain", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--out", default=None, help="write <out>.json and <out>.md")
+    p.add_argument("--write-items", action="store_true", help="keep the scored items in each run folder "
+                   "(initial_items.jsonl, final_items.jsonl) where it has none")
     args = p.parse_args(argv)
     res = []
     for r in args.runs:
-        out = score_run(r)
+        out = score_run(r, write_items=args.write_items)
         res.append(out)
         print(json.dumps({k: v for k, v in out.items() if k != "per_task"}), flush=True)
     if args.out:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from devft_lab.experiments.reproduce.cells import PAPER_ABLATION, PAPER_COMPAT, PAPER_GROWTH, TABLES, V
-from devft_lab.experiments.reproduce.stats import Finished, _wall, fmt, paired, ratio, row_metrics
+from devft_lab.experiments.reproduce.stats import Finished, _wall, fmt, fmt_ci, paired, paired_items, ratio, row_metrics
 
 
 # --------------------------------------------------------------------------- readings (generated)
@@ -49,11 +49,21 @@ def reading(table: str, fin: dict[str, Finished], metric: str, higher: bool, ext
             g = {**g, "mean": -g["mean"]}
         return g
 
+    def items(a: str, b: str) -> str:
+        """The gap paired item by item, pooled over seeds, and whether its 95% interval excludes 0."""
+        g = paired_items(fin.get(a, Finished()).items, fin.get(b, Finished()).items)
+        if g["mean"] is None:
+            return ""
+        lo, hi = g["ci95"]
+        verdict = ("the interval excludes zero" if lo > 0 or hi < 0 else "the interval includes zero")
+        return (f" Paired item by item over seeds {', '.join(map(str, g['seeds']))}: {fmt_ci(g)} points "
+                f"(95%, half-width {g['half_width']:.1f}); {verdict}.")
+
     if table == "main":
         g = gap("devft", "fedit")
         lines.append(f"DevFT − FedIT ({'improvement in ' + name}, paired by seed): {sign(g)}{rel(g, 'fedit')}. "
                      f"The paper reports +2.06 (LLaMA2-7B), +8.90 (LLaMA3.1-8B), +4.19 (LLaMA2-13B); "
-                     f"this lab gap {_direction(g)}.")
+                     f"this lab gap {_direction(g)}.{items('devft', 'fedit')}")
         means = {k: row_metrics(f.summaries).get(metric, {}).get("mean") for k, f in fin.items() if f.summaries}
         order = [k for k, _ in sorted(((k, v) for k, v in means.items() if v is not None),
                                       key=lambda kv: better * kv[1])]
@@ -65,7 +75,7 @@ def reading(table: str, fin: dict[str, Finished], metric: str, higher: bool, ext
         for k in ("progfed", "fedsa-lora"):
             g2 = gap("devft", k)
             if g2["mean"] is not None:
-                lines.append(f"DevFT − {V[k].label}: {sign(g2)}.")
+                lines.append(f"DevFT − {V[k].label}: {sign(g2)}.{items('devft', k)}")
     elif table == "ablation":
         drops = {}
         for k in TABLES["ablation"][1:]:
@@ -75,6 +85,7 @@ def reading(table: str, fin: dict[str, Finished], metric: str, higher: bool, ext
             lines.append(f"{V[k].label}: drop vs full DevFT {sign(g)}{rel(g, 'devft')}{paper}; this {_direction(g)}."
                          if k in PAPER_ABLATION else
                          f"{V[k].label}: drop vs full DevFT {sign(g)}{rel(g, 'devft')} (not in the paper).")
+            lines[-1] += items("devft", k)
         have = {k: d["mean"] for k, d in drops.items() if d["mean"] is not None and k in PAPER_ABLATION}
         if len(have) > 1:
             lab = sorted(have, key=lambda k: -have[k])
@@ -88,14 +99,16 @@ def reading(table: str, fin: dict[str, Finished], metric: str, higher: bool, ext
         c = ratio(a, b, lambda s: s.get("paper_bytes"))
         fl = ratio(a, b, lambda s: s.get("flops_estimate"))
         lines.append(f"FedSA-LoRA + DevFT − FedSA-LoRA: {sign(g)}{rel(g, 'fedsa-lora')}; the paper reports +"
-                     f"{PAPER_COMPAT['score_gain_pct']}% on LLaMA2-7B; this {_direction(g)}.")
+                     f"{PAPER_COMPAT['score_gain_pct']}% on LLaMA2-7B; this {_direction(g)}."
+                     f"{items('fedsa-lora-devft', 'fedsa-lora')}")
         lines.append(f"Training time {fmt(t)}x less (paper {PAPER_COMPAT['time_x_less']}x), client FLOPs "
                      f"{fmt(fl)}x less, LoRA uplink {fmt(c)}x less (paper {PAPER_COMPAT['comm_x_less']}x).")
     elif table == "growth":
         for k in ("growth-x4", "growth-x8"):
             g = gap("devft", k)
             lines.append(f"x2 − {k[-2:]} (positive: x2 is better): {sign(g)}{rel(g, k)}; the paper (one secondary source) says x4/x8 cost "
-                         f"{PAPER_GROWTH['drop_pct_x4_x8_vs_x2']}% on LLaMA2-13B; this {_direction(g)}.")
+                         f"{PAPER_GROWTH['drop_pct_x4_x8_vs_x2']}% on LLaMA2-13B; this {_direction(g)}."
+                         f"{items('devft', k)}")
     elif table == "efficiency":
         tt = extra.get("to_target", {})
         none = extra.get("target", {}).get("no_target_seeds") or []

@@ -35,6 +35,8 @@ class Finished:
     summaries: dict[int, dict] = field(default_factory=dict)
     metas: dict[int, dict] = field(default_factory=dict)
     paths: dict[int, Path] = field(default_factory=dict)
+    items: dict[int, list[dict]] = field(default_factory=dict)  # final_items.jsonl, where the run kept it
+    initial_items: dict[int, list[dict]] = field(default_factory=dict)  # initial_items.jsonl (untrained model)
 
 
 def collect(plan: Plan, cells: Sequence[Cell]) -> dict[str, Finished]:
@@ -47,6 +49,14 @@ def collect(plan: Plan, cells: Sequence[Cell]) -> dict[str, Finished]:
             f.summaries[c.seed] = _json(d / "summary.json")
             f.metas[c.seed] = _json(d / "meta.json")
             f.paths[c.seed] = d
+            from devft_lab.runner.run import read_items
+
+            rows = read_items(d / "final_items.jsonl")
+            if rows:
+                f.items[c.seed] = rows
+            rows = read_items(d / "initial_items.jsonl")
+            if rows:
+                f.initial_items[c.seed] = rows
     return out
 
 
@@ -76,6 +86,40 @@ def paired(a: dict[int, dict], b: dict[int, dict], metric: str) -> dict[str, Any
     diffs = [a[s]["final"][metric] - b[s]["final"][metric] for s in seeds
              if metric in a[s].get("final", {}) and metric in b[s].get("final", {})]
     return {**mean_std(diffs), "seeds": seeds}
+
+
+def paired_items(a: dict[int, list[dict]], b: dict[int, list[dict]], n_boot: int = 2000) -> dict[str, Any]:
+    """a - b in accuracy points, paired item by item within each seed and pooled over the seeds
+    where both kept their scored items: ``mean`` (mean over seeds of the per-seed gap), a 95%
+    ``ci95`` from averaging the seeds' paired-bootstrap replicates (items resampled within task;
+    it measures the evaluation items' noise given the trained runs, not seed-to-seed training noise,
+    which ``paired``'s std shows), ``half_width`` and ``per_seed`` gaps with their own intervals."""
+    import numpy as np
+
+    from devft_lab.core.evaluate import bootstrap_gaps, summarise
+
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return {"mean": None, "ci95": None, "half_width": None, "seeds": [], "per_seed": {}}
+    reps, per = [], {}
+    for s in seeds:
+        r = bootstrap_gaps(b[s], a[s], n_boot=n_boot, seed=s)  # avg(a) - avg(b)
+        g = summarise(a[s])["avg"] - summarise(b[s])["avg"]
+        per[s] = {"gap": g, "ci95": [float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5))],
+                  "items": len(a[s])}
+        reps.append(r)
+    pooled = np.mean(reps, axis=0)
+    lo, hi = float(np.percentile(pooled, 2.5)), float(np.percentile(pooled, 97.5))
+    return {"mean": float(np.mean([per[s]["gap"] for s in seeds])), "ci95": [lo, hi], "half_width": (hi - lo) / 2,
+            "seeds": seeds, "per_seed": per}
+
+
+def fmt_ci(g: dict[str, Any] | None, digits: int = 1) -> str:
+    """``+1.2 [-0.9, +3.4]`` (a pooled paired gap and its 95% interval), ``-`` without items."""
+    if not g or g.get("mean") is None:
+        return "-"
+    lo, hi = g["ci95"]
+    return f"{g['mean']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
 def ratio(a: dict[int, dict], b: dict[int, dict], get: Callable[[dict], float | None]) -> dict[str, Any]:

@@ -12,8 +12,11 @@ from devft_lab.experiments.reproduce.cells import (Cell, NOT_IMPLEMENTED, PAPER_
                                                    PAPER_GROWTH, PAPER_MAIN, Plan, ROW_LABELS, TABLES, V,
                                                    cells_of)
 from devft_lab.experiments.reproduce.readings import reading
-from devft_lab.experiments.reproduce.stats import (Finished, _wall, collect, efficiency, fmt, headline,
-                                                   paired, ratio, row_metrics)
+from devft_lab.experiments.reproduce.stats import (Finished, _wall, collect, efficiency, fmt, fmt_ci, headline,
+                                                   paired, paired_items, ratio, row_metrics)
+
+# The row each table's item-paired gaps are taken against.
+REFERENCE = {"main": "fedit", "efficiency": "fedit", "ablation": "devft", "growth": "devft", "compat": "fedsa-lora"}
 
 
 # --------------------------------------------------------------------------- building a table
@@ -45,7 +48,11 @@ def build_table(plan: Plan, table: str, seeds: Sequence[int], command: str) -> d
             "capacities": _capacities(plan, key, f),
             "config_hashes": {c.name: config_hash(plan.config(c)) for c in cells if c.variant.key == key},
             "run_dirs": {str(s): str(p) for s, p in f.paths.items()},
+            "gain_items": paired_items(f.items, f.initial_items),  # trained - untrained, same items
         }
+        ref = REFERENCE[table]
+        if key != ref:
+            row["vs_ref_items"] = {"ref": ref, **paired_items(f.items, fin[ref].items)}
         if table == "main":
             row["paper"] = PAPER_MAIN.get(key, {})
         elif table == "ablation" and key != "devft":
@@ -69,7 +76,8 @@ def build_table(plan: Plan, table: str, seeds: Sequence[int], command: str) -> d
                  "paper_bytes_x_less": ratio(a, b, lambda s: s.get("paper_bytes")),
                  "full_bytes_x_less": ratio(a, b, lambda s: s.get("full_bytes"))}
     elif table == "main":
-        extra = {"devft_minus_fedit": paired(fin["devft"].summaries, fin["fedit"].summaries, metric)}
+        extra = {"devft_minus_fedit": paired(fin["devft"].summaries, fin["fedit"].summaries, metric),
+                 "devft_minus_fedit_items": paired_items(fin["devft"].items, fin["fedit"].items)}
     total = len(cells)
     machines = sorted({m.get("machine", "?") for f in fin.values() for m in f.metas.values()})
     return {
@@ -93,10 +101,18 @@ def to_markdown(t: dict[str, Any]) -> str:
     if t["run_machines"]:
         out.append(f"Runs trained on: {'; '.join(t['run_machines'])}")
     out.append("")
+    if any(r.get("gain_items", {}).get("mean") is not None for r in t["rows"]):
+        out += ["Gaps in brackets are paired item by item within each seed (same evaluation items), "
+                "pooled over the seeds both rows have, with a 95% paired-bootstrap interval (items resampled "
+                "within task); they measure evaluation noise given the trained runs, while ± is the spread "
+                "over training seeds.", ""]
     suites = sorted({k for r in t["rows"] for k in r["metrics"] if k.startswith("acc_")})
     if t["table"] != "efficiency":
-        cols = ["method", "stage layers", f"final {m}", *suites, f"initial {m}", "train+agg s", "LoRA uplink MB", "full MB",
-                "seeds", "cells"]
+        ref = V[REFERENCE[t["table"]]].label
+        nll = any("answer_nll" in r["metrics"] for r in t["rows"])
+        cols = ["method", "stage layers", f"final {m}", "gain over untrained [95% CI]", f"− {ref} [95% CI]",
+                *(["answer_nll"] if nll else []), *suites, f"initial {m}", "train+agg s", "LoRA uplink MB",
+                "full MB", "seeds", "cells"]
         paper_cols = (list(PAPER_COLUMNS) if t["table"] == "main" and not t["paper_column"]
                       else [t["paper_column"]] if t["table"] == "main" else [])
         head = cols + [f"paper {c}" for c in paper_cols]
@@ -112,8 +128,9 @@ def to_markdown(t: dict[str, Any]) -> str:
             else:
                 x = r["metrics"]
                 caps = "→".join(map(str, r["capacities"])) if r.get("capacities") else "-"
-                cells = [r["method"], caps, fmt(x.get(m), 3 if m == "eval_loss" else 2),
-                         *[fmt(x.get(s)) for s in suites], fmt(x.get(f"initial_{m}"), 3 if m == "eval_loss" else 2),
+                cells = [r["method"], caps, fmt(x.get(m), 3 if m == "eval_loss" else 2), fmt_ci(r.get("gain_items")),
+                         fmt_ci(r.get("vs_ref_items")) if "vs_ref_items" in r else "(reference)",
+                         *([fmt(x.get("answer_nll"), 3)] if nll else []), *[fmt(x.get(s)) for s in suites], fmt(x.get(f"initial_{m}"), 3 if m == "eval_loss" else 2),
                          fmt(x.get("train_s"), 1), fmt(x.get("paper_bytes"), 2, 1e6), fmt(x.get("full_bytes"), 2, 1e6),
                          ", ".join(map(str, r["seeds"])) or "-", r["cells"]]
                 if t["table"] in ("ablation", "growth"):
