@@ -196,3 +196,12 @@ def test_run_keeps_its_scored_items_and_they_reproduce_its_accuracy(tmp_path, mo
     assert read_items(a / "initial_items.jsonl") == read_items(b / "initial_items.jsonl")  # b read a's cache
     lo, hi = paired_bootstrap(read_items(a / "final_items.jsonl"), read_items(b / "final_items.jsonl"))
     assert lo <= s_b["final"]["acc"] - s_a["final"]["acc"] <= hi
+
+
+def test_eval_stage_ends_false_evaluates_only_at_the_end(tmp_path):
+    """With eval.stage_ends=false a staged run is scored once, after its last round; the default
+    scores every stage's end."""
+    _, a = _run(tmp_path, "a", "devft.rounds_per_stage=1")
+    _, b = _run(tmp_path, "b", "devft.rounds_per_stage=1", "eval.stage_ends=false")
+    evaluated = [[r["round"] for r in _rows(d) if "eval_loss" in r["extra"]] for d in (a, b)]
+    assert evaluated == [[0, 1, 2, 3], [3]]

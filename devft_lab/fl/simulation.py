@@ -48,6 +48,7 @@ class SimulationSettings:
     lr_min: float = 0.0
     lr_schedule: str = "cosine"
     eval_every: int = 0  # rounds; 0: at the end of each stage only
+    eval_stage_ends: bool = True  # False: at the end of the run only (and every ``eval_every`` rounds)
     checkpoint_every: int = 1  # rounds; the end of every stage is always saved
     config_hash: str | None = None
     lora_scaling: float = 1.0  # alpha / r, for strategies that merge adapters into the base (FLoRA)
@@ -237,7 +238,8 @@ class Simulation:
                       "capacity": sm.info.get("capacity")}
         last_of_stage = st.stage_round == sm.rounds
         due = self.s.eval_every and st.round % self.s.eval_every == 0
-        if self.evaluator is not None and (last_of_stage or due):
+        last_of_run = st.round == self.total_rounds
+        if self.evaluator is not None and ((last_of_stage and self.s.eval_stage_ends) or last_of_run or due):
             t2 = time.perf_counter()
             cost.extra.update(self.evaluate())
             cost.eval_s = time.perf_counter() - t2

@@ -146,6 +146,7 @@ class DevFTConfig:
 @dataclass
 class EvalConfig:
     every_n_rounds: int = 0  # 0: only at the end of each stage and of the run
+    stage_ends: bool = True  # false: skip the evaluations at the ends of the stages before the last
     suites: list[str] = field(default_factory=list)  # lab suite names and/or your own .jsonl files
     max_per_task: int | None = None
     holdout: int = 0  # pool examples kept out of training for a held-out loss (0: none)
