@@ -21,3 +21,27 @@ def test_model_list(capsys):
     assert main(["model", "list"]) == 0
     out = capsys.readouterr().out
     assert "smollm2-135m" in out and "Apache-2.0" in out and "tiny-gemma3" in out
+
+
+def test_demo_summary_pairs_before_and_after_on_the_same_items(tmp_path, monkeypatch, capsys):
+    """The demo's summary line gives the gain with its paired 95% interval over the scored items,
+    and the numbers are the run's own."""
+    import json
+    import re
+
+    from devft_lab.runner.demo import main
+
+    monkeypatch.setenv("DEVFT_LAB_CACHE", str(tmp_path / "cache"))
+    main(model_name="tiny-llama", quiet=True, overrides=[
+        f"out_dir={tmp_path}", "fed.num_rounds=4", "data.source=tiny", "data.partitioner=iid", "data.partitioner_params={}", "data.num_clients=4",
+        "data.min_samples=4", "fed.clients_per_round=2", "train.local_steps=1", "train.batch_size=2",
+        "train.seq_len=64", "eval.max_per_task=2", "model.dtype=float32"])
+    out = capsys.readouterr().out
+    m = re.search(r"acc\s+([\d.]+) % before -> ([\d.]+) % after \(([+-][\d.]+), paired 95% CI \[([+-][\d.]+), "
+                  r"([+-][\d.]+)\] over (\d+) items\)", out)
+    assert m, out
+    before, after, gain, lo, hi, n = map(float, m.groups())
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert round(summary["final"]["acc"], 1) == after and round(summary["initial"]["acc"], 1) == before
+    assert lo <= gain <= hi and n == 8  # four in-distribution tasks, two items each
+    assert "answer loss" in out and " min in all" in out
