@@ -205,3 +205,15 @@ def test_eval_stage_ends_false_evaluates_only_at_the_end(tmp_path):
     _, b = _run(tmp_path, "b", "devft.rounds_per_stage=1", "eval.stage_ends=false")
     evaluated = [[r["round"] for r in _rows(d) if "eval_loss" in r["extra"]] for d in (a, b)]
     assert evaluated == [[0, 1, 2, 3], [3]]
+
+
+def test_start_or_reuse_reads_a_finished_run_of_the_same_config_only(tmp_path):
+    from devft_lab.runner.run import start_or_reuse
+
+    cfg = load_config("tiny", [*BASE, f"out_dir={tmp_path}", "name=r"])
+    s1, reused1 = start_or_reuse(cfg, quiet=True)
+    s2, reused2 = start_or_reuse(cfg, quiet=True)
+    assert (reused1, reused2) == (False, True) and s2 == json.loads((tmp_path / "r" / "summary.json").read_text())
+    other = load_config("tiny", [*BASE, f"out_dir={tmp_path}", "name=r", "train.lr=2e-3"])
+    _, reused3 = start_or_reuse(other, quiet=True)  # another training config: trained anew
+    assert reused3 is False and load_config(tmp_path / "r" / "config.yaml").train.lr == 2e-3

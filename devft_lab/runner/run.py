@@ -328,6 +328,29 @@ def start(cfg: RunConfig, force: bool = False, quiet: bool = False, command: str
     return _run(parts, run_dir, quiet, resume=False)
 
 
+def finished_run(cfg: RunConfig) -> dict[str, Any] | None:
+    """The summary of a finished run of exactly ``cfg`` (same training config hash and the same
+    evaluation) in ``out_dir/name``, or None."""
+    run_dir = run_dir_of(cfg)
+    try:
+        meta = json.loads((run_dir / "meta.json").read_text())
+        summary = json.loads((run_dir / "summary.json").read_text())
+        saved = load_config(run_dir / "config.yaml")
+    except (OSError, ValueError):
+        return None
+    same = meta.get("config_hash") == config_hash(cfg) and saved.eval == cfg.eval
+    return summary if same and summary.get("done") else None
+
+
+def start_or_reuse(cfg: RunConfig, quiet: bool = False) -> tuple[dict[str, Any], bool]:
+    """``(summary, reused)``: read a finished run of the same config (e.g. the one ``make demo``
+    left) instead of training it again; otherwise start it (replacing what is there)."""
+    summary = finished_run(cfg)
+    if summary is not None:
+        return summary, True
+    return start(cfg, force=True, quiet=quiet), False
+
+
 def resume(run_dir: str | os.PathLike, quiet: bool = False) -> dict[str, Any]:
     """Continue a run from its newest checkpoint (with the config saved in the folder)."""
     run_dir = Path(run_dir)
