@@ -1,0 +1,80 @@
+"""The committed lab runs, read for the notebooks: what a reader should expect, and the
+compute-matched figure with their own run on top.
+
+The main table's cells (``devft-lab reproduce main --scale lab``, in
+``results/repro/lab/main/<method>-s<seed>``) are the reference: the same config as ``make demo``
+(DevFT) and ``devft-lab run lab`` (FedIT), three seeds each.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from devft_lab.experiments import compute_matched as cm
+
+LABELS = {"fedit": "FedIT", "devft": "DevFT", "progfed": "ProgFed", "fedsa-lora": "FedSA-LoRA"}
+
+
+def lab_cells(root: str | Path, methods: Sequence[str] = ("fedit", "devft"), table: str = "main",
+              scale: str = "lab") -> dict[str, dict[int, Path]]:
+    """``{method: {seed: run folder}}`` of the finished committed cells under ``root/results``."""
+    out: dict[str, dict[int, Path]] = {}
+    base = Path(root) / "results" / "repro" / scale / table
+    for m in methods:
+        for d in sorted(base.glob(f"{m}-s*")):
+            try:
+                done = json.loads((d / "summary.json").read_text()).get("done")
+            except (OSError, ValueError):
+                done = False
+            seed = d.name.rsplit("-s", 1)[-1]
+            if done and seed.isdigit():
+                out.setdefault(m, {})[int(seed)] = d
+    return out
+
+
+def _ms(xs: Sequence[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
+
+
+def expectations(cells: dict[str, dict[int, Path]]) -> dict[str, dict[str, Any]]:
+    """Per method: final accuracy and answer loss (mean, std over seeds), the untrained model's,
+    and the run's wall time in minutes (mean, std), from the cells' summaries."""
+    out = {}
+    for m, by in cells.items():
+        ss = [json.loads((d / "summary.json").read_text()) for d in by.values()]
+        out[m] = {"seeds": sorted(by), "acc": _ms([s["final"]["acc"] for s in ss]),
+                  "answer_nll": _ms([s["final"]["answer_nll"] for s in ss]),
+                  "untrained_acc": _ms([s["initial"]["acc"] for s in ss]),
+                  "minutes": _ms([s.get("wall_s", s.get("train_s", 0.0)) / 60 for s in ss])}
+    return out
+
+
+def expectation_line(exp: dict[str, dict[str, Any]], method: str = "devft") -> str:
+    """"You should see X ± Y % (untrained Z %) in about W minutes" for ``method``, with FedIT beside it."""
+    e = exp[method]
+    line = (f"You should see {LABELS.get(method, method)} end at {e['acc'][0]:.1f} ± {e['acc'][1]:.1f} % "
+            f"(untrained model {e['untrained_acc'][0]:.1f} %) in about {e['minutes'][0]:.0f} minutes on 2 CPU cores "
+            f"(committed seeds {', '.join(map(str, e['seeds']))}; ± is the spread over seeds)")
+    if method != "fedit" and "fedit" in exp:
+        f = exp["fedit"]
+        line += (f"; FedIT, the same federation without stages, ends at {f['acc'][0]:.1f} ± {f['acc'][1]:.1f} % "
+                 f"in about {f['minutes'][0]:.0f} minutes")
+    return line + "."
+
+
+def figure(cells: dict[str, dict[int, Path]], own: dict[str, Path] | None = None):
+    """The compute-matched figure of the committed cells (mean ± std over seeds, untrained line),
+    with ``own`` runs (label -> run folder) as single-seed lines on top."""
+    runs: dict[str, dict[int, Path]] = {m: dict(by) for m, by in cells.items()}
+    for label, d in (own or {}).items():
+        runs[label] = {0: Path(d)}
+    if "fedit" not in runs:
+        runs["fedit"] = next(iter(runs.values()))  # no committed FedIT: targets from the first row
+    data = cm.build(runs)
+    labels = {**LABELS, **{k: f"{k} (this notebook)" for k in (own or {})}}
+    for k, by in cells.items():
+        labels[k] = f"{LABELS.get(k, k)}, committed"
+    return cm.plot(data, labels=labels)
