@@ -78,3 +78,20 @@ def figure(cells: dict[str, dict[int, Path]], own: dict[str, Path] | None = None
     for k, by in cells.items():
         labels[k] = f"{LABELS.get(k, k)}, committed"
     return cm.plot(data, labels=labels)
+
+
+def paired_gap(cells: dict[str, dict[int, Path]], a: str = "devft", b: str = "fedit") -> dict[str, Any]:
+    """``a - b`` in accuracy points, paired item by item within each seed and pooled over seeds
+    (:func:`devft_lab.experiments.reproduce.stats.paired_items`), from the runs' scored items."""
+    from devft_lab.experiments.reproduce.stats import paired_items
+    from devft_lab.runner.run import read_items
+
+    def items(m: str) -> dict[int, list[dict]]:
+        out = {}
+        for s, d in cells.get(m, {}).items():
+            rows = read_items(Path(d) / "final_items.jsonl")
+            if rows:
+                out[s] = rows
+        return out
+
+    return paired_items(items(a), items(b))
