@@ -113,9 +113,12 @@ def plot(data: dict[str, Any], out: str | Path | None = None, labels: dict[str, 
         for row, key in enumerate(("acc", "answer_nll")):
             for col, (x, scale) in enumerate((("flops", 1e12), ("train_s", 60.0))):
                 ax = axes[row][col]
+                sparse = len(pts) <= 2  # evaluated before and after only: the line is no curve
                 ax.errorbar([p[x] / scale for p in pts], [p[key] for p in pts], yerr=[p[f"{key}_sd"] for p in pts],
                             xerr=[p[f"{x}_sd"] / scale for p in pts], marker="o", ms=4, capsize=3,
-                            label=f"{labels.get(m, m)} ({len(d['per_seed'])} seeds)")
+                            ls=":" if sparse else "-", color=f"C{list(data['methods']).index(m)}",
+                            label=f"{labels.get(m, m)} ({len(d['per_seed'])} seed{'s' if len(d['per_seed']) > 1 else ''}"
+                                  f"{', start and end only' if sparse else ''})")
     if base:
         for row, key in enumerate(("acc", "answer_nll")):
             b = sum(p[key] for p in base) / len(base)

@@ -95,3 +95,45 @@ def paired_gap(cells: dict[str, dict[int, Path]], a: str = "devft", b: str = "fe
         return out
 
     return paired_items(items(a), items(b))
+
+
+def table_figure(t: dict[str, Any], root: str | Path = "."):
+    """A committed table (``results/table_<name>.json``) as two panels: each row's final accuracy
+    (bar: mean over seeds, error bar: std, dots: the seeds; dashed: the untrained model) and each
+    row's gap to the table's reference row, paired item by item and pooled over seeds, with its 95%
+    interval (rows without kept items are left out of the right panel)."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in t["rows"] if r.get("metrics")]
+    metric = t["metric"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    ax = axes[0]
+    for i, r in enumerate(rows):
+        m = r["metrics"][metric]
+        ax.bar(i, m["mean"], yerr=m.get("std") or 0, capsize=4, color="tab:blue", alpha=0.75)
+        seeds = []
+        for d in r.get("run_dirs", {}).values():
+            p = Path(root) / d / "summary.json"
+            if p.exists():
+                seeds.append(json.loads(p.read_text())["final"][metric])
+        ax.plot([i] * len(seeds), seeds, "o", color="black", ms=3, zorder=3)
+    base = [r["metrics"].get(f"initial_{metric}", {}).get("mean") for r in rows]
+    base = [b for b in base if b is not None]
+    if base:
+        ax.axhline(sum(base) / len(base), ls="--", color="grey", lw=1, label="untrained model")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_xticks(range(len(rows)), [r["method"] for r in rows], rotation=15, ha="right", fontsize=8)
+    ax.set_ylabel("final accuracy (%)" if metric == "acc" else metric)
+    ax.set_title(f"{t['table']}: mean ± std over seeds (dots: seeds)", fontsize=9)
+    ax = axes[1]
+    gaps = [(r["method"], r["vs_ref_items"]) for r in rows if r.get("vs_ref_items", {}).get("mean") is not None]
+    ref = next((r["vs_ref_items"]["ref"] for r in rows if r.get("vs_ref_items")), "reference")
+    for j, (name, g) in enumerate(gaps):
+        lo, hi = g["ci95"]
+        ax.errorbar(g["mean"], j, xerr=[[g["mean"] - lo], [hi - g["mean"]]], fmt="o", capsize=4, color="tab:red")
+    ax.axvline(0, color="grey", lw=1)
+    ax.set_yticks(range(len(gaps)), [n for n, _ in gaps], fontsize=8)
+    ax.set_xlabel(f"gap to {LABELS.get(ref, ref)} (points), paired on the items, 95% CI")
+    ax.set_title("item-paired gaps, pooled over seeds", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -71,7 +71,8 @@ def row_metrics(summaries: dict[int, dict]) -> dict[str, dict[str, Any]]:
     ss = list(summaries.values())
     keys = sorted({k for s in ss for k in s.get("final", {})})
     out = {k: mean_std([s["final"].get(k) for s in ss if k in s.get("final", {})]) for k in keys}
-    for k in sorted({k for s in ss for k in s.get("initial", {}) if k != "eval_s"}):
+    for k in sorted({k for s in ss for k, v in s.get("initial", {}).items()
+                     if k != "eval_s" and isinstance(v, (int, float))}):  # numbers only (older runs kept a path)
         out[f"initial_{k}"] = mean_std([s["initial"][k] for s in ss if k in s.get("initial", {})])
     out["train_s"] = mean_std([s.get("train_s", 0) + s.get("aggregate_s", 0) for s in ss])
     for k in ("paper_bytes", "full_bytes", "uplink_bytes", "downlink_bytes", "submodel_delivery_bytes",
