@@ -107,6 +107,7 @@ def to_markdown(t: dict[str, Any]) -> str:
                 "within task); they measure evaluation noise given the trained runs, while ± is the spread "
                 "over training seeds.", ""]
     suites = sorted({k for r in t["rows"] for k in r["metrics"] if k.startswith("acc_")})
+    suites = suites if len(suites) > 1 else []  # one suite: its column is the final score again
     if t["table"] != "efficiency":
         ref = V[REFERENCE[t["table"]]].label
         nll = any("answer_nll" in r["metrics"] for r in t["rows"])
