@@ -117,6 +117,8 @@ def reading(table: str, fin: dict[str, Finished], metric: str, higher: bool, ext
                          f"{', '.join(map(str, none))}: no target there, so those seeds are left out of the "
                          "to-target columns (every method would 'reach' it before training).")
         for k in ("devft", "progfed", "fedsa-lora"):
+            if k in tt and tt[k]["reached"].endswith(" of 0"):
+                continue  # no finished seed with a target yet
             if k in tt and not tt[k]["time_s"]["n"]:
                 lines.append(f"{V[k].label} did not reach FedIT's final {metric} ({tt[k]['reached']} seeds).")
             elif k in tt:
