@@ -173,7 +173,7 @@ def test_the_readme_own_data_command_reports_the_file_suite(tmp_path, capsys, mo
 def test_overriding_num_rounds_alone_resizes_the_stages():
     assert stage_rounds(load_config("smollm2_lab")) == [3, 3, 3, 3]
     assert stage_rounds(load_config("smollm2_lab", ["fed.num_rounds=4"])) == [1, 1, 1, 1]
-    assert stage_rounds(load_config("lab", ["fed.num_rounds=6"])) == [1, 1, 2, 2]  # remainder to the end
+    assert stage_rounds(load_config("lab", ["devft.enabled=true", "fed.num_rounds=6"])) == [1, 1, 2, 2]  # remainder to the end
     cfg = load_config("tiny", ["fed.num_rounds=8"])  # the file's 2 per stage still agrees: kept
     assert cfg.devft.rounds_per_stage == 2
     with pytest.raises(ConfigError, match="sums to 8 but fed.num_rounds = 4"):  # both given: your choice
