@@ -137,3 +137,23 @@ def table_figure(t: dict[str, Any], root: str | Path = "."):
     ax.set_title("item-paired gaps, pooled over seeds", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def run_expectation(run_dir: str | Path, what: str = "this config") -> str:
+    """"You should see A -> B % (+g, paired 95% CI [lo, hi] over N items) in about Z minutes" from
+    one committed run folder (its summary, meta and scored items)."""
+    from devft_lab.core.evaluate import paired_bootstrap
+    from devft_lab.runner.run import read_items
+
+    d = Path(run_dir)
+    s = json.loads((d / "summary.json").read_text())
+    meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
+    a, b = read_items(d / "initial_items.jsonl"), read_items(d / "final_items.jsonl")
+    ci = ""
+    if a and len(a) == len(b):
+        lo, hi = paired_bootstrap(a, b, n_boot=2000, seed=0)
+        ci = f", paired 95% CI [{lo:+.1f}, {hi:+.1f}] over {len(a)} items"
+    before, after = s["initial"]["acc"], s["final"]["acc"]
+    minutes = meta.get("wall_s", s.get("wall_s", 0.0)) / 60
+    return (f"You should see {what} go from {before:.1f} % to {after:.1f} % ({after - before:+.1f} points{ci}) "
+            f"in about {minutes:.0f} minutes on 2 CPU cores (one committed seed, {d.name}).")
