@@ -18,7 +18,7 @@ from devft_lab.method.similarity import (block_influence, client_update_conflict
                                          layer_update_conflict)
 from devft_lab.method.submodel import (Submodel, build_submodel, default_lora_config, fuse_lora, init_global_lora,
                                        set_submodel_lora_state, submodel_lora_state)
-from devft_lab.method.transfer import transfer_lora
+from devft_lab.method.transfer import TRANSFER_RULES, transfer_lora
 
 __all__ = [
     "Stage", "make_schedule", "stage_capacities", "validate_capacities",
@@ -28,5 +28,5 @@ __all__ = [
     "fusion_weights", "anchor_weight", "fuse_tensors", "fuse_state_dicts", "fuse_layers",
     "Submodel", "build_submodel", "default_lora_config", "init_global_lora", "fuse_lora",
     "submodel_lora_state", "set_submodel_lora_state",
-    "transfer_lora",
+    "transfer_lora", "TRANSFER_RULES",
 ]
