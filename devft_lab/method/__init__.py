@@ -14,8 +14,9 @@ from devft_lab.method.fusion import anchor_weight, fuse_layers, fuse_state_dicts
 from devft_lab.method.grouping import (contiguous_groups, cut_value, even_groups, group_layers, random_groups,
                                        spectral_groups, validate_groups)
 from devft_lab.method.schedule import Stage, make_schedule, stage_capacities, validate_capacities
-from devft_lab.method.similarity import (block_influence, client_update_conflict, layer_parameter_similarity,
-                                         layer_update_conflict)
+from devft_lab.method.similarity import (SIMILARITIES, block_influence, client_update_conflict,
+                                         layer_parameter_similarity, layer_update_conflict,
+                                         residual_update_similarity)
 from devft_lab.method.submodel import (Submodel, build_submodel, default_lora_config, fuse_lora, init_global_lora,
                                        set_submodel_lora_state, submodel_lora_state)
 from devft_lab.method.transfer import TRANSFER_RULES, transfer_lora
@@ -23,6 +24,7 @@ from devft_lab.method.transfer import TRANSFER_RULES, transfer_lora
 __all__ = [
     "Stage", "make_schedule", "stage_capacities", "validate_capacities",
     "layer_parameter_similarity", "layer_update_conflict", "client_update_conflict", "block_influence",
+    "residual_update_similarity", "SIMILARITIES",
     "spectral_groups", "contiguous_groups", "even_groups", "random_groups", "group_layers", "cut_value",
     "validate_groups",
     "fusion_weights", "anchor_weight", "fuse_tensors", "fuse_state_dicts", "fuse_layers",
