@@ -122,3 +122,16 @@ def test_the_plan_applies_its_transfer_rule_at_stage_end(rule):
                 else:
                     want = before[i][n] + 0.1
                 assert torch.allclose(t, want, atol=1e-6), (rule, i, n)
+
+
+def test_a_run_with_probe_loss_writes_stage_records(tmp_path):
+    from devft_lab.runner.config import config_hash, load_config
+    from devft_lab.runner.run import read_items, start
+
+    ov = ["fed.num_rounds=4", "devft.rounds_per_stage=null", "eval.holdout=8", f"out_dir={tmp_path}", "name=p"]
+    cfg = load_config("tiny", ov + ["devft.probe_loss=true", "devft.probe_examples=4"])
+    assert config_hash(cfg) == config_hash(load_config("tiny", ov))  # measuring does not change what is trained
+    summary = start(cfg, quiet=True)
+    rows = read_items(tmp_path / "p" / "stages.jsonl")
+    assert len(rows) == 8 and rows == summary["stage_probes"]
+    assert rows[-1]["capacity"] == 8 and rows[-1]["gap"] == pytest.approx(0.0, abs=1e-6)
