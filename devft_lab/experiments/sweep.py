@@ -218,6 +218,16 @@ def _fmt_ms(ms: dict | None, digits: int = 1) -> str:
     return fmt(ms, digits)
 
 
+def _probe_cell(probe: list[dict[str, Any]]) -> str:
+    """``L_s: start -> end`` of the mean sub - full probe loss gap, stage by stage."""
+    by: dict[int, dict[str, Any]] = {}
+    for p in probe:
+        if p["gap"]["mean"] is not None:
+            by.setdefault(p["stage"], {"capacity": p["capacity"]})[p["at"]] = p["gap"]["mean"]
+    return "; ".join(f"{v['capacity']}: {v.get('start', float('nan')):+.3f} → {v.get('end', float('nan')):+.3f}"
+                     for _, v in sorted(by.items())) or "-"
+
+
 def to_markdown(d: dict[str, Any]) -> str:
     from devft_lab.core.tables import markdown_table
     from devft_lab.experiments.reproduce.stats import fmt_ci
@@ -229,10 +239,10 @@ def to_markdown(d: dict[str, Any]) -> str:
            "item within a seed, 95% bootstrap intervals over the evaluation items.", ""]
     body = [[r["factor"], r["level"], r["key"], ", ".join(map(str, r["seeds"])) or "-", _fmt_ms(r["metric"]),
              fmt_ci(r["gain_over_untrained"]), fmt_ci(r["gap_vs_fedit"]), r["fedit"],
-             "; ".join(f"s{p['stage'] + 1} {p['at']} {p['gap']['mean']:+.3f}" for p in r["probe"]
-                       if p["gap"]["mean"] is not None) or "-"] for r in d["rows"]]
+             _probe_cell(r["probe"])] for r in d["rows"]]
     out += markdown_table(["factor", "level", "cell", "seeds", d["metric"], "gain over untrained",
-                           "DevFT - matched FedIT", "matched FedIT", "probe loss gap sub - full"], body)
+                           "DevFT - matched FedIT", "matched FedIT",
+                           "probe loss gap sub - full (layers: stage start → end)"], body)
     out += ["", "Matched FedIT (same total client FLOPs as the DevFT schedule):", ""]
     out += markdown_table(["cell", "what", "seeds", d["metric"], "gain over untrained"],
                           [[f["key"], f["label"], ", ".join(map(str, f["seeds"])) or "-", _fmt_ms(f["metric"]),
@@ -257,7 +267,9 @@ def plot(d: dict[str, Any], path: Path) -> None:
     from devft_lab.experiments.reproduce.stats import fmt_ci
 
     for i, r in enumerate(rows):
-        ax.text(0, i, fmt_ci(r["gap_vs_fedit"]), ha="center", va="center", fontsize=8)
+        dark = np.isfinite(vals[i, 0]) and abs(vals[i, 0]) > 0.6 * lim
+        ax.text(0, i, fmt_ci(r["gap_vs_fedit"]), ha="center", va="center", fontsize=8,
+                color="white" if dark else "black")
     ax.set_yticks(range(len(rows)), [f"{r['factor']}: {r['level']}" for r in rows], fontsize=8)
     ax.set_xticks([0], [f"DevFT - matched FedIT ({d['metric']}, points)"], fontsize=8)
     for i in range(1, len(rows)):
