@@ -2,11 +2,11 @@
 
 =================  ==========================================================
 schedule.py        stage capacities L_1 < ... < L_S = L and rounds per stage
-similarity.py      layer similarity (DGLG's W), update/client conflict, Block Influence
+similarity.py      layer similarity (DGLG's W: parameters or residual updates), conflict, Block Influence
 grouping.py        DGLG: spectral grouping, contiguous DP, EVEN and RANDOM baselines
 fusion.py          DBLF and its variants as per-member fusion weights
 submodel.py        the runnable stage submodel (shared embeddings/head, PEFT LoRA)
-transfer.py        knowledge transfer of representative LoRA back to the groups
+transfer.py        knowledge transfer rules (copy, copy-scaled, anchor-only, increment)
 =================  ==========================================================
 (the per-stage submodel measurement is ``python -m devft_lab.experiments.submodels``)
 """
