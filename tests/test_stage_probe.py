@@ -135,3 +135,24 @@ def test_a_run_with_probe_loss_writes_stage_records(tmp_path):
     rows = read_items(tmp_path / "p" / "stages.jsonl")
     assert len(rows) == 8 and rows == summary["stage_probes"]
     assert rows[-1]["capacity"] == 8 and rows[-1]["gap"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fedsa_lora_with_increment_resumes_between_stages_bit_for_bit(tmp_path):
+    """The ended stage's aggregate that carry needs under 'increment' survives a restart."""
+    from devft_lab.runner.config import load_config
+    from devft_lab.runner.run import build, resume, start
+    from devft_lab.fl.simulation import Simulation
+
+    ov = ["fed.strategy=fedsa-lora", "devft.transfer=increment", "fed.num_rounds=4", "devft.rounds_per_stage=null",
+          "eval.holdout=8", f"out_dir={tmp_path}"]
+    whole = start(load_config("tiny", ov + ["name=whole"]), quiet=True)
+    cfg = load_config("tiny", ov + ["name=cut"])
+    parts = build(cfg, progress=False)
+    d = tmp_path / "cut"
+    d.mkdir()
+    from devft_lab.runner.config import to_yaml
+    (d / "config.yaml").write_text(to_yaml(cfg))
+    sim = Simulation(parts.plan, parts.strategy, parts.client_data, parts.settings, d, parts.evaluator)
+    sim.run(until_round=2)  # stops at the start of stage 3: stage 2 ended and was checkpointed
+    again = resume(d, quiet=True)
+    assert again["final"] == whole["final"]

@@ -103,7 +103,7 @@ class DevFTPlan:
         self.probe_batches, self.probe_loss, self.probe_dtype = list(probe_batches or []), bool(probe_loss), probe_dtype
         self._sub = None  # the current stage's Submodel
         self._start: GlobalLoRA | None = None  # its representatives' LoRA at the stage start (increment)
-        self._ended: dict[str, GlobalLoRA] = {}  # the last ended stage's start and trained LoRA (carry)
+        self._ended: dict[str, GlobalLoRA] = {}  # the last ended stage's aggregated LoRA (carry, increment)
         self._eval = None  # singleton (full-model) submodel used to evaluate between stages
         self.probes: dict[str, dict[str, Any]] = {}  # "<stage>/<start|end>": the stage loss probe
         self._full_probe: float | None = None  # the full model's probe loss at the last stage end
@@ -148,7 +148,7 @@ class DevFTPlan:
         reps, _ = to_layers(state)
         sub = self._sub
         self.global_lora = self._transfer(sub.groups, reps, sub.anchors, self._start)
-        self._ended = {"start": self._start, "reps": reps}
+        self._ended = {"reps": reps}
         if self.probe_loss:
             set_submodel_lora_state(sub.model, reps)
             self._probe(stage, "end", sub)
@@ -201,8 +201,8 @@ class DevFTPlan:
         anchors = previous.info.get("anchors") or [g[0] for g in groups]
         if self.transfer == "increment":  # the client's member = the new global one + its deviation from the aggregate
             if not self._ended:
-                raise ValueError("carry under transfer='increment' needs the ended stage's LoRA; it is lost after a "
-                                 "restart between stages (use another transfer rule with fedsa-lora).")
+                raise ValueError("carry under transfer='increment' needs the ended stage's aggregated LoRA "
+                                 "(kept by end() and in the checkpoint); none is known.")
             ended = self._ended["reps"]
             dev = {g: {n: t - ended[g][n] for n, t in d.items()} for g, d in reps.items()}
             full = {i: dict(self.global_lora[i]) for i in range(self.L)}
@@ -226,11 +226,16 @@ class DevFTPlan:
         return self.full_model(self._transfer(groups, reps, anchors, self._start))
 
     def export(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        return {"probes": self.probes}, to_flat(self.global_lora, "g.layers")
+        tensors = to_flat(self.global_lora, "g.layers")
+        if self.transfer == "increment" and self._ended:  # carry needs the ended stage's aggregate after a restart
+            tensors.update(to_flat(self._ended["reps"], "e.layers"))
+        return {"probes": self.probes}, tensors
 
     def restore(self, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:
         self.probes = {k: dict(v) for k, v in (meta or {}).get("probes", {}).items()}
-        layers, _ = to_layers(dict(tensors))
+        ended = {k: v for k, v in tensors.items() if k.startswith("e.layers.")}
+        self._ended = {"reps": to_layers(ended)[0]} if ended else {}
+        layers, _ = to_layers({k: v for k, v in tensors.items() if not k.startswith("e.layers.")})
         if sorted(layers) != list(range(self.L)):
             raise ValueError(f"checkpoint holds LoRA for layers {sorted(layers)[:5]}..., the model has {self.L}.")
         self.global_lora = layers
