@@ -120,13 +120,15 @@ def build_plan(cfg: RunConfig, model: torch.nn.Module, capacities: Sequence[int]
 
 def probe_set(cfg: RunConfig, held: Sequence[dict], pool: Sequence[dict], pad_id: int,
               batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
-    """The fixed probe batches of ``devft.probe_loss`` / ``devft.similarity=function``: the first
-    ``devft.probe_examples`` held-out examples (``eval.holdout``), else the first ones of the
-    training pool (file order), encoded, right-padded in batches of ``batch_size``."""
-    from devft_lab.core.train import collate
+    """The fixed probe batches of ``devft.probe_loss`` / ``devft.similarity=function``:
+    ``devft.probe_examples`` held-out examples (``eval.holdout``), else training-pool examples,
+    evenly spaced through the set (so a pool stored task by task gives every task), encoded,
+    right-padded in batches of ``batch_size``."""
+    from devft_lab.core.train import IGNORE, collate
 
-    src = list(held) if held else list(pool)
-    chosen = [e for e in src if any(l != -100 for l in e["labels"])][: cfg.devft.probe_examples]
+    src = [e for e in (held or pool) if any(l != IGNORE for l in e["labels"])]
+    n = min(cfg.devft.probe_examples, len(src))
+    chosen = [src[(i * len(src)) // n] for i in range(n)] if n else []
     if not chosen:
         raise ConfigError("devft.probe_loss / devft.similarity=function need probe examples with response "
                           "tokens; the data has none (check data.source and train.seq_len)")
