@@ -8,6 +8,7 @@
     devft-lab resume RUN_DIR             continue a killed run from its newest checkpoint
     devft-lab report RUN_DIR [...]       tables and plots from run logs
     devft-lab reproduce TABLE [--scale]  the paper's tables at lab scale (resumable)
+    devft-lab sweep [--factors ...]      DevFT's open choices vs FLOP-matched FedIT (resumable)
     devft-lab flower sim|local ...       the same runs on Flower (devft_lab/flower/README.md)
     devft-lab data build                 rebuild data/lab from the bigbench sdist and evals wheel
     devft-lab config list|show NAME      the shipped configs
@@ -149,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     from devft_lab.experiments.reproduce import add_reproduce_parser
 
     add_reproduce_parser(sub)  # devft-lab reproduce TABLE --scale lab|paper|smoke
+    from devft_lab.experiments.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)  # devft-lab sweep --scale lab|smoke [--factors ...]
     dp = sub.add_parser("data", help="the lab benchmark: devft-lab data build --help")
     dp.add_argument("data_command", choices=["build"])
     sub.add_parser("flower", help="run on Flower: devft-lab flower --help (devft_lab/flower/README.md)")

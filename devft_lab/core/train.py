@@ -125,6 +125,32 @@ def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     return get() if callable(get) else model
 
 
+@torch.no_grad()
+def mean_response_loss(model: torch.nn.Module, batches: Sequence[Mapping[str, torch.Tensor]],
+                       compute_dtype: str | None = None) -> float:
+    """Mean next-token cross-entropy per labelled (response) token over ``batches`` (:func:`collate`'s),
+
+        loss = sum_batches sum_tokens CE / #labelled tokens
+
+    in eval mode (restored afterwards), under autocast in ``compute_dtype`` (None: as is)."""
+    from devft_lab.core.device import autocast_context
+
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, n = 0.0, 0
+    try:
+        with autocast_context(device, compute_dtype):
+            for batch in batches:
+                loss, k = lm_loss(model, {key: v.to(device) for key, v in batch.items()})
+                total, n = total + float(loss), n + k
+    finally:
+        model.train(was)
+    if n == 0:
+        raise ValueError("mean_response_loss got no labelled tokens; give examples with response labels.")
+    return total / n
+
+
 def lm_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """(summed next-token cross-entropy over labelled positions, number of those positions).
 

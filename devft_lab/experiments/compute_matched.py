@@ -11,6 +11,14 @@ method's), accuracy and ``answer_nll``. Writes ``OUT.json``, ``OUT.md`` and ``OU
 panels, mean over seeds with their standard deviation as error bars, the untrained model as a
 dashed line).
 
+Matching a schedule before anything runs (``devft-lab sweep``): :func:`stage_flops_per_token` is
+the client training FLOPs per token of one round of a ``k``-layer stage exactly as the simulation's
+ledger charges them (:func:`devft_lab.fl.accounting.training_flops` with ``lora_only``, over the
+stage model's parameters: ``k`` decoder layers, embeddings, final norm, an untied head, plus ``k``
+layers of LoRA), and :func:`matched_rounds` the FedIT round count of equal total client FLOPs,
+``round(sum_s r_s F(L_s) / F(L))``, assuming the same tokens per round in every stage (the same
+local steps and batch size; packing fills the batches).
+
 "To FedIT's final": per seed, the first evaluation at which a method's accuracy is at least
 FedIT's final accuracy of the same seed (same items), and the FLOPs and seconds spent by then; a
 method that never gets there is reported as not reaching it. Methods are evaluated only where
@@ -25,6 +33,48 @@ import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
+
+
+def model_shape(name: str, r: int, target_modules: Sequence[str]):
+    """:class:`devft_lab.experiments.paper_shapes.ShapeCounts` of model ``name`` (a preset, a cached
+    preset folder or a hub id), built on the meta device from its config: no weights are loaded."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from devft_lab.core.models import TINY_PRESETS, byte_tokenizer, cache_dir, prepare_model, tiny_config
+    from devft_lab.experiments.paper_shapes import count_shape
+
+    if name in TINY_PRESETS:
+        config = tiny_config(TINY_PRESETS[name].model_type, vocab_size=len(byte_tokenizer()))
+    else:
+        cached = cache_dir() / name
+        folder = cached if (cached / "config.json").exists() else prepare_model(name, verbose=False)
+        config = AutoConfig.from_pretrained(str(folder) if folder is not None else name)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return count_shape(model, r, target_modules)
+
+
+def stage_flops_per_token(counts, k: int) -> float:
+    """Client training FLOPs per token of a ``k``-layer stage, as the ledger counts them:
+    ``training_flops(N_k, 1, k * lora_per_layer, lora_only=True)`` = ``4 N_k + 6 N_lora``,
+    ``N_k = k * layer + embed + head + norm`` (the stage model's frozen parameters)."""
+    from devft_lab.fl.accounting import training_flops
+
+    if not 1 <= k <= counts.num_layers:
+        raise ValueError(f"stage capacity {k} is outside 1..{counts.num_layers} layers.")
+    frozen = k * counts.layer + counts.embed + counts.head + counts.norm
+    return training_flops(frozen, 1, k * counts.lora_per_layer, lora_only=True)
+
+
+def matched_rounds(counts, capacities: Sequence[int], rounds: Sequence[int]) -> int:
+    """FedIT rounds of the same total client FLOPs as a DevFT schedule (at least 1):
+    ``round(sum_s r_s F(L_s) / F(L))`` with F = :func:`stage_flops_per_token`."""
+    if len(capacities) != len(rounds):
+        raise ValueError(f"{len(capacities)} capacities but {len(rounds)} stage round counts.")
+    full = stage_flops_per_token(counts, counts.num_layers)
+    total = sum(r * stage_flops_per_token(counts, k) for k, r in zip(capacities, rounds))
+    return max(1, int(math.floor(total / full + 0.5)))
 
 
 def points(run_dir: Path) -> list[dict[str, float]]:

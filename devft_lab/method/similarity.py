@@ -29,6 +29,7 @@ from torch import nn
 
 from devft_lab.core.layers import decoder_layers, num_layers
 
+SIMILARITIES = ("parameters", "function")  # devft.similarity: DGLG's W from parameters (paper) or function
 TensorDict = Mapping[str, torch.Tensor]
 GlobalLoRA = Mapping[int, TensorDict]  # read-only devft_lab.core.lora.GlobalLoRA: {layer: {name: A or B}}
 
@@ -254,6 +255,34 @@ def layer_parameter_similarity_per_tensor(model: nn.Module, global_lora: GlobalL
             sim = torch.where(both_flat, sim, cosine_from_gram(xc @ xc.T))
         total += sim
     return (total / len(names)).float()
+
+
+def residual_update_similarity(updates: Sequence[torch.Tensor]) -> torch.Tensor:
+    """L x L functional affinity of layers from their residual updates at the same tokens.
+
+    sim_f(i, j) = 1/N sum_n cos(u_i[n], u_j[n]),   u_i[n] = h_out_i[n] - h_in_i[n]
+
+    ``updates[i]`` is an (N, d) tensor: layer i's residual update (what it writes into the
+    residual stream) at N tokens, the same tokens for every layer. In the spirit of ShortGPT's
+    Block Influence (Men et al. 2024, which compares one layer's input and output): here two
+    layers are alike when they push the residual stream the same way. Symmetric with unit
+    diagonal (a layer is its own best match, by definition also for an all-zero update); a
+    zero update has similarity 0 to every other layer. Pure: no model, float64 inside.
+    """
+    if len(updates) == 0:
+        raise ValueError("residual_update_similarity needs the updates of at least one layer.")
+    shapes = {tuple(u.shape) for u in updates}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"every layer's updates must be one (N tokens, d) tensor of the same shape, got {sorted(shapes)}.")
+    n = updates[0].shape[0]
+    if n == 0:
+        raise ValueError("residual_update_similarity got no tokens; pass at least one token's updates.")
+    u = torch.stack([x.detach().double().cpu() for x in updates])  # L x N x d
+    u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    sim = torch.einsum("ind,jnd->ij", u, u) / n
+    sim = (sim + sim.T) / 2
+    sim.fill_diagonal_(1.0)
+    return sim.float()
 
 
 @torch.no_grad()

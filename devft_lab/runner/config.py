@@ -58,6 +58,8 @@ from devft_lab.method.fusion import ANCHOR_RULES, FUSION_METHODS
 from devft_lab.method.grouping import METHODS as GROUPING_METHODS
 from devft_lab.method.grouping import NEGATIVES
 from devft_lab.method.schedule import stage_capacities, validate_capacities
+from devft_lab.method.similarity import SIMILARITIES
+from devft_lab.method.transfer import TRANSFER_RULES
 from devft_lab.plans import PLANS as PLAN_CLASSES
 
 # The names a field accepts come from the registry that implements them (one owner per rule):
@@ -141,6 +143,10 @@ class DevFTConfig:
     affinity: str = "clip"  # how negative similarities enter the graph: clip | shift
     fusion: str = "dblf"  # dblf | r-one | sum | mean | laco
     anchor: str = "first"
+    transfer: str = "copy"  # knowledge transfer: copy (paper) | copy-scaled | anchor-only | increment
+    similarity: str = "parameters"  # DGLG's W: parameters (paper) | function (residual updates on a probe set)
+    probe_loss: bool = False  # record sub/full model loss on a probe set at each stage's start and end
+    probe_examples: int = 16  # size of that probe set (also the one similarity=function runs)
 
 
 @dataclass
@@ -302,14 +308,29 @@ def to_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+# devft keys added after runs were recorded: left out of the hash at these values, so the
+# runs made before they existed keep their hash (a run at another value hashes it in).
+_HASH_DEFAULTS = {"transfer": "copy", "similarity": "parameters"}
+
+
 def config_hash(cfg: RunConfig) -> str:
-    """SHA-256 (16 hex digits) of what determines training; ignores name, out_dir, device, eval
-    and the Flower transport settings (fed.min_fit, fed.round_timeout)."""
+    """SHA-256 (16 hex digits) of what determines training; ignores name, out_dir, device, eval,
+    the Flower transport settings (fed.min_fit, fed.round_timeout) and the stage loss probe
+    (devft.probe_loss; devft.probe_examples unless devft.similarity=function groups with it).
+    devft.transfer and devft.similarity enter only away from their defaults (copy, parameters),
+    so runs recorded before these keys existed keep their hash."""
     d = to_dict(cfg)
     for k in ("name", "out_dir", "device", "eval"):
         d.pop(k, None)
     for k in ("min_fit", "round_timeout"):
         d["fed"].pop(k, None)
+    dv = d["devft"]
+    if dv.get("similarity") != "function":
+        dv.pop("probe_examples", None)
+    dv.pop("probe_loss", None)
+    for k, v in _HASH_DEFAULTS.items():
+        if dv.get(k) == v:
+            dv.pop(k)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -575,6 +596,15 @@ def validate(cfg: RunConfig) -> RunConfig:
     _one_of("devft.affinity", d.affinity, AFFINITIES)
     _one_of("devft.fusion", d.fusion, FUSIONS)
     _one_of("devft.anchor", d.anchor, ANCHORS)
+    _one_of("devft.transfer", d.transfer, TRANSFER_RULES)
+    _one_of("devft.similarity", d.similarity, SIMILARITIES)
+    if d.probe_examples < 1:
+        raise ConfigError(f"devft.probe_examples = {d.probe_examples} must be >= 1 (the probe set's size; "
+                          "devft.probe_loss and devft.similarity=function run it)")
+    if d.similarity == "function" and d.grouping not in ("spectral", "contiguous"):
+        raise ConfigError(f"devft.similarity = function feeds the spectral or contiguous grouping, but "
+                          f"devft.grouping = {d.grouping!r} uses no similarity; set devft.grouping=spectral "
+                          "or devft.similarity=parameters")
     _one_of("devft.plan", d.plan, PLANS)
     _one_of("data.template", da.template, TEMPLATES)
     if d.enabled:

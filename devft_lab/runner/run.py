@@ -10,6 +10,7 @@ newest checkpoint with the config saved in the folder. A run folder holds::
     rounds.csv       the same as a table
     checkpoints/     the newest complete state (atomic; safetensors + JSON)
     summary.json     totals and final metrics, written when the run ends
+    stages.jsonl     devft.probe_loss: sub/full model probe loss at each stage's start and end
     initial_items.jsonl, final_items.jsonl   every scored item before / after training (pairs runs)
 """
 from __future__ import annotations
@@ -85,8 +86,12 @@ def _dtype(cfg: RunConfig):
             "float16": torch.float16}[cfg.model.dtype]
 
 
-def build_plan(cfg: RunConfig, model: torch.nn.Module, capacities: Sequence[int]) -> StagePlan:
-    """The stage plan a config asks for: DevFT, ProgFed, or the whole model (one stage)."""
+def build_plan(cfg: RunConfig, model: torch.nn.Module, capacities: Sequence[int],
+               probe_batches: Sequence[dict] | None = None, probe_dtype: str | None = None) -> StagePlan:
+    """The stage plan a config asks for: DevFT, ProgFed, or the whole model (one stage).
+
+    ``probe_batches`` (collated examples, see :func:`probe_set`) feed DevFT's stage loss probe
+    (``devft.probe_loss``) and the functional similarity (``devft.similarity=function``)."""
     from devft_lab.method.submodel import init_global_lora
 
     lcfg = lora_config_of(cfg)
@@ -106,8 +111,28 @@ def build_plan(cfg: RunConfig, model: torch.nn.Module, capacities: Sequence[int]
     from devft_lab.plans.devft import DevFTPlan
 
     d = cfg.devft
+    probing = d.probe_loss or d.similarity == "function"
     return DevFTPlan(model, lcfg, capacities, rounds, beta=d.beta, grouping=d.grouping, affinity=d.affinity,
-                     fusion=d.fusion, anchor_rule=d.anchor, seed=seed)
+                     fusion=d.fusion, anchor_rule=d.anchor, seed=seed, transfer=d.transfer, similarity=d.similarity,
+                     probe_batches=probe_batches if probing else None, probe_loss=d.probe_loss,
+                     probe_dtype=probe_dtype)
+
+
+def probe_set(cfg: RunConfig, held: Sequence[dict], pool: Sequence[dict], pad_id: int,
+              batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
+    """The fixed probe batches of ``devft.probe_loss`` / ``devft.similarity=function``:
+    ``devft.probe_examples`` held-out examples (``eval.holdout``), else training-pool examples,
+    evenly spaced through the set (so a pool stored task by task gives every task), encoded,
+    right-padded in batches of ``batch_size``."""
+    from devft_lab.core.train import IGNORE, collate
+
+    src = [e for e in (held or pool) if any(l != IGNORE for l in e["labels"])]
+    n = min(cfg.devft.probe_examples, len(src))
+    chosen = [src[(i * len(src)) // n] for i in range(n)] if n else []
+    if not chosen:
+        raise ConfigError("devft.probe_loss / devft.similarity=function need probe examples with response "
+                          "tokens; the data has none (check data.source and train.seq_len)")
+    return [collate(chosen[i:i + batch_size], pad_id) for i in range(0, len(chosen), batch_size)]
 
 
 def resolve_compute(cfg: RunConfig, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -248,9 +273,12 @@ def build(cfg: RunConfig, progress: bool = True, compute: dict[str, Any] | None 
     encoded = encode_examples(tok, pool, cfg.data.template, cfg.train.seq_len)
     client_data = [[encoded[i] for i in p] for p in parts]
     compute = resolve_compute(cfg, compute)
-    evaluator = make_evaluator(cfg, tok, encode_examples(tok, held, cfg.data.template, cfg.train.seq_len),
-                               compute["dtype"])
-    plan = build_plan(cfg, model, capacities)
+    held_encoded = encode_examples(tok, held, cfg.data.template, cfg.train.seq_len)
+    evaluator = make_evaluator(cfg, tok, held_encoded, compute["dtype"])
+    d = cfg.devft
+    probe = (probe_set(cfg, held_encoded, encoded, tok.pad_token_id or 0)
+             if d.enabled and (d.probe_loss or d.similarity == "function") else None)
+    plan = build_plan(cfg, model, capacities, probe, compute["dtype"])
     t = cfg.train
     settings = SimulationSettings(
         clients_per_round=cfg.fed.clients_per_round, seed=t.seed,
@@ -415,11 +443,16 @@ def _run(parts: Parts, run_dir: Path, quiet: bool, resume: bool) -> dict[str, An
         export_adapter(parts, final_state(sim), run_dir / "adapter")
         if getattr(parts.evaluator, "last_items", None):  # the final evaluation, item by item
             write_items(run_dir / "final_items.jsonl", parts.evaluator.last_items)
+    probes = getattr(parts.plan, "stage_records", lambda: [])()
+    if probes:  # DevFT's stage loss probe (devft.probe_loss): one row per stage start and end
+        write_items(run_dir / "stages.jsonl", probes)
     last = {}
     for row in sim.ledger.rows:
         last.update({k: v for k, v in row["extra"].items() if k in ("eval_loss", "answer_nll") or k.startswith("acc")})
     summary["final"] = last
     summary["capacities"] = parts.capacities
+    if probes:
+        summary["stage_probes"] = probes
     if (run_dir / "initial_eval.json").exists():
         summary["initial"] = json.loads((run_dir / "initial_eval.json").read_text())
     summary["wall_s"] = round(time.perf_counter() - t_run, 1)  # this sitting (a resume counts from itself)

@@ -1,0 +1,122 @@
+"""`devft-lab sweep`: its cells, the FLOP-matched FedIT, a real 2-cell sitting on the smoke scale."""
+import json
+from pathlib import Path
+
+import pytest
+
+from devft_lab.experiments import sweep as sw
+from devft_lab.experiments.compute_matched import matched_rounds, model_shape, stage_flops_per_token
+from devft_lab.experiments.reproduce.cells import V, cell_status
+
+
+def _plan(tmp_path):
+    return sw.sweep_plan("smoke", tmp_path)
+
+
+def test_levels_per_factor_start_at_the_center_and_reuse_the_ablation_cells():
+    rows = sw.levels()
+    by = {f: [r.level for r in rows if r.factor == f] for f in sw.FACTORS}
+    assert by == {"capacity": ["L/8", "L/4", "L/2"], "transfer": ["copy", "copy-scaled", "anchor-only", "increment"],
+                  "beta": ["0.1", "0.05", "0.025"], "grouping": ["spectral", "contiguous", "even", "function"]}
+    centers = {r.variant for r in rows if r.level in ("L/8", "copy", "0.1", "spectral")}
+    assert centers == {sw.CENTER}
+    assert {r.variant for r in rows if r.level in ("contiguous", "even")} == {V["grouping-contiguous"], V["grouping-even"]}
+    for r in rows:
+        ov = r.variant.overrides
+        assert "eval.stage_ends=false" in ov
+        assert ("devft.probe_loss=true" in ov) == (r.variant.home == "sweep")  # shared cells keep their config
+
+
+def test_dry_run_lists_every_cell_once_with_one_matched_fedit_per_schedule(tmp_path, capsys):
+    assert sw.main(["--scale", "smoke", "--seeds", "2", "--dry-run", "--results", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [l.split()[0] for l in lines if l.split()[1:2] == ["missing"]]
+    devft = ["sweep-devft", "sweep-first-l4", "sweep-first-l2", "sweep-transfer-copy-scaled",
+             "sweep-transfer-anchor-only", "sweep-transfer-increment", "sweep-beta-0.05", "sweep-beta-0.025",
+             "grouping-contiguous", "grouping-even", "sweep-grouping-function"]
+    fedit = ["sweep-fedit-l8", "sweep-fedit-l4", "sweep-fedit-l2"]
+    assert names == [f"{k}-s{s}" for k in devft + fedit for s in (0, 1)]
+    assert lines[-1].startswith("28 cells, 28 to train")
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
+    # a subset of factors: capacity alone needs its three schedules' FedITs, beta only the default's
+    cells, fedits = sw.sweep_cells(_plan(tmp_path), sw.levels(["beta"]), [0])
+    assert list(fedits) == ["L/8"] and [c.name for c in cells][-1] == "sweep-fedit-l8-s0"
+
+
+@pytest.mark.parametrize("schedule", ["L/8", "L/4", "L/2"])
+def test_matched_fedit_rounds_are_the_schedules_flops_over_a_full_round(tmp_path, schedule):
+    plan = _plan(tmp_path)
+    caps, rounds = sw.schedule_of(plan, schedule)
+    assert caps[-1] == 8 and len(caps) == {"L/8": 4, "L/4": 3, "L/2": 2}[schedule]
+    assert caps[0] == {"L/8": 1, "L/4": 2, "L/2": 4}[schedule] and sum(rounds) == 4
+    cfg = plan.config(sw.Cell(sw.fedit_variant(plan, schedule), 0))
+    counts = model_shape("tiny-llama", cfg.lora.r, cfg.lora.target_modules)
+    total = sum(r * stage_flops_per_token(counts, k) for k, r in zip(caps, rounds))
+    n = cfg.fed.num_rounds
+    assert not cfg.devft.enabled and n == matched_rounds(counts, caps, rounds)
+    full = stage_flops_per_token(counts, 8)
+    assert abs(n * full - total) <= full / 2  # the nearest whole number of full rounds
+    assert n <= sum(rounds)  # a growing schedule costs less than its rounds at full size
+
+
+def test_stage_flops_are_what_the_ledger_charges_a_built_submodel():
+    """F(k) per token is the simulation's training_flops over the real stage model's parameters."""
+    from devft_lab.core.models import load_model
+    from devft_lab.fl.accounting import num_params, training_flops
+    from devft_lab.method.grouping import even_groups
+    from devft_lab.method.submodel import build_submodel, default_lora_config
+
+    model, _ = load_model("tiny-llama", device="cpu")
+    lcfg = default_lora_config(r=4, alpha=8, dropout=0.0)
+    counts = model_shape("tiny-llama", 4, ["q_proj", "v_proj"])
+    for k in (1, 2, 4, 8):
+        sub = build_submodel(model, even_groups(8, k), lora_config=lcfg)
+        lora_n = sum(p.numel() for n, p in sub.model.named_parameters() if "lora_" in n)
+        ledger = training_flops(num_params(sub.model) - lora_n, 1000, lora_n, lora_only=True)
+        assert stage_flops_per_token(counts, k) * 1000 == pytest.approx(ledger)
+
+
+def test_bad_factors_and_scales_say_what_is_known(tmp_path, capsys):
+    assert sw.main(["--scale", "smoke", "--factors", "capacity", "depth", "--dry-run", "--results", str(tmp_path)]) == 2
+    assert "choose from capacity, transfer, beta, grouping" in capsys.readouterr().err
+    assert sw.main(["--scale", "smoke", "--only", "nope", "--dry-run", "--results", str(tmp_path)]) == 2
+    assert "unknown cell(s) nope" in capsys.readouterr().err
+
+
+def test_a_two_cell_sweep_writes_the_report_and_a_second_sitting_skips_done_cells(tmp_path, monkeypatch):
+    import devft_lab.runner.run as runmod
+
+    argv = ["--scale", "smoke", "--seeds", "1", "--factors", "transfer", "--results", str(tmp_path), "--quiet",
+            "--in-process", "--only", "sweep-devft", "sweep-fedit-l8"]
+    assert sw.main(argv) == 0
+    d = json.loads((tmp_path / "sweep_smoke.json").read_text())
+    assert (tmp_path / "sweep_smoke.md").read_text().startswith("# Where does DevFT help?")
+    assert (tmp_path / "sweep_smoke.png").stat().st_size > 1000
+    assert d["status"] == "partial: 2 of 5 cells" and d["metric"] == "acc"
+    center = d["rows"][0]
+    assert center["key"] == "sweep-devft" and center["fedit"] == "sweep-fedit-l8"
+    gap = center["gap_vs_fedit"]
+    assert gap["mean"] is not None and gap["ci95"][0] <= gap["mean"] <= gap["ci95"][1]
+    assert center["gain_over_untrained"]["mean"] is not None
+    probes = center["probe"]
+    assert len(probes) == 8 and probes[-1]["capacity"] == 8 and abs(probes[-1]["gap"]["mean"]) < 1e-6
+    assert d["rows"][1]["metric"] is None and d["rows"][1]["gap_vs_fedit"]["mean"] is None  # not trained yet
+    fed = Path(d["fedit"][0]["key"])
+    assert str(fed) == "sweep-fedit-l8" and d["fedit"][0]["seeds"] == [0]
+
+    calls = []
+    monkeypatch.setattr(runmod, "start", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(runmod, "resume", lambda *a, **k: calls.append(a))
+    assert sw.main(argv) == 0 and calls == []  # both cells are done: nothing is trained again
+    plan = _plan(tmp_path)
+    cells, _ = sw.sweep_cells(plan, sw.levels(["transfer"]), [0], ["sweep-devft", "sweep-fedit-l8"])
+    assert {cell_status(plan, c) for c in cells} == {"done"}
+
+
+def test_the_subcommand_is_registered_in_the_cli(tmp_path, capsys):
+    from devft_lab.cli import main
+
+    assert main(["sweep", "--scale", "smoke", "--seeds", "1", "--factors", "beta", "--dry-run",
+                 "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "sweep-beta-0.025-s0" in out and "4 cells, 4 to train" in out
