@@ -440,3 +440,16 @@ def test_paired_items_gap_is_the_accuracy_difference_and_pools_seeds():
     same = paired_items(a, a)
     assert same["mean"] == 0 and same["ci95"] == [0.0, 0.0]
     assert paired_items(a, {})["mean"] is None  # no shared seed: nothing to pair
+
+
+def test_dtype_mix_names_each_rows_dtypes_only_when_cells_differ():
+    from devft_lab.experiments.reproduce.tables import compute_dtype, dtype_mix
+
+    assert compute_dtype({"compute_dtype": {"dtype": "bfloat16", "requested": "auto"}}) == "bfloat16"
+    assert compute_dtype({}) == "?"
+    same = [{"method": "FedIT", "compute_dtypes": {"42": "float32", "43": "float32"}},
+            {"method": "DevFT", "compute_dtypes": {"42": "float32"}}]
+    assert dtype_mix(same) == ""
+    mixed = [{"method": "FedIT", "compute_dtypes": {"42": "bfloat16", "43": "float32", "44": "float32"}},
+             {"method": "DevFT", "compute_dtypes": {"42": "float32"}}]
+    assert dtype_mix(mixed) == "FedIT bfloat16 (42), float32 (43, 44); DevFT float32 (42)"

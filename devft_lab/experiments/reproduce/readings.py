@@ -152,7 +152,21 @@ def reading(table: str, fin: dict[str, Finished], metric: str, higher: bool, ext
     caveat = _timing_caveat(fin) if table in ("compat", "efficiency") else ""
     if caveat:
         lines.append(caveat)
+    dtypes = _dtype_caveat(fin)
+    if dtypes:
+        lines.append(dtypes)
     return " ".join(lines)
+
+
+def _dtype_caveat(fin: dict[str, Finished]) -> str:
+    """A warning when the cells computed in different dtypes (the device probe picks per machine)."""
+    seen = {(m.get("compute_dtype") or {}).get("dtype", "?") if isinstance(m.get("compute_dtype"), dict)
+            else (m.get("compute_dtype") or "?") for f in fin.values() for m in f.metas.values()}
+    if len(seen) < 2:
+        return ""
+    return (f"Caution: the cells ran in {len(seen)} compute dtypes ({', '.join(sorted(seen))}; the device probe "
+            "chose per machine, see 'Compute dtype'), so a gap between rows mixes method and numerics; on 100 "
+            "items fp32 and bf16 autocast differed by 1-2 items (results/dtype_short_run.md).")
 
 
 def _timing_caveat(fin: dict[str, Finished]) -> str:

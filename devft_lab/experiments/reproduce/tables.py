@@ -28,6 +28,27 @@ def _capacities(plan: Plan, key: str, f: Finished) -> list[int] | None:
     return caps
 
 
+def compute_dtype(meta: dict[str, Any]) -> str:
+    """The dtype a run computed in (``meta.json``'s probe choice; "?" for runs older than the probe)."""
+    d = meta.get("compute_dtype")
+    return (d.get("dtype") if isinstance(d, dict) else d) or "?"
+
+
+def dtype_mix(rows: Sequence[dict[str, Any]]) -> str:
+    """"FedIT bfloat16 (42, 43), float32 (44); ..." when the table's cells ran in more than one
+    dtype, else "" (a single dtype needs no remark)."""
+    if len({d for r in rows for d in r.get("compute_dtypes", {}).values()}) < 2:
+        return ""
+    parts = []
+    for r in rows:
+        by: dict[str, list[str]] = {}
+        for seed, d in r.get("compute_dtypes", {}).items():
+            by.setdefault(d, []).append(seed)
+        if by:
+            parts.append(f"{r['method']} " + ", ".join(f"{d} ({', '.join(s)})" for d, s in sorted(by.items())))
+    return "; ".join(parts)
+
+
 def build_table(plan: Plan, table: str, seeds: Sequence[int], command: str) -> dict[str, Any]:
     """The JSON of one table from the finished cells."""
     from devft_lab.runner.config import config_hash
@@ -48,6 +69,7 @@ def build_table(plan: Plan, table: str, seeds: Sequence[int], command: str) -> d
             "capacities": _capacities(plan, key, f),
             "config_hashes": {c.name: config_hash(plan.config(c)) for c in cells if c.variant.key == key},
             "run_dirs": {str(s): str(p) for s, p in f.paths.items()},
+            "compute_dtypes": {str(s): compute_dtype(m) for s, m in sorted(f.metas.items())},
             "gain_items": paired_items(f.items, f.initial_items),  # trained - untrained, same items
         }
         ref = REFERENCE[table]
@@ -99,7 +121,10 @@ def to_markdown(t: dict[str, Any]) -> str:
            f"Command: `{t['command']}`  ", f"Base config: `{t['base_config']}` {t['extra_overrides'] or ''} "
            f"({t['scale_note']})  ", f"Machine: {t['machine']}  "]
     if t["run_machines"]:
-        out.append(f"Runs trained on: {'; '.join(t['run_machines'])}")
+        out.append(f"Runs trained on: {'; '.join(t['run_machines'])}  ")
+    mixed = dtype_mix(t["rows"])
+    if mixed:
+        out.append(f"Compute dtype (chosen per cell by the device probe): {mixed}")
     out.append("")
     if any(r.get("gain_items", {}).get("mean") is not None for r in t["rows"]):
         out += ["Gaps in brackets are paired item by item within each seed (same evaluation items), "
