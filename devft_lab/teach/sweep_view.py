@@ -54,7 +54,7 @@ def _gap_panel(ax, rows: Sequence[dict[str, Any]], title: str) -> None:
         ax.errorbar(j, g["mean"], yerr=[[g["mean"] - lo], [hi - g["mean"]]], fmt="o", capsize=4,
                     color="tab:red" if hi < 0 else ("tab:green" if lo > 0 else "tab:grey"))
     ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(range(len(rows)), [str(r["level"]) for r in rows], fontsize=8)
+    ax.set_xticks(range(len(rows)), [str(r["level"]) for r in rows], fontsize=8, rotation=20, ha="right")
     ax.set_xlim(-0.5, len(rows) - 0.5)
     ax.set_title(title, fontsize=9)
 
