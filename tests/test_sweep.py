@@ -120,3 +120,24 @@ def test_the_subcommand_is_registered_in_the_cli(tmp_path, capsys):
                  "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "sweep-beta-0.025-s0" in out and "4 cells, 4 to train" in out
+
+
+def test_the_reading_sorts_levels_by_their_interval_and_names_the_best_per_factor():
+    from devft_lab.experiments.sweep import probe_correlation, reading, verdict
+
+    assert [verdict({"mean": m, "ci95": ci}) for m, ci in ((2, [0.5, 3.5]), (-1, [-3, 1]), (-5, [-8, -2]))] == \
+        ["above", "tie", "below"]
+    assert verdict({"mean": None}) == "-"
+
+    def row(f, lvl, gap, ci, probe):
+        return {"factor": f, "level": lvl, "key": f"{f}-{lvl}", "seeds": [42], "gap_vs_fedit": {"mean": gap, "ci95": ci},
+                "probe": [{"at": "start", "gap": {"mean": probe}}]}
+
+    rows = [row("beta", "0.1", -9, [-12, -6], 30.0), row("beta", "0.05", -1, [-4, 2], 5.0),
+            row("transfer", "copy-scaled", 3, [1, 5], 1.0)]
+    c = probe_correlation(rows)
+    assert c["n"] == 3 and c["rho"] == -1.0
+    text = reading({"rows": rows, "probe_correlation": c, "compute_dtypes": ["float32"]})
+    assert "above FedIT (95% interval above zero) at transfer=copy-scaled" in text
+    assert "level with it at beta=0.05" in text and "below it at beta=0.1" in text
+    assert "Best beta: 0.05 (-1.0 points)" in text and "rho" in text and "Caution" not in text

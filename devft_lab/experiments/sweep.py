@@ -209,7 +209,65 @@ def build_report(plan: Plan, rows: Sequence[Level], fedits: dict[str, Variant], 
     data["machine"] = machine()
     data["run_machines"] = sorted({m.get("machine", "?") for f in fin.values() for m in f.metas.values()})
     data["config_hashes"] = {c.name: config_hash(plan.config(c)) for c in cells}
+    from devft_lab.experiments.reproduce.tables import compute_dtype
+
+    data["compute_dtypes"] = sorted({compute_dtype(m) for f in fin.values() for m in f.metas.values()})
+    data["probe_correlation"] = probe_correlation(out_rows)
+    data["reading"] = reading(data)
     return data
+
+
+# --------------------------------------------------------------------------- the reading
+def verdict(gap: dict[str, Any]) -> str:
+    """``above`` / ``below`` when the 95% interval of DevFT − matched FedIT excludes zero, else
+    ``tie`` (``-`` without data)."""
+    if gap.get("mean") is None or not gap.get("ci95"):
+        return "-"
+    lo, hi = gap["ci95"]
+    return "above" if lo > 0 else "below" if hi < 0 else "tie"
+
+
+def probe_correlation(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Does "the submodel stands in for the model" predict the benefit? Spearman's rank correlation,
+    over the levels with probe data, between the first stage's sub − full loss gap at its start and
+    DevFT − matched FedIT (``rho`` None with fewer than 3 levels)."""
+    pts = [(next(p["gap"]["mean"] for p in r["probe"] if p["at"] == "start"), r["gap_vs_fedit"]["mean"], r["key"])
+           for r in rows if r["gap_vs_fedit"].get("mean") is not None
+           and any(p["at"] == "start" and p["gap"]["mean"] is not None for p in r["probe"])]
+    rho = None
+    if len(pts) >= 3:
+        from scipy.stats import spearmanr
+
+        rho = float(spearmanr([a for a, _, _ in pts], [b for _, b, _ in pts]).statistic)
+    return {"rho": rho, "n": len(pts), "points": [{"key": k, "probe_gap": a, "gap": b} for a, b, k in pts]}
+
+
+def reading(d: dict[str, Any]) -> str:
+    """A factual paragraph from the numbers: where DevFT is above, below or level with FedIT at
+    equal client FLOPs, the best level per factor, and whether the probe predicts the gap."""
+    rows = [r for r in d["rows"] if r["gap_vs_fedit"].get("mean") is not None]
+    if not rows:
+        return "No level has a finished DevFT cell and its matched FedIT yet."
+    by = {v: [f"{r['factor']}={r['level']}" for r in rows if verdict(r["gap_vs_fedit"]) == v]
+          for v in ("above", "tie", "below")}
+    seeds = sorted({s for r in rows for s in r["seeds"]})
+    out = [f"{len(rows)} levels have results (seeds {', '.join(map(str, seeds))}). At equal client FLOPs, "
+           f"DevFT is above FedIT (95% interval above zero) at {', '.join(by['above']) or 'no level'}; "
+           f"level with it at {', '.join(by['tie']) or 'no level'}; below it at {', '.join(by['below']) or 'no level'}."]
+    for f in dict.fromkeys(r["factor"] for r in rows):
+        fr = [r for r in rows if r["factor"] == f]
+        if len(fr) > 1:
+            best = max(fr, key=lambda r: r["gap_vs_fedit"]["mean"])
+            out.append(f"Best {f}: {best['level']} ({best['gap_vs_fedit']['mean']:+.1f} points).")
+    c = d.get("probe_correlation") or probe_correlation(d["rows"])
+    if c["rho"] is not None:
+        out.append(f"Across the {c['n']} levels with the stage probe, Spearman's rho between the first stage's "
+                   f"sub − full loss gap and DevFT − FedIT is {c['rho']:+.2f} (negative: the better the submodel "
+                   "stands in for the model, the better DevFT does).")
+    if len(d.get("compute_dtypes", [])) > 1:
+        out.append(f"Caution: the cells computed in {', '.join(d['compute_dtypes'])} (chosen per machine by the "
+                   "device probe), so gaps mix method and numerics.")
+    return " ".join(out)
 
 
 def _fmt_ms(ms: dict | None, digits: int = 1) -> str:
@@ -248,6 +306,8 @@ def to_markdown(d: dict[str, Any]) -> str:
                           [[f["key"], f["label"], ", ".join(map(str, f["seeds"])) or "-", _fmt_ms(f["metric"]),
                             fmt_ci(f["gain_over_untrained"])] for f in d["fedit"]])
     out += ["", f"![gaps]({Path(d.get('png', 'sweep.png')).name})", ""]
+    if d.get("reading"):
+        out += ["## Reading (generated from the numbers above)", "", d["reading"], ""]
     return "\n".join(out) + "\n"
 
 

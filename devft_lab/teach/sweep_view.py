@@ -117,11 +117,9 @@ def probe_vs_gap(d: dict[str, Any]) -> dict[str, Any]:
         if start and r["gap_vs_fedit"].get("mean") is not None:
             pts.append({"factor": r["factor"], "level": r["level"], "probe_gap": start[0][1],
                         "gap": r["gap_vs_fedit"]["mean"]})
-    rho = None
-    if len(pts) >= 3:
-        from scipy.stats import spearmanr
+    from devft_lab.experiments.sweep import probe_correlation
 
-        rho = float(spearmanr([p["probe_gap"] for p in pts], [p["gap"] for p in pts]).statistic)
+    rho = probe_correlation(d["rows"])["rho"]
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for p in pts:
         ax.plot(p["probe_gap"], p["gap"], "o", color="tab:blue")
