@@ -135,9 +135,15 @@ def test_the_reading_sorts_levels_by_their_interval_and_names_the_best_per_facto
 
     rows = [row("beta", "0.1", -9, [-12, -6], 30.0), row("beta", "0.05", -1, [-4, 2], 5.0),
             row("transfer", "copy-scaled", 3, [1, 5], 1.0)]
-    c = probe_correlation(rows)
-    assert c["n"] == 3 and c["rho"] == -1.0
-    text = reading({"rows": rows, "probe_correlation": c, "compute_dtypes": ["float32"]})
+    assert probe_correlation(rows) == {"rho": None, "n": 3, "points": probe_correlation(rows)["points"]}
+    more = rows + [row("grouping", "even", 4, [2, 6], 0.5), row("grouping", "function", 5, [3, 7], 0.1)]
+    c = probe_correlation(more)
+    assert c["n"] == 5 and c["rho"] == pytest.approx(-1.0)
+    rows = more[:3]
+    text = reading({"rows": more, "probe_correlation": c, "compute_dtypes": ["float32"]})
     assert "above FedIT (95% interval above zero) at transfer=copy-scaled" in text
     assert "level with it at beta=0.05" in text and "below it at beta=0.1" in text
     assert "Best beta: 0.05 (-1.0 points)" in text and "rho" in text and "Caution" not in text
+    assert text.startswith("5 DevFT settings (5 factor levels")
+    twice = rows + [dict(rows[0], factor="transfer", level="copy")]  # the center appears in every factor
+    assert probe_correlation(twice)["n"] == 3 and reading({"rows": twice}).startswith("3 DevFT settings (4 factor")

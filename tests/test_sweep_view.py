@@ -46,7 +46,7 @@ def test_small_multiples_has_one_column_per_factor_and_marks_each_interval():
 def test_probe_vs_gap_pairs_the_first_stage_gap_with_the_final_gap():
     out = sweep_view.probe_vs_gap(SWEEP)
     assert [(p["probe_gap"], p["gap"]) for p in out["points"]] == [(30.0, -9), (10.0, -4), (1.0, 2)]
-    assert out["spearman"] == pytest.approx(-1.0)  # here: the worse the stand-in, the larger the loss
+    assert out["spearman"] is None  # three settings are too few for a rank correlation
 
 
 def test_factor_view_returns_its_rows_and_a_two_panel_figure():

@@ -218,6 +218,7 @@ def build_report(plan: Plan, rows: Sequence[Level], fedits: dict[str, Variant], 
 
 
 # --------------------------------------------------------------------------- the reading
+MIN_CORRELATION_POINTS = 5
 def verdict(gap: dict[str, Any]) -> str:
     """``above`` / ``below`` when the 95% interval of DevFT − matched FedIT excludes zero, else
     ``tie`` (``-`` without data)."""
@@ -230,12 +231,14 @@ def verdict(gap: dict[str, Any]) -> str:
 def probe_correlation(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Does "the submodel stands in for the model" predict the benefit? Spearman's rank correlation,
     over the levels with probe data, between the first stage's sub − full loss gap at its start and
-    DevFT − matched FedIT (``rho`` None with fewer than 3 levels)."""
+    DevFT − matched FedIT (``rho`` None with fewer than :data:`MIN_CORRELATION_POINTS` settings:
+    a rank correlation of 3 or 4 points says almost nothing)."""
+    unique = {r["key"]: r for r in rows}.values()  # the center is a level of every factor: count it once
     pts = [(next(p["gap"]["mean"] for p in r["probe"] if p["at"] == "start"), r["gap_vs_fedit"]["mean"], r["key"])
-           for r in rows if r["gap_vs_fedit"].get("mean") is not None
+           for r in unique if r["gap_vs_fedit"].get("mean") is not None
            and any(p["at"] == "start" and p["gap"]["mean"] is not None for p in r["probe"])]
     rho = None
-    if len(pts) >= 3:
+    if len(pts) >= MIN_CORRELATION_POINTS:
         from scipy.stats import spearmanr
 
         rho = float(spearmanr([a for a, _, _ in pts], [b for _, b, _ in pts]).statistic)
@@ -251,7 +254,8 @@ def reading(d: dict[str, Any]) -> str:
     by = {v: [f"{r['factor']}={r['level']}" for r in rows if verdict(r["gap_vs_fedit"]) == v]
           for v in ("above", "tie", "below")}
     seeds = sorted({s for r in rows for s in r["seeds"]})
-    out = [f"{len(rows)} levels have results (seeds {', '.join(map(str, seeds))}). At equal client FLOPs, "
+    out = [f"{len({r['key'] for r in rows})} DevFT settings ({len(rows)} factor levels, the center counted in "
+           f"every factor) have results (seeds {', '.join(map(str, seeds))}). At equal client FLOPs, "
            f"DevFT is above FedIT (95% interval above zero) at {', '.join(by['above']) or 'no level'}; "
            f"level with it at {', '.join(by['tie']) or 'no level'}; below it at {', '.join(by['below']) or 'no level'}."]
     for f in dict.fromkeys(r["factor"] for r in rows):
@@ -261,7 +265,7 @@ def reading(d: dict[str, Any]) -> str:
             out.append(f"Best {f}: {best['level']} ({best['gap_vs_fedit']['mean']:+.1f} points).")
     c = d.get("probe_correlation") or probe_correlation(d["rows"])
     if c["rho"] is not None:
-        out.append(f"Across the {c['n']} levels with the stage probe, Spearman's rho between the first stage's "
+        out.append(f"Across the {c['n']} DevFT settings with the stage probe, Spearman's rho between the first stage's "
                    f"sub − full loss gap and DevFT − FedIT is {c['rho']:+.2f} (negative: the better the submodel "
                    "stands in for the model, the better DevFT does).")
     if len(d.get("compute_dtypes", [])) > 1:

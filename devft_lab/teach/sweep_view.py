@@ -108,27 +108,27 @@ def small_multiples(d: dict[str, Any]) -> dict[str, Any]:
 def probe_vs_gap(d: dict[str, Any]) -> dict[str, Any]:
     """Does 'the submodel stands in for the model' predict the benefit? For every level with probe
     data: the first stage's sub − full loss gap at its start against DevFT − matched FedIT, and the
-    Spearman rank correlation over levels (None with fewer than 3 points)."""
+    Spearman rank correlation over settings (None with fewer than 5)."""
     import matplotlib.pyplot as plt
 
-    pts = []
-    for r in d["rows"]:
-        start = _probe_at(r, "start")
-        if start and r["gap_vs_fedit"].get("mean") is not None:
-            pts.append({"factor": r["factor"], "level": r["level"], "probe_gap": start[0][1],
-                        "gap": r["gap_vs_fedit"]["mean"]})
     from devft_lab.experiments.sweep import probe_correlation
 
-    rho = probe_correlation(d["rows"])["rho"]
+    c = probe_correlation(d["rows"])  # one point per DevFT setting (the center is a level of every factor)
+    names = {}
+    for r in d["rows"]:
+        names.setdefault(r["key"], []).append(f"{r['factor']}={r['level']}")
+    pts = [{"key": p["key"], "levels": names[p["key"]], "probe_gap": p["probe_gap"], "gap": p["gap"]}
+           for p in c["points"]]
+    rho = c["rho"]
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for p in pts:
         ax.plot(p["probe_gap"], p["gap"], "o", color="tab:blue")
-        ax.annotate(f"{p['factor']}={p['level']}", (p["probe_gap"], p["gap"]), fontsize=7,
+        ax.annotate(p["levels"][0] if len(p["levels"]) == 1 else "center", (p["probe_gap"], p["gap"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("symlog", linthresh=0.1)
     ax.set_xlabel("stage-1 submodel loss − full-model loss (at its start)")
     ax.set_ylabel(f"DevFT − matched FedIT ({d['metric']}, points)")
-    ax.set_title("Spearman ρ = " + ("n/a (< 3 levels with data)" if rho is None else f"{rho:+.2f}"), fontsize=9)
+    ax.set_title("Spearman ρ = " + ("n/a (< 5 settings with data)" if rho is None else f"{rho:+.2f}"), fontsize=9)
     fig.tight_layout()
     return {"points": pts, "spearman": rho, "figure": fig}
