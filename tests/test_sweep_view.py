@@ -22,7 +22,7 @@ SWEEP = {"metric": "acc", "scale": "lab", "status": "complete", "rows": [
     _row("transfer", "copy", _gap(-9, -12, -6), [(4, 30.0), (30, 0.0)]),
     _row("transfer", "copy-scaled", _gap(-4, -7, -1), [(4, 10.0), (30, 0.0)]),
     _row("beta", "0.05", _gap(2, -1, 5), [(4, 1.0), (30, 0.0)]),
-    _row("beta", "0.025", {"mean": None}, []),
+    dict(_row("beta", "0.025", {"mean": None}, []), metric=None),  # not trained yet
 ]}
 
 
@@ -52,6 +52,7 @@ def test_probe_vs_gap_pairs_the_first_stage_gap_with_the_final_gap():
 def test_factor_view_returns_its_rows_and_a_two_panel_figure():
     out = sweep_view.factor_view(SWEEP, "beta")
     assert [r["level"] for r in out["rows"]] == ["0.05", "0.025"] and len(out["figure"].axes) == 2
+    assert out["rows"][1]["acc"] is None
 
 
 def test_load_sweep_reads_the_committed_report_or_says_none(tmp_path):

@@ -1,7 +1,8 @@
 """Views of the sweep (``devft-lab sweep``, ``results/sweep_<scale>.json``) for notebook 07.
 
 Every function takes the sweep's JSON as a dict and returns plain data plus, where it draws, a
-``"figure"``: pytest checks the data, the notebook shows the figures. :func:`factor_view` is the
+``"figure"`` (a pyplot-free :class:`matplotlib.figure.Figure`, see :mod:`devft_lab.teach.viz`):
+pytest checks the data, the notebook shows the figures. :func:`factor_view` is the
 widget's callback (one factor at a time); :func:`small_multiples` draws what the widget would
 show for every factor at once, for readers without a kernel.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any, Sequence
+
+from devft_lab.teach.viz import _fig
 
 
 def load_sweep(root: str | Path = ".", scale: str = "lab", tag: str = "") -> dict[str, Any] | None:
@@ -39,7 +42,7 @@ def factor_rows(d: dict[str, Any], factor: str) -> list[dict[str, Any]]:
     rows = [r for r in d["rows"] if r["factor"] == factor]
     if not rows:
         raise ValueError(f"factor {factor!r} is not in this sweep; it has {', '.join(factors(d))}.")
-    return [{"level": r["level"], "key": r["key"], "seeds": r["seeds"], "acc": r["metric"]["mean"],
+    return [{"level": r["level"], "key": r["key"], "seeds": r["seeds"], "acc": (r["metric"] or {}).get("mean"),
              "gain": r["gain_over_untrained"], "gap": r["gap_vs_fedit"], "fedit": r["fedit"],
              "probe_start": _probe_at(r, "start"), "probe_end": _probe_at(r, "end")} for r in rows]
 
@@ -75,33 +78,28 @@ def _probe_panel(ax, rows: Sequence[dict[str, Any]]) -> None:
 def factor_view(d: dict[str, Any], factor: str) -> dict[str, Any]:
     """The widget's callback: one factor's levels (data) and a two-panel figure (gap to matched
     FedIT with CIs; the submodel's probe loss gap per stage)."""
-    import matplotlib.pyplot as plt
-
     rows = factor_rows(d, factor)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, axes = _fig(10, 3.4, ncols=2)
+    axes = axes[0]
     _gap_panel(axes[0], rows, f"{factor}: DevFT − FedIT at equal client FLOPs")
     axes[0].set_ylabel(f"gap ({d['metric']}, points), 95% CI")
     _probe_panel(axes[1], rows)
     axes[1].set_ylabel("sub − full loss at stage start")
     axes[1].set_title("does the submodel stand in for the model?", fontsize=9)
-    fig.tight_layout()
     return {"factor": factor, "rows": rows, "figure": fig}
 
 
 def small_multiples(d: dict[str, Any]) -> dict[str, Any]:
     """Every factor at once: top row the gap to matched FedIT per level, bottom row the probe
     loss gaps per stage (what :func:`factor_view` shows one factor at a time), shared y axes."""
-    import matplotlib.pyplot as plt
-
     fs = factors(d)
-    fig, axes = plt.subplots(2, len(fs), figsize=(3.3 * len(fs), 6), sharey="row", squeeze=False)
+    fig, axes = _fig(3.3 * len(fs), 6, ncols=len(fs), nrows=2, sharey="row")
     for k, f in enumerate(fs):
         rows = factor_rows(d, f)
         _gap_panel(axes[0, k], rows, f)
         _probe_panel(axes[1, k], rows)
     axes[0, 0].set_ylabel(f"DevFT − matched FedIT\n({d['metric']}, points, 95% CI)")
     axes[1, 0].set_ylabel("sub − full loss\nat stage start")
-    fig.tight_layout()
     return {"factors": fs, "figure": fig}
 
 
@@ -109,8 +107,6 @@ def probe_vs_gap(d: dict[str, Any]) -> dict[str, Any]:
     """Does 'the submodel stands in for the model' predict the benefit? For every level with probe
     data: the first stage's sub − full loss gap at its start against DevFT − matched FedIT, and the
     Spearman rank correlation over settings (None with fewer than 5)."""
-    import matplotlib.pyplot as plt
-
     from devft_lab.experiments.sweep import probe_correlation
 
     c = probe_correlation(d["rows"])  # one point per DevFT setting (the center is a level of every factor)
@@ -120,7 +116,8 @@ def probe_vs_gap(d: dict[str, Any]) -> dict[str, Any]:
     pts = [{"key": p["key"], "levels": names[p["key"]], "probe_gap": p["probe_gap"], "gap": p["gap"]}
            for p in c["points"]]
     rho = c["rho"]
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, axes = _fig(5, 3.6)
+    ax = axes[0, 0]
     for p in pts:
         ax.plot(p["probe_gap"], p["gap"], "o", color="tab:blue")
         ax.annotate(p["levels"][0] if len(p["levels"]) == 1 else "center", (p["probe_gap"], p["gap"]), fontsize=7,
@@ -130,5 +127,4 @@ def probe_vs_gap(d: dict[str, Any]) -> dict[str, Any]:
     ax.set_xlabel("stage-1 submodel loss − full-model loss (at its start)")
     ax.set_ylabel(f"DevFT − matched FedIT ({d['metric']}, points)")
     ax.set_title("Spearman ρ = " + ("n/a (< 5 settings with data)" if rho is None else f"{rho:+.2f}"), fontsize=9)
-    fig.tight_layout()
     return {"points": pts, "spearman": rho, "figure": fig}
