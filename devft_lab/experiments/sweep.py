@@ -41,13 +41,12 @@ import argparse
 import json
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from devft_lab.experiments.reproduce.cells import (_DEVFT, _FINAL_ONLY, _FULL, SCALES, Cell, Plan, ReproduceError,
-                                                   V, Variant, cell_status, run_cell, seeds_of)
+                                                   V, Variant, cell_status, seeds_of)
 
 FACTORS = ("capacity", "transfer", "beta", "grouping")
 HOME = "sweep"
@@ -394,7 +393,7 @@ def run_args(args, argv: Sequence[str] | None = None, echo: Callable[[str], None
     plan = sweep_plan(args.scale, Path(args.results), args.tag, args.runs)
     seeds = seeds_of(plan, args.seeds)
     cells, fedits = sweep_cells(plan, rows, seeds, args.only)
-    from devft_lab.experiments.reproduce.cli import table_command
+    from devft_lab.experiments.reproduce.cli import table_command, train_cells
 
     command = table_command(list(argv if argv is not None else sys.argv[2:])).replace("reproduce", "sweep", 1)
     if args.dry_run:
@@ -404,23 +403,7 @@ def run_args(args, argv: Sequence[str] | None = None, echo: Callable[[str], None
             echo(f"matched FedIT for stage 1 at {sched}: {v.key} ({v.label})")
         echo(f"{len(cells)} cells, {sum(cell_status(plan, c) != 'done' for c in cells)} to train; runs in {plan.root}")
         return 0
-    trained, failed = 0, []
-    for c in cells:
-        if cell_status(plan, c) == "done":
-            continue
-        if args.max_cells is not None and trained >= args.max_cells:
-            echo(f"stopping: --max-cells {args.max_cells} reached; run the command again to continue.")
-            break
-        echo(f"[{time.strftime('%H:%M:%S')}] {c.name}: training ({cell_status(plan, c)})")
-        t0 = time.perf_counter()
-        try:
-            what = run_cell(plan, c, isolate=not args.in_process, quiet=args.quiet, rerun_stale=args.rerun_stale)
-        except Exception as e:  # one failed cell must not end a long sitting
-            failed.append(c.name)
-            echo(f"{c.name}: FAILED ({e}); the next run of this command resumes it.")
-            continue
-        trained += what in ("started", "resumed")
-        echo(f"[{time.strftime('%H:%M:%S')}] {c.name}: {what} in {time.perf_counter() - t0:.0f} s")
+    failed = train_cells(plan, cells, args, echo)
     js, md, png = write_report(plan, rows, fedits, seeds, command)
     echo(f"sweep: {json.loads(js.read_text())['status']} -> {js}, {md}, {png}")
     return 1 if failed else 0

@@ -98,21 +98,9 @@ def table_command(argv: Sequence[str]) -> str:
     return "devft-lab reproduce " + " ".join(shlex.quote(a) for a in out)
 
 
-def run_args(args, argv: Sequence[str] | None = None, echo: Callable[[str], None] = print) -> int:
-    """Run a parsed ``reproduce`` command: cells first (resumable), then the tables."""
-    tables = list(TABLES) if args.table == "all" else [check_table(args.table)]
-    plan = plan_of(args)
-    seeds = seeds_of(plan, args.seeds)
-    cells = cells_of(tables, seeds, args.only)
-    for note in ([] if args.dry_run else adopt(plan, cells, args.adopt)):
-        echo(note)
-    command = table_command(argv if argv is not None else sys.argv[2:])
-    if args.dry_run:
-        for c in cells:
-            echo(f"{c.name:28s} {cell_status(plan, c):8s} {plan.cell_dir(c)}")
-        todo = sum(cell_status(plan, c) != "done" for c in cells)
-        echo(f"{len(cells)} cells, {todo} to train; runs in {plan.root}")
-        return 0
+def train_cells(plan: Plan, cells, args, echo: Callable[[str], None] = print) -> list[str]:
+    """Train the cells that are not done, at most ``args.max_cells`` of them (one sitting of
+    ``reproduce`` or ``sweep``); returns the names of the cells that failed (each resumable)."""
     if args.max_cells is not None and args.max_cells < 0:
         raise ReproduceError(f"--max-cells {args.max_cells}: give K >= 0.")
     trained, failed = 0, []
@@ -132,6 +120,25 @@ def run_args(args, argv: Sequence[str] | None = None, echo: Callable[[str], None
             continue
         trained += what in ("started", "resumed")
         echo(f"[{time.strftime('%H:%M:%S')}] {c.name}: {what} in {time.perf_counter() - t0:.0f} s")
+    return failed
+
+
+def run_args(args, argv: Sequence[str] | None = None, echo: Callable[[str], None] = print) -> int:
+    """Run a parsed ``reproduce`` command: cells first (resumable), then the tables."""
+    tables = list(TABLES) if args.table == "all" else [check_table(args.table)]
+    plan = plan_of(args)
+    seeds = seeds_of(plan, args.seeds)
+    cells = cells_of(tables, seeds, args.only)
+    for note in ([] if args.dry_run else adopt(plan, cells, args.adopt)):
+        echo(note)
+    command = table_command(argv if argv is not None else sys.argv[2:])
+    if args.dry_run:
+        for c in cells:
+            echo(f"{c.name:28s} {cell_status(plan, c):8s} {plan.cell_dir(c)}")
+        todo = sum(cell_status(plan, c) != "done" for c in cells)
+        echo(f"{len(cells)} cells, {todo} to train; runs in {plan.root}")
+        return 0
+    failed = train_cells(plan, cells, args, echo)
     for t in tables:
         js, md = write_table(plan, t, seeds, command)
         echo(f"{t}: {json.loads(js.read_text())['status']} -> {js}, {md}")
