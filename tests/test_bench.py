@@ -13,9 +13,14 @@ def test_eval_speed_compares_the_same_items_and_the_batched_scorer_agrees():
 def test_throughput_reports_every_variant_and_stage():
     peaks = {"float32": 100.0, "bfloat16": 200.0}
     out = bench.throughput("tiny-llama", "bfloat16", peaks, steps=1, batch_size=4)
-    assert set(out["local_step"]) == {"padded_float32", "packed_float32", "packed_bfloat16"}
+    from devft_lab.core.compiled import compile_available
+
+    expected = {"padded_float32", "packed_float32", "packed_bfloat16"}
+    assert set(out["local_step"]) == expected | ({"packed_bfloat16_compiled"} if compile_available()[0] else set())
     # packing drops padding only: the real tokens counted are the same
     assert len({v["tokens"] for v in out["local_step"].values()}) == 1
     assert out["stage_round_cost_ratio"][-1] == 1.0 and len(out["stage_round_s"]) == len(out["stage_capacities"])
+    c = out["gemm_ceiling"]  # the GEMMs of every projection of every layer: 7 per LLaMA layer
+    assert sum(c["linear_shapes"].values()) == 7 * 8 and c["train_gflops"] > 0
     v = out["local_step"]["packed_bfloat16"]
     assert abs(v["peak_share"] - v["train_gflops"] / 200.0) < 1e-12

@@ -35,7 +35,7 @@ def test_demo_summary_pairs_before_and_after_on_the_same_items(tmp_path, monkeyp
     main(model_name="tiny-llama", quiet=True, overrides=[
         f"out_dir={tmp_path}", "fed.num_rounds=4", "data.source=tiny", "data.partitioner=iid", "data.partitioner_params={}", "data.num_clients=4",
         "data.min_samples=4", "fed.clients_per_round=2", "train.local_steps=1", "train.batch_size=2",
-        "train.seq_len=64", "eval.max_per_task=2", "model.dtype=float32"])
+        "train.seq_len=64", "eval.max_per_task=2", "model.dtype=float32", "train.compile=false"])
     out = capsys.readouterr().out
     m = re.search(r"acc\s+([\d.]+) % before -> ([\d.]+) % after \(([+-][\d.]+), paired 95% CI \[([+-][\d.]+), "
                   r"([+-][\d.]+)\] over (\d+) items\)", out)

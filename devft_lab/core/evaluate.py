@@ -207,24 +207,50 @@ def _ll_tree(model, encoded: Sequence[tuple[list[int], list[list[int]]]], pad: i
         cache = copy.deepcopy(prefix_cache)
         if len(rows) > 1:
             cache.batch_repeat_interleave(len(rows))
-    # the language-model head only where a choice token is predicted (the union over rows):
-    # most of a row is prompt, and its logits would cost more than the attention does
-    wanted = sorted({p for _, _, spans in rows for p in
-                     [spans[0][0] - 1] + [s + j for s, n_s in spans for j in range(n_s)]})
-    col = {p: j for j, p in enumerate(wanted)}
-    out = model(input_ids=ids.to(device), attention_mask=_tree_mask(rows, n, k, device), position_ids=pos.to(device),
-                **{_cache_kwarg(model): cache}, use_cache=k > 0,
-                logits_to_keep=torch.tensor(wanted, device=device))
-    logp = F.log_softmax(out.logits.float(), dim=-1)
+    mask, pos = _tree_mask(rows, n, k, device), pos.to(device)
+    # the language-model head only at the (row, position) pairs where a choice token is
+    # predicted: most of a row is prompt, and with a 49k vocabulary its logits (and their
+    # log-softmax) would cost more than the attention does
+    need = [(r, p) for r, (_, _, spans) in enumerate(rows)
+            for p in [spans[0][0] - 1] + [s + j for s, n_s in spans for j in range(n_s)]]
+    split = _decoder_and_head(model)
+    if split is not None:
+        decoder, head, cap = split
+        hidden = decoder(input_ids=ids.to(device), attention_mask=mask, position_ids=pos,
+                         **{_cache_kwarg(decoder): cache}, use_cache=k > 0).last_hidden_state
+        logits = head(hidden[torch.tensor([r for r, _ in need]), torch.tensor([p for _, p in need])])
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        row_of = {rp: j for j, rp in enumerate(need)}
+    else:  # any other HF-like module: logits at the union of the rows' positions
+        wanted = sorted({p for _, p in need})
+        out = model(input_ids=ids.to(device), attention_mask=mask, position_ids=pos,
+                    **{_cache_kwarg(model): cache}, use_cache=k > 0, logits_to_keep=torch.tensor(wanted, device=device))
+        col = {p: j for j, p in enumerate(wanted)}
+        logits = out.logits.reshape(-1, out.logits.shape[-1])
+        row_of = {(r, p): r * len(wanted) + col[p] for r, p in need}
+    logp = F.log_softmax(logits.float(), dim=-1)
     result = []
     for r, ((p_ids, c_ids), (_, _, spans)) in enumerate(zip(encoded, rows)):
         last = spans[0][0] - 1  # the prompt's last position in the row
         lls = []
         for c, (start, length) in zip(c_ids, spans):
-            at = torch.tensor([col[last]] + [col[start + j] for j in range(length)], device=device)
-            lls.append(float(logp[r, at, torch.tensor(c, device=device)].sum()))
+            at = torch.tensor([row_of[r, last]] + [row_of[r, start + j] for j in range(length)], device=device)
+            lls.append(float(logp[at, torch.tensor(c, device=device)].sum()))
         result.append(lls)
     return result
+
+
+def _decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module, float | None] | None:
+    """``(decoder stack, LM head, final logit softcap)`` of a ``*ForCausalLM`` (PEFT-wrapped or
+    not), or None for a model without the usual ``.model`` / output-embeddings split."""
+    get = getattr(model, "get_base_model", None)
+    lm = get() if callable(get) else model
+    decoder = getattr(lm, "model", None)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    if decoder is None or head is None:
+        return None
+    return decoder, head, getattr(lm.config, "final_logit_softcapping", None)
 
 
 def _batches_by_tokens(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:

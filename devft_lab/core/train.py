@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from devft_lab.core.compiled import compiled_layers
 from devft_lab.core.device import autocast_context
 from devft_lab.data.templates import PromptTemplate, get_template
 
@@ -220,7 +221,7 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
                 weight_decay: float = 0.0, seed: int = 0, pad_id: int = 0,
                 penalty: Callable[[], torch.Tensor] | None = None, device: str | torch.device | None = None,
                 progress: Callable[[int, float], None] | None = None, packing: bool = True,
-                compute_dtype: str = "auto") -> TrainStats:
+                compute_dtype: str = "auto", compile: bool = False) -> TrainStats:
     """Train the parameters with ``requires_grad`` for ``steps`` optimizer steps (AdamW).
 
     Each step accumulates ``grad_accum`` micro-batches of ``batch_size`` examples; the loss
@@ -232,6 +233,8 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
     ``compute_dtype``: the autocast dtype of the forward pass (``float32``: none; ``auto``:
     bf16 on CUDA, fp32 elsewhere; the runner passes what :func:`~devft_lab.core.device.compute_dtype`
     measured).
+    ``compile``: the decoder layers run ``torch.compile``d during these steps
+    (:func:`~devft_lab.core.compiled.compiled_layers`), eager again afterwards.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -246,29 +249,30 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
     was_training = model.training
     model.train()
     t0, total, n_tok, n_target, seen = time.perf_counter(), 0.0, 0, 0, 0
-    for step in range(steps):
-        opt.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for micro in range(grad_accum):
-            idx = batches[step * grad_accum + micro]
-            chunk = [encoded[i] for i in idx]
-            batch = {k: v.to(device) for k, v in make_batch(chunk, pad_id).items()}
-            with autocast_context(device, compute_dtype):
-                loss_sum, n = lm_loss(model, batch)
-            loss = loss_sum / max(n, 1)
-            if penalty is not None:
-                loss = loss + penalty()
-            (loss / grad_accum).backward()
-            step_loss += float(loss_sum.detach()) / max(n, 1) / grad_accum
-            n_tok += sum(len(e["input_ids"]) for e in chunk)
-            n_target += n
-            seen += len(idx)
-        if max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        opt.step()
-        total += step_loss
-        if progress is not None:
-            progress(step, step_loss)
+    with compiled_layers(model, compile):
+        for step in range(steps):
+            opt.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for micro in range(grad_accum):
+                idx = batches[step * grad_accum + micro]
+                chunk = [encoded[i] for i in idx]
+                batch = {k: v.to(device) for k, v in make_batch(chunk, pad_id).items()}
+                with autocast_context(device, compute_dtype):
+                    loss_sum, n = lm_loss(model, batch)
+                loss = loss_sum / max(n, 1)
+                if penalty is not None:
+                    loss = loss + penalty()
+                (loss / grad_accum).backward()
+                step_loss += float(loss_sum.detach()) / max(n, 1) / grad_accum
+                n_tok += sum(len(e["input_ids"]) for e in chunk)
+                n_target += n
+                seen += len(idx)
+            if max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            opt.step()
+            total += step_loss
+            if progress is not None:
+                progress(step, step_loss)
     model.train(was_training)
     opt.zero_grad(set_to_none=True)
     return TrainStats(loss=total / max(steps, 1), steps=steps, samples=seen, tokens=n_tok,

@@ -10,7 +10,10 @@ Prints and writes, all from the same run:
 * ``local_step``: training tokens/s of the full model's LoRA step (the runtime's loop) for
   padded fp32 batches (the old path), packed fp32, and packed in the probed dtype, each with
   ``peak_share`` = achieved FLOP/s (``(4 N + 6 N_lora)`` per real token, see
-  :func:`devft_lab.fl.accounting.training_flops`) over that dtype's matmul peak;
+  :func:`devft_lab.fl.accounting.training_flops`) over that dtype's matmul peak; and packed in
+  the probed dtype with ``train.compile`` (``packed_<dtype>_compiled``, where the machine compiles);
+* ``gemm_ceiling``: the share of the peak that the step's own linear-layer GEMMs reach when timed
+  alone at the step's shapes (:func:`gemm_ceiling`): an upper bound for any local step here;
 * ``eval``: multiple-choice items/s of the old one-item-at-a-time scorer and the batched one
   (fp32, and in the probed dtype), with how many predictions agree and ``peak_share`` (forward
   FLOP/s, ``2 N`` per token, over the dtype's matmul peak: what bounds any further speed-up);
@@ -24,7 +27,8 @@ Prints and writes, all from the same run:
   clients, each in a fresh process.
 
 Targets (issue 13): local step >= 70% of the peak of the dtype in use; eval >= 3x items/s;
-our round >= 2x faster than the Trainer loop. ``targets`` in the output says which are met.
+our round >= 2x faster than the Trainer loop. ``targets`` in the output says which are met,
+each read on the fastest path the runtime offers (which one is named beside it).
 """
 from __future__ import annotations
 
@@ -58,18 +62,56 @@ def _examples(n: int = 64) -> list[dict]:
 
 
 def _client_round_s(model, enc, steps: int, batch_size: int, pad_id: int, packing: bool = True,
-                    dtype: str = "float32") -> tuple[float, int]:
+                    dtype: str = "float32", compile: bool = False) -> tuple[float, int]:
     from devft_lab.core.train import train_local
 
-    kw = dict(batch_size=batch_size, lr=1e-4, pad_id=pad_id, packing=packing, compute_dtype=dtype)
+    kw = dict(batch_size=batch_size, lr=1e-4, pad_id=pad_id, packing=packing, compute_dtype=dtype, compile=compile)
     torch.manual_seed(0)
-    train_local(model, enc, steps=1, seed=1, **kw)  # warm-up
+    train_local(model, enc, steps=2 if compile else 1, seed=1, **kw)  # warm-up (and compilation)
     s = train_local(model, enc, steps=steps, seed=0, **kw)
     return s.seconds, s.tokens
 
 
+def gemm_ceiling(model: torch.nn.Module, tokens: int, dtype: str, repeat: int = 5) -> dict:
+    """The best share of the GEMM peak a local step of ``tokens`` tokens a micro-batch could reach.
+
+    Times only the frozen linear layers' GEMMs of one step -- per layer and projection, the
+    forward ``[T, in] @ [in, out]`` and the activation gradient ``[T, out] @ [out, in]`` --
+    at the step's shapes, in ``dtype``, with nothing between them: no norms, rotary, attention,
+    LoRA or casts. ``train_gflops`` of that is what perfect fusion of everything else would give;
+    over the square-GEMM peak it bounds ``peak_share`` from above.
+    """
+    from collections import Counter
+
+    from devft_lab.core.layers import decoder_layers
+    from devft_lab.core.train import causal_lm
+
+    shapes: Counter = Counter()
+    for layer in decoder_layers(causal_lm(model)):
+        for name, mod in layer.named_modules():
+            w = getattr(getattr(mod, "base_layer", mod), "weight", None)
+            if isinstance(mod, torch.nn.Linear) and "lora_" not in name and w is not None and w.dim() == 2:
+                shapes[tuple(w.shape)] += 1
+    dt = getattr(torch, dtype)
+    seconds, flops = 0.0, 0.0
+    for (out_f, in_f), count in shapes.items():
+        x, w = torch.randn(tokens, in_f).to(dt), torch.randn(in_f, out_f).to(dt)
+        g, wt = torch.randn(tokens, out_f).to(dt), torch.randn(out_f, in_f).to(dt)
+        best = float("inf")
+        for _ in range(repeat):
+            t = time.perf_counter()
+            x @ w
+            g @ wt
+            best = min(best, time.perf_counter() - t)
+        seconds += best * count
+        flops += 4.0 * tokens * in_f * out_f * count
+    return {"tokens_per_micro_batch": tokens, "linear_shapes": {f"{o}x{i}": c for (o, i), c in shapes.items()},
+            "gemm_s_per_micro_batch": seconds, "train_gflops": flops / seconds / 1e9}
+
+
 def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int = 4, batch_size: int = 8) -> dict:
     """Local-step tokens/s and peak share per variant; each stage's round time over the full model's."""
+    from devft_lab.core.compiled import compile_available
     from devft_lab.core.layers import num_layers
     from devft_lab.core.models import load_model
     from devft_lab.core.train import encode_examples
@@ -91,12 +133,14 @@ def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int 
             n_lora = sum(p.numel() for n, p in sub.model.named_parameters() if "lora_" in n)
             emb = model.get_input_embeddings().weight.numel()
             n_matmul = sum(p.numel() for p in sub.model.parameters()) - n_lora - emb  # decoder (+ no head)
-            variants = {"padded_float32": (False, "float32"), "packed_float32": (True, "float32")}
+            variants = {"padded_float32": (False, "float32", False), "packed_float32": (True, "float32", False)}
             if dtype != "float32":
-                variants[f"packed_{dtype}"] = (True, dtype)
+                variants[f"packed_{dtype}"] = (True, dtype, False)
+            if compile_available()[0]:
+                variants[f"packed_{dtype}_compiled"] = (True, dtype, True)
             local = {}
-            for name, (packing, dt) in variants.items():
-                secs, tokens = _client_round_s(sub.model, enc, steps, batch_size, pad, packing, dt)
+            for name, (packing, dt, comp) in variants.items():
+                secs, tokens = _client_round_s(sub.model, enc, steps, batch_size, pad, packing, dt, comp)
                 gflops = training_flops(n_matmul, tokens, n_lora, lora_only=True) / secs / 1e9
                 local[name] = {"tokens_per_s": tokens / secs, "train_gflops": gflops, "seconds": secs,
                                "tokens": tokens, "peak_share": gflops / peaks[dt]}
@@ -104,6 +148,7 @@ def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int 
             for v in local.values():
                 v["speedup_vs_padded_float32"] = v["tokens_per_s"] / base
             out.update(local_step=local, decoder_params=n_matmul, lora_params=n_lora)
+            out["gemm_ceiling"] = gemm_ceiling(sub.model, round(local["packed_float32"]["tokens"] / steps), dtype)
             times[k] = local[f"packed_{dtype}"]["seconds"]
         else:
             times[k] = _client_round_s(sub.model, enc, steps, batch_size, pad, True, dtype)[0]
@@ -220,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     peaks = {k: max(v, matmul_gflops(dtype=getattr(torch, k))) for k, v in first.items()}
     res["matmul_gflops"] = peaks
     for name, v in res["local_step"].items():
-        v["peak_share"] = v["train_gflops"] / peaks["float32" if name.endswith("float32") else dtype]
+        v["peak_share"] = v["train_gflops"] / peaks["float32" if "float32" in name else dtype]
+    res["gemm_ceiling"]["peak_share"] = res["gemm_ceiling"]["train_gflops"] / peaks[dtype]
     res["eval"] = eval_speed(args.model, dtype)
     for name, v in res["eval"].items():
         if isinstance(v, dict):  # forward FLOPs: 2 N per token (the head only where a choice is read)
@@ -228,12 +274,21 @@ def main(argv: list[str] | None = None) -> int:
             v["peak_share"] = gflops / peaks["float32" if name.endswith("float32") else dtype]
     res["trainer_peer"] = compare(args.model, threads=torch.get_num_threads())
     res.update(memory(args.model))
-    used = res["local_step"][f"packed_{dtype}"]
-    best_eval = max(v["speedup"] for k, v in res["eval"].items() if isinstance(v, dict))
+    # the targets read the fastest path the runtime offers in the dtype in use (train.compile
+    # where the machine compiles); each entry: [measured, met, which variant]
+    step_name = max((k for k in res["local_step"] if dtype in k), key=lambda k: res["local_step"][k]["peak_share"])
+    used = res["local_step"][step_name]
+    eval_name = max((k for k, v in res["eval"].items() if isinstance(v, dict)), key=lambda k: res["eval"][k]["speedup"])
+    best_eval = res["eval"][eval_name]["speedup"]
+    peer = res["trainer_peer"]
+    round_name = max((k for k in ("ratio", "ratio_compiled") if k in peer), key=lambda k: peer[k])
     res["targets"] = {
-        "local_step_peak_share>=0.70": [round(used["peak_share"], 3), used["peak_share"] >= 0.70],
-        "eval_speedup>=3": [round(best_eval, 2), best_eval >= 3.0],
-        "round_vs_trainer>=2": [round(res["trainer_peer"]["ratio"], 2), res["trainer_peer"]["ratio"] >= 2.0]}
+        "local_step_peak_share>=0.70": [round(used["peak_share"], 3), used["peak_share"] >= 0.70, step_name],
+        # what the step's own GEMMs reach with nothing between them: no implementation beats it
+        "gemm_only_ceiling_share": [round(res["gemm_ceiling"]["peak_share"], 3), res["gemm_ceiling"]["peak_share"] >= 0.70,
+                                    "gemm_ceiling"],
+        "eval_speedup>=3": [round(best_eval, 2), best_eval >= 3.0, eval_name],
+        "round_vs_trainer>=2": [round(peer[round_name], 2), peer[round_name] >= 2.0, round_name]}
     res["bench_s"] = time.perf_counter() - t0
     text = json.dumps(res, indent=1)
     print(text)

@@ -171,10 +171,11 @@ def trainer_round(model_name: str, examples: Sequence[Mapping], *, clients: int 
 def ours_round(model_name: str, examples: Sequence[Mapping], *, clients: int = 2, steps: int = 4,
                batch_size: int = 8, seq_len: int = 192, lr: float = 1e-4, r: int = 8, alpha: int = 16,
                dropout: float = 0.05, targets: Sequence[str] = ("q_proj", "v_proj"), seed: int = 0,
-               warmup: int = 1, dtype: str = "float32") -> dict:
+               warmup: int = 1, dtype: str = "float32", compile: bool = False) -> dict:
     """The same round through :func:`devft_lab.fl.client.client_update` + ``fedit`` aggregation.
 
-    Same returns as :func:`trainer_round`.
+    Same returns as :func:`trainer_round`. ``compile``: the decoder layers compiled while training
+    (``train.compile``; the compile time falls in the warm-up round, ``warmup_s``).
     """
     from devft_lab.core.lora import get_lora_state
     from devft_lab.fl.client import LocalTraining, client_update
@@ -185,7 +186,7 @@ def ours_round(model_name: str, examples: Sequence[Mapping], *, clients: int = 2
     weights = [len(d) for d in data]
     strategy = get_strategy("fedit")
     training = LocalTraining(steps=steps, batch_size=batch_size, lr=lr, pad_id=tok.pad_token_id or 0,
-                             compute_dtype=dtype)  # packing: the runtime's default
+                             compute_dtype=dtype, compile=compile)  # packing: the runtime's default
     init = strategy.init_global(get_lora_state(model))
     glob, times = init, []
     for rnd in range(warmup + 1):
@@ -221,7 +222,9 @@ def compare(model_name: str = "smollm2-135m", *, threads: int | None = 1, **sett
     ``ratio = trainer_round_s / ours_round_s`` (the target: >= 2), both in ``dtype``;
     ``dtype = auto`` (the default): the compute dtype devft_lab's probe picks on this machine,
     and then the Trainer is also timed in its own default (fp32 on CPU) as
-    ``trainer_default_round_s`` / ``ratio_vs_trainer_default``. ``settings`` override
+    ``trainer_default_round_s`` / ``ratio_vs_trainer_default``. Where the machine can compile,
+    ours is also timed with ``train.compile`` as ``ours_compiled_round_s`` (``ours_compiled_warmup_s``
+    holds its compile time) and ``ratio_compiled = trainer_round_s / ours_compiled_round_s``. ``settings`` override
     :data:`DEFAULTS` (``clients``, ``per_client``, ``steps``, ``batch_size``, ``seq_len``,
     ``lr``, ``r``, ``alpha``, ``dropout``, ``targets``, ``seed``, ``dtype``).
     """
@@ -236,21 +239,28 @@ def compare(model_name: str = "smollm2-135m", *, threads: int | None = 1, **sett
     env = dict(os.environ)
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    runs = [("trainer", "trainer", s["dtype"]), ("ours", "ours", s["dtype"])]
+    from devft_lab.core.compiled import compile_available
+
+    runs = [("trainer", "trainer", s["dtype"], {}), ("ours", "ours", s["dtype"], {})]
+    if compile_available()[0]:
+        runs.append(("ours_compiled", "ours", s["dtype"], {"compile": True}))
     if requested == "auto" and s["dtype"] != "float32" and not torch.cuda.is_available():
-        runs.append(("trainer_default", "trainer", "float32"))
+        runs.append(("trainer_default", "trainer", "float32", {}))
     out: dict[str, Any] = {}
-    for label, side, dtype in runs:
+    for label, side, dtype, extra in runs:
         cmd = [sys.executable, "-m", "devft_lab.experiments.trainer_peer", "--child", side, "--model", model_name,
-               "--settings", json.dumps({**s, "dtype": dtype})] + (["--threads", str(threads)] if threads else [])
+               "--settings", json.dumps({**s, "dtype": dtype, **extra})] + (["--threads", str(threads)] if threads else [])
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if res.returncode != 0:
             raise RuntimeError(f"trainer_peer --child {side} failed:\n{res.stderr[-4000:]}")
         child = json.loads(res.stdout.strip().splitlines()[-1])
         out[f"{label}_round_s"] = child["round_s"]
         out[f"{label}_peak_rss_mb"] = child["peak_rss_mb"]
+        out[f"{label}_warmup_s"] = child["warmup_s"]
         out["threads"] = child["threads"]
     out["ratio"] = out["trainer_round_s"] / out["ours_round_s"]
+    if "ours_compiled_round_s" in out:
+        out["ratio_compiled"] = out["trainer_round_s"] / out["ours_compiled_round_s"]
     if "trainer_default_round_s" in out:
         out["ratio_vs_trainer_default"] = out["trainer_default_round_s"] / out["ours_round_s"]
     out.update(model=model_name, device="cuda" if torch.cuda.is_available() else "cpu", dtype_probe=probe, **s)

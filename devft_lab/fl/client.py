@@ -30,6 +30,7 @@ class LocalTraining:
     pad_id: int = 0
     packing: bool = True  # micro-batches without padding (devft_lab.core.train.pack)
     compute_dtype: str = "auto"  # autocast dtype of the forward pass (devft_lab.core.device)
+    compile: bool = False  # torch.compile the decoder layers while training (devft_lab.core.compiled)
 
 
 @dataclass
@@ -79,6 +80,6 @@ def client_update(model: torch.nn.Module, start: Mapping[str, torch.Tensor], dat
     stats = train_local(model, data, steps=training.steps, batch_size=training.batch_size, lr=training.lr,
                         grad_accum=training.grad_accum, max_grad_norm=training.max_grad_norm, seed=s,
                         pad_id=training.pad_id, penalty=penalty, packing=training.packing,
-                        compute_dtype=training.compute_dtype)
+                        compute_dtype=training.compute_dtype, compile=training.compile)
     trained = get_lora_state(model)
     return ClientResult(client, strategy.uplink(trained), strategy.persist(trained), len(data), stats)

@@ -117,6 +117,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     seq_len: int = 512
     packing: bool = True  # lay examples end to end (no padding); false: right-padded batches
+    compile: bool = False  # torch.compile the decoder layers while training (speed only; not hashed)
     seed: int = 42
 
 
@@ -315,7 +316,8 @@ _HASH_DEFAULTS = {"transfer": "copy", "similarity": "parameters"}
 
 def config_hash(cfg: RunConfig) -> str:
     """SHA-256 (16 hex digits) of what determines training; ignores name, out_dir, device, eval,
-    the Flower transport settings (fed.min_fit, fed.round_timeout) and the stage loss probe
+    the Flower transport settings (fed.min_fit, fed.round_timeout), train.compile (the same maths,
+    fused; recorded in meta.json) and the stage loss probe
     (devft.probe_loss; devft.probe_examples unless devft.similarity=function groups with it).
     devft.transfer and devft.similarity enter only away from their defaults (copy, parameters),
     so runs recorded before these keys existed keep their hash."""
@@ -324,6 +326,7 @@ def config_hash(cfg: RunConfig) -> str:
         d.pop(k, None)
     for k in ("min_fit", "round_timeout"):
         d["fed"].pop(k, None)
+    d["train"].pop("compile", None)
     dv = d["devft"]
     if dv.get("similarity") != "function":
         dv.pop("probe_examples", None)

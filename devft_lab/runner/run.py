@@ -284,7 +284,7 @@ def build(cfg: RunConfig, progress: bool = True, compute: dict[str, Any] | None 
         clients_per_round=cfg.fed.clients_per_round, seed=t.seed,
         training=LocalTraining(steps=t.local_steps, batch_size=t.batch_size, lr=t.lr, grad_accum=t.grad_accum,
                                max_grad_norm=t.max_grad_norm, pad_id=tok.pad_token_id or 0, packing=t.packing,
-                               compute_dtype=compute["dtype"]),
+                               compute_dtype=compute["dtype"], compile=t.compile),
         lr=t.lr, lr_min=t.lr_min, lr_schedule=t.schedule, eval_every=cfg.eval.every_n_rounds,
         eval_stage_ends=cfg.eval.stage_ends,
         config_hash=config_hash(cfg), progress=progress, lora_scaling=cfg.lora.alpha / cfg.lora.r)
@@ -351,9 +351,17 @@ def start(cfg: RunConfig, force: bool = False, quiet: bool = False, command: str
         "config_hash": config_hash(cfg), "model": cfg.model.name, "capacities": parts.capacities,
         "stage_rounds": stage_rounds(cfg), "num_clients": len(parts.client_data),
         "client_sizes": [len(d) for d in parts.client_data], "machine": machine(),
-        "compute_dtype": parts.compute,
+        "compute_dtype": parts.compute, "compiled_layers": _compiles(cfg),
         "command": command or " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
     return _run(parts, run_dir, quiet, resume=False)
+
+
+def _compiles(cfg: RunConfig) -> bool:
+    """Whether this run's training steps run compiled decoder layers (``train.compile`` and a
+    machine that can compile)."""
+    from devft_lab.core.compiled import compile_available
+
+    return bool(cfg.train.compile and compile_available()[0])
 
 
 def finished_run(cfg: RunConfig) -> dict[str, Any] | None:

@@ -1,0 +1,67 @@
+"""Regional compilation: ``torch.compile`` each decoder layer, not the whole model.
+
+At hidden size 576 (SmolLM2-135M) a LoRA step spends most of its time *between* the GEMMs:
+RMSNorm, rotary embeddings, SiLU x gate, LoRA dropout and scaling, and the casts autocast
+inserts. Inductor fuses those into a few loops per layer. The decoder layers of a model run
+the same code, so dynamo traces one graph and every layer reuses it, and so does every stage's
+fused submodel (same layer class, other tensors): the compile cost is paid once per process,
+not per layer or per stage (PyTorch's "regional compilation" recipe).
+
+    with compiled_layers(model, enabled=True):
+        ...  # forward and backward through compiled layers
+    # eager again: evaluation and the method's maths never see compiled modules
+
+Shapes are compiled dynamic (``dynamic=True``), so packed batches of any length reuse the graph.
+Numerics: the same maths in another order; in bf16 autocast the losses agree with eager to
+bf16 precision (``tests/test_compiled.py``), not bit for bit, which is why a resumed run keeps
+the setting it started with.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import warnings
+from typing import Iterator
+
+import torch
+
+from devft_lab.core.layers import decoder_layers
+
+
+def compile_available() -> tuple[bool, str]:
+    """(whether inductor can compile on this machine, why not). CPU code needs a C++ compiler."""
+    if not hasattr(torch, "compile"):
+        return False, "this torch has no torch.compile"
+    if shutil.which("g++") is None and shutil.which("c++") is None and shutil.which("clang++") is None:
+        return False, "no C++ compiler on PATH (inductor's CPU backend needs one: apt-get install g++)"
+    return True, ""
+
+
+def _inner(model: torch.nn.Module) -> torch.nn.Module:
+    get = getattr(model, "get_base_model", None)  # a PEFT wrapper
+    return get() if callable(get) else model
+
+
+@contextlib.contextmanager
+def compiled_layers(model: torch.nn.Module, enabled: bool = True) -> Iterator[bool]:
+    """Run the body with every decoder layer of ``model`` compiled; eager again afterwards.
+
+    Yields whether compilation is on (``False`` when ``enabled`` is false or the machine cannot
+    compile: a warning says why and the body runs eager).
+    """
+    if not enabled:
+        yield False
+        return
+    ok, why = compile_available()
+    if not ok:
+        warnings.warn(f"train.compile: running eager, {why}.", stacklevel=3)
+        yield False
+        return
+    layers = list(decoder_layers(_inner(model)))
+    for layer in layers:
+        layer.compile(dynamic=True)
+    try:
+        yield True
+    finally:
+        for layer in layers:
+            layer._compiled_call_impl = None  # nn.Module.compile's hook: None means eager
