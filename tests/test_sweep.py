@@ -107,7 +107,12 @@ def test_a_two_cell_sweep_writes_the_report_and_a_second_sitting_skips_done_cell
     calls = []
     monkeypatch.setattr(runmod, "start", lambda *a, **k: calls.append(a))
     monkeypatch.setattr(runmod, "resume", lambda *a, **k: calls.append(a))
+    (tmp_path / "readings").mkdir()
+    (tmp_path / "readings" / "sweep_smoke.md").write_text("A person's reading of the map.\n")
     assert sw.main(argv) == 0 and calls == []  # both cells are done: nothing is trained again
+    md = (tmp_path / "sweep_smoke.md").read_text()  # the regenerated report keeps the written reading
+    assert "## Reading (written;" in md and md.rstrip().endswith("A person's reading of the map.")
+    assert json.loads((tmp_path / "sweep_smoke.json").read_text())["written_reading"]["text"] == "A person's reading of the map."
     plan = _plan(tmp_path)
     cells, _ = sw.sweep_cells(plan, sw.levels(["transfer"]), [0], ["sweep-devft", "sweep-fedit-l8"])
     assert {cell_status(plan, c) for c in cells} == {"done"}

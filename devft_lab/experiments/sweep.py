@@ -311,6 +311,9 @@ def to_markdown(d: dict[str, Any]) -> str:
     out += ["", f"![gaps]({Path(d.get('png', 'sweep.png')).name})", ""]
     if d.get("reading"):
         out += ["## Reading (generated from the numbers above)", "", d["reading"], ""]
+    if d.get("written_reading"):
+        w = d["written_reading"]
+        out += [f"## Reading (written; `{w['path']}`, kept when the report is regenerated)", "", w["text"], ""]
     return "\n".join(out) + "\n"
 
 
@@ -353,6 +356,9 @@ def write_report(plan: Plan, rows: Sequence[Level], fedits: dict[str, Variant], 
     d = build_report(plan, rows, fedits, seeds, command)
     js, md, png = (output_path(plan, e) for e in ("json", "md", "png"))
     d["png"] = str(png)
+    written = plan.results / "readings" / md.name  # a person's reading, kept across regenerations
+    if written.exists():
+        d["written_reading"] = {"path": str(written), "text": written.read_text(encoding="utf-8").strip()}
     js.parent.mkdir(parents=True, exist_ok=True)
     js.write_text(json.dumps(d, indent=1, default=str) + "\n", encoding="utf-8")
     md.write_text(to_markdown(d), encoding="utf-8")
