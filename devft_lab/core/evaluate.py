@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from devft_lab.core.layers import decoder_and_head
 from devft_lab.data.records import normalise_text
 from devft_lab.data.templates import PromptTemplate, get_template
 
@@ -213,7 +214,7 @@ def _ll_tree(model, encoded: Sequence[tuple[list[int], list[list[int]]]], pad: i
     # log-softmax) would cost more than the attention does
     need = [(r, p) for r, (_, _, spans) in enumerate(rows)
             for p in [spans[0][0] - 1] + [s + j for s, n_s in spans for j in range(n_s)]]
-    split = _decoder_and_head(model)
+    split = decoder_and_head(model)
     if split is not None:
         decoder, head, cap = split
         hidden = decoder(input_ids=ids.to(device), attention_mask=mask, position_ids=pos,
@@ -239,18 +240,6 @@ def _ll_tree(model, encoded: Sequence[tuple[list[int], list[list[int]]]], pad: i
             lls.append(float(logp[at, torch.tensor(c, device=device)].sum()))
         result.append(lls)
     return result
-
-
-def _decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module, float | None] | None:
-    """``(decoder stack, LM head, final logit softcap)`` of a ``*ForCausalLM`` (PEFT-wrapped or
-    not), or None for a model without the usual ``.model`` / output-embeddings split."""
-    get = getattr(model, "get_base_model", None)
-    lm = get() if callable(get) else model
-    decoder = getattr(lm, "model", None)
-    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
-    if decoder is None or head is None:
-        return None
-    return decoder, head, getattr(lm.config, "final_logit_softcapping", None)
 
 
 def _batches_by_tokens(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:

@@ -39,6 +39,23 @@ def _check(model: nn.Module) -> str:
     return SUPPORTED[mt]
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The ``*ForCausalLM`` module inside a PEFT wrapper (or the model itself)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module, float | None] | None:
+    """``(decoder stack, LM head, final logit softcap)`` of a ``*ForCausalLM`` (PEFT-wrapped or
+    not), or None for a model without the usual ``.model`` / output-embeddings split."""
+    lm = unwrap(model)
+    decoder = getattr(lm, "model", None)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    if decoder is None or head is None:
+        return None
+    return decoder, head, getattr(lm.config, "final_logit_softcapping", None)
+
+
 def _parent_and_name(model: nn.Module) -> tuple[nn.Module, str]:
     path = _check(model).split(".")
     parent = model

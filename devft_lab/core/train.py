@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from devft_lab.core.compiled import compiled_layers
 from devft_lab.core.device import autocast_context
+from devft_lab.core.layers import decoder_and_head, unwrap
 from devft_lab.data.templates import PromptTemplate, get_template
 
 IGNORE = -100
@@ -122,8 +123,7 @@ def pack(encoded: Sequence[Mapping[str, list[int]]], pad_id: int = 0,
 # --------------------------------------------------------------------------- loss
 def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     """The ``*ForCausalLM`` module inside a PEFT wrapper (or the model itself)."""
-    get = getattr(model, "get_base_model", None)
-    return get() if callable(get) else model
+    return unwrap(model)
 
 
 @torch.no_grad()
@@ -163,15 +163,14 @@ def lm_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[
     target = labels[:, 1:]
     where = target != IGNORE
     n = int(where.sum())
-    lm = causal_lm(model)
-    decoder, head = getattr(lm, "model", None), getattr(lm, "get_output_embeddings", lambda: None)()
+    split = decoder_and_head(model)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
     if "position_ids" in batch:
         inputs.update(position_ids=batch["position_ids"], use_cache=False)  # packed: no cache, no mask
-    if decoder is not None and head is not None:
+    if split is not None:
+        decoder, head, cap = split
         hidden = decoder(**inputs).last_hidden_state
         logits = head(hidden[:, :-1][where])
-        cap = getattr(lm.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
     else:
