@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from devft_lab.core.layers import decoder_and_head
+from devft_lab.core.layers import decoder_and_head, unwrap
 from devft_lab.data.records import normalise_text
 from devft_lab.data.templates import PromptTemplate, get_template
 
@@ -66,8 +66,7 @@ def _is_hf(model) -> bool:
     """A transformers model (or a PEFT wrapper around one): it takes a KV cache."""
     from transformers import PreTrainedModel
 
-    get = getattr(model, "get_base_model", None)
-    return isinstance(get() if callable(get) else model, PreTrainedModel)
+    return isinstance(unwrap(model), PreTrainedModel)
 
 
 def _cache_kwarg(model) -> str:
@@ -75,9 +74,7 @@ def _cache_kwarg(model) -> str:
     ``past_key_values`` before (the old name is deprecated, to be removed in 5.40)."""
     import inspect
 
-    get = getattr(model, "get_base_model", None)
-    base = get() if callable(get) else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(unwrap(model).forward).parameters else "past_key_values"
 
 
 def _cache_of(out) -> Any:
@@ -256,8 +253,7 @@ def _batches_by_tokens(lengths: Sequence[int], max_tokens: int) -> list[list[int
 
 def _fits_sliding_window(model, n: int) -> bool:
     """A custom 4D mask replaces sliding-window masks too: use it only for rows inside the window."""
-    get = getattr(model, "get_base_model", None)
-    cfg = (get() if callable(get) else model).config
+    cfg = unwrap(model).config
     window = getattr(cfg, "sliding_window", None) or getattr(getattr(cfg, "text_config", None), "sliding_window", None)
     return window is None or n <= window
 
