@@ -152,3 +152,21 @@ def test_the_reading_sorts_levels_by_their_interval_and_names_the_best_per_facto
     assert text.startswith("5 DevFT settings (5 factor levels")
     twice = rows + [dict(rows[0], factor="transfer", level="copy")]  # the center appears in every factor
     assert probe_correlation(twice)["n"] == 3 and reading({"rows": twice}).startswith("3 DevFT settings (4 factor")
+
+
+def test_set_overrides_every_cell_in_its_own_tagged_folders_and_needs_a_tag(tmp_path, capsys):
+    assert sw.main(["--scale", "smoke", "--set", "model.name=tiny-qwen2", "--dry-run",
+                    "--results", str(tmp_path)]) == 2
+    assert "add --tag NAME" in capsys.readouterr().err
+    assert sw.main(["--scale", "smoke", "--set", "model.name=tiny-qwen2", "--tag", "bad tag!", "--dry-run",
+                    "--results", str(tmp_path)]) == 2
+    plan = sw.sweep_plan("smoke", tmp_path, tag="qwen", extra=["model.name=tiny-qwen2"])
+    cells, _ = sw.sweep_cells(plan, sw.levels(), [0])
+    default = _plan(tmp_path)
+    for c in cells:
+        assert plan.config(c).model.name == "tiny-qwen2" and default.config(c).model.name == "tiny-llama"
+        assert plan.cell_dir(c).parts[-3] == "smoke-qwen" and plan.cell_dir(c) != default.cell_dir(c)
+    assert sw.output_path(plan, "json").name == "sweep_smoke-qwen.json"
+    assert sw.main(["--scale", "smoke", "--set", "model.name=tiny-qwen2", "--tag", "qwen", "--dry-run",
+                    "--results", str(tmp_path)]) == 0
+    assert "smoke-qwen" in capsys.readouterr().out

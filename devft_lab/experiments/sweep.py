@@ -2,6 +2,7 @@
 FedIT at equal total client FLOPs.
 
     devft-lab sweep --scale lab --seeds 3 [--factors capacity transfer] [--max-cells K] [--dry-run]
+    devft-lab sweep --scale lab --set model.name=gemma3-270m --tag gemma3 --factors capacity   # another model
 
 Around the lab's DevFT (the reproduce ``devft`` variant: 4 stages, stage-1 capacity L/8, rule
 ``copy``, beta 0.1, spectral DGLG), one factor moves at a time:
@@ -140,12 +141,23 @@ def fedit_variant(plan: Plan, schedule: str) -> Variant:
                    _FULL + ("fed.strategy=fedit",) + _FINAL_ONLY + (f"fed.num_rounds={n}",), HOME)
 
 
-def sweep_plan(scale: str, results: Path, tag: str = "", runs: Path | None = None) -> Plan:
-    """The reproduce :class:`Plan` of a sweep at ``scale`` (shares reproduce's run folders)."""
+def sweep_plan(scale: str, results: Path, tag: str = "", runs: Path | None = None,
+               extra: Sequence[str] = ()) -> Plan:
+    """The reproduce :class:`Plan` of a sweep at ``scale`` (shares reproduce's run folders).
+
+    ``extra``: ``KEY=VALUE`` overrides for every cell (another model: ``model.name=gemma3-270m``);
+    they change what every cell trains, so they need a ``tag`` (own runs folder and report files).
+    """
     if scale not in SCALES:
         raise ReproduceError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}.")
+    if extra and not tag:
+        raise ReproduceError("--set changes what every cell trains; add --tag NAME so these runs and the "
+                             "report do not mix with the default ones.")
+    if tag and not tag.replace("-", "").replace("_", "").isalnum():
+        raise ReproduceError(f"--tag {tag!r}: use letters, digits, - and _ only.")
     s = SCALES[scale]
-    return Plan(s, s.base, SCALE_EXTRA.get(scale, ()), tag, Path(results), Path(runs) if runs else None)
+    return Plan(s, s.base, SCALE_EXTRA.get(scale, ()) + tuple(extra), tag, Path(results),
+                Path(runs) if runs else None)
 
 
 def sweep_cells(plan: Plan, rows: Sequence[Level], seeds: Sequence[int],
@@ -375,6 +387,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", nargs="+", default=(), metavar="CELL", help="only these cells or variants")
     p.add_argument("--max-cells", type=int, default=None, metavar="K", help="train at most K new cells this sitting")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their status; train nothing")
+    p.add_argument("--set", nargs="+", default=(), metavar="KEY=VALUE", dest="extra",
+                   help="overrides for every cell (e.g. model.name=gemma3-270m); needs --tag")
     p.add_argument("--tag", default="", help="name for a non-default setup (its own runs folder and files)")
     p.add_argument("--results", default="results", help="where the sweep files (and repro/ runs) go")
     p.add_argument("--runs", default=None, help="runs folder (default RESULTS/repro/SCALE[-TAG])")
@@ -396,7 +410,7 @@ def run_args(args, argv: Sequence[str] | None = None, echo: Callable[[str], None
     rows = levels(args.factors)
     if args.max_cells is not None and args.max_cells < 0:
         raise ReproduceError(f"--max-cells {args.max_cells}: give K >= 0.")
-    plan = sweep_plan(args.scale, Path(args.results), args.tag, args.runs)
+    plan = sweep_plan(args.scale, Path(args.results), args.tag, args.runs, args.extra)
     seeds = seeds_of(plan, args.seeds)
     cells, fedits = sweep_cells(plan, rows, seeds, args.only)
     from devft_lab.experiments.reproduce.cli import table_command, train_cells
