@@ -12,7 +12,7 @@ def test_eval_speed_compares_the_same_items_and_the_batched_scorer_agrees():
 
 def test_throughput_reports_every_variant_and_stage():
     peaks = {"float32": 100.0, "bfloat16": 200.0}
-    out = bench.throughput("tiny-llama", "bfloat16", peaks, steps=1, batch_size=4)
+    out = bench.throughput("tiny-llama", "bfloat16", peaks, steps=1, batch_size=4, repeats=2)
     from devft_lab.core.compiled import compile_available
 
     expected = {"padded_float32", "packed_float32", "packed_bfloat16"}
@@ -24,3 +24,7 @@ def test_throughput_reports_every_variant_and_stage():
     assert sum(c["linear_shapes"].values()) == 7 * 8 and c["train_gflops"] > 0
     v = out["local_step"]["packed_bfloat16"]
     assert abs(v["peak_share"] - v["train_gflops"] / 200.0) < 1e-12
+    # every timing is the best of the interleaved passes, and the full stage's round is that variant's
+    for v in out["local_step"].values():
+        assert len(v["seconds_all"]) == 2 and v["seconds"] == min(v["seconds_all"])
+    assert out["stage_round_s"][-1] == out["local_step"]["packed_bfloat16"]["seconds"]

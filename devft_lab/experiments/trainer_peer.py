@@ -142,10 +142,11 @@ def _trainer_client(model, tok, rows, global_state, *, steps, batch_size, lr, se
 def trainer_round(model_name: str, examples: Sequence[Mapping], *, clients: int = 2, steps: int = 4,
                   batch_size: int = 8, seq_len: int = 192, lr: float = 1e-4, r: int = 8, alpha: int = 16,
                   dropout: float = 0.05, targets: Sequence[str] = ("q_proj", "v_proj"), seed: int = 0,
-                  warmup: int = 1, dtype: str = "float32") -> dict:
+                  warmup: int = 1, dtype: str = "float32", repeats: int = 1) -> dict:
     """One federated round in the OpenFedLLM pattern (a ``Trainer`` per client per round).
 
-    Returns ``round_s`` (the timed round, after ``warmup`` untimed rounds), ``warmup_s``,
+    Returns ``round_s`` (the best of ``repeats`` timed rounds, after ``warmup`` untimed ones;
+    ``rounds_s`` lists them all), ``warmup_s``,
     ``state`` (the FedAvg global LoRA after the timed round), ``init_state`` and ``client_states``.
     """
     from peft import get_peft_model_state_dict
@@ -156,22 +157,22 @@ def trainer_round(model_name: str, examples: Sequence[Mapping], *, clients: int 
     init = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
     glob, times = init, []
     with tempfile.TemporaryDirectory() as out_dir:
-        for rnd in range(warmup + 1):
+        for rnd in range(warmup + repeats):
             t0 = time.perf_counter()
             states = [_trainer_client(model, tok, rows, glob, steps=steps, batch_size=batch_size, lr=lr,
                                       seed=seed * 1000 + rnd * 100 + k, out_dir=out_dir, dtype=dtype)
                       for k, rows in enumerate(data)]
             glob = fedavg(states, weights)
             times.append(time.perf_counter() - t0)
-    return {"round_s": times[-1], "warmup_s": sum(times[:-1]), "state": glob, "init_state": init,
-            "client_states": states}
+    return {"round_s": min(times[warmup:]), "rounds_s": times[warmup:], "warmup_s": sum(times[:warmup]),
+            "state": glob, "init_state": init, "client_states": states}
 
 
 # --------------------------------------------------------------------------- devft_lab's runtime
 def ours_round(model_name: str, examples: Sequence[Mapping], *, clients: int = 2, steps: int = 4,
                batch_size: int = 8, seq_len: int = 192, lr: float = 1e-4, r: int = 8, alpha: int = 16,
                dropout: float = 0.05, targets: Sequence[str] = ("q_proj", "v_proj"), seed: int = 0,
-               warmup: int = 1, dtype: str = "float32", compile: bool = False) -> dict:
+               warmup: int = 1, dtype: str = "float32", compile: bool = False, repeats: int = 1) -> dict:
     """The same round through :func:`devft_lab.fl.client.client_update` + ``fedit`` aggregation.
 
     Same returns as :func:`trainer_round`. ``compile``: the decoder layers compiled while training
@@ -189,14 +190,14 @@ def ours_round(model_name: str, examples: Sequence[Mapping], *, clients: int = 2
                              compute_dtype=dtype, compile=compile)  # packing: the runtime's default
     init = strategy.init_global(get_lora_state(model))
     glob, times = init, []
-    for rnd in range(warmup + 1):
+    for rnd in range(warmup + repeats):
         t0 = time.perf_counter()
         results = [client_update(model, strategy.client_init(glob), rows, strategy, training,
                                  client=k, round_idx=rnd, seed=seed) for k, rows in enumerate(data)]
         glob = strategy.aggregate(glob, [res.upload for res in results], weights)
         times.append(time.perf_counter() - t0)
-    return {"round_s": times[-1], "warmup_s": sum(times[:-1]), "state": glob, "init_state": init,
-            "client_states": [res.upload for res in results]}
+    return {"round_s": min(times[warmup:]), "rounds_s": times[warmup:], "warmup_s": sum(times[:warmup]),
+            "state": glob, "init_state": init, "client_states": [res.upload for res in results]}
 
 
 # --------------------------------------------------------------------------- processes
@@ -212,11 +213,11 @@ def _child(side: str, model_name: str, settings: Mapping[str, Any], threads: int
     s = dict(settings)
     examples = lab_examples(s["clients"] * s.pop("per_client"))
     res = SIDES[side](model_name, examples, **s)
-    return {"side": side, "round_s": res["round_s"], "warmup_s": res["warmup_s"], "peak_rss_mb": peak_rss_mb(),
+    return {"side": side, "round_s": res["round_s"], "rounds_s": res["rounds_s"], "warmup_s": res["warmup_s"], "peak_rss_mb": peak_rss_mb(),
             "threads": torch.get_num_threads()}
 
 
-def compare(model_name: str = "smollm2-135m", *, threads: int | None = 1, **settings) -> dict:
+def compare(model_name: str = "smollm2-135m", *, threads: int | None = 1, repeats: int = 2, **settings) -> dict:
     """Both sides, each in a fresh process: round times, their ratio and peak RSS.
 
     ``ratio = trainer_round_s / ours_round_s`` (the target: >= 2), both in ``dtype``;
@@ -226,7 +227,8 @@ def compare(model_name: str = "smollm2-135m", *, threads: int | None = 1, **sett
     ours is also timed with ``train.compile`` as ``ours_compiled_round_s`` (``ours_compiled_warmup_s``
     holds its compile time) and ``ratio_compiled = trainer_round_s / ours_compiled_round_s``. ``settings`` override
     :data:`DEFAULTS` (``clients``, ``per_client``, ``steps``, ``batch_size``, ``seq_len``,
-    ``lr``, ``r``, ``alpha``, ``dropout``, ``targets``, ``seed``, ``dtype``).
+    ``lr``, ``r``, ``alpha``, ``dropout``, ``targets``, ``seed``, ``dtype``). Each side's
+    ``round_s`` is the best of ``repeats`` timed rounds after its warm-up round (``*_rounds_s``: all).
     """
     from devft_lab.core.device import compute_dtype
 
@@ -249,7 +251,7 @@ def compare(model_name: str = "smollm2-135m", *, threads: int | None = 1, **sett
     out: dict[str, Any] = {}
     for label, side, dtype, extra in runs:
         cmd = [sys.executable, "-m", "devft_lab.experiments.trainer_peer", "--child", side, "--model", model_name,
-               "--settings", json.dumps({**s, "dtype": dtype, **extra})] + (["--threads", str(threads)] if threads else [])
+               "--settings", json.dumps({**s, "dtype": dtype, "repeats": repeats, **extra})] + (["--threads", str(threads)] if threads else [])
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if res.returncode != 0:
             raise RuntimeError(f"trainer_peer --child {side} failed:\n{res.stderr[-4000:]}")
@@ -257,6 +259,7 @@ def compare(model_name: str = "smollm2-135m", *, threads: int | None = 1, **sett
         out[f"{label}_round_s"] = child["round_s"]
         out[f"{label}_peak_rss_mb"] = child["peak_rss_mb"]
         out[f"{label}_warmup_s"] = child["warmup_s"]
+        out[f"{label}_rounds_s"] = child["rounds_s"]
         out["threads"] = child["threads"]
     out["ratio"] = out["trainer_round_s"] / out["ours_round_s"]
     if "ours_compiled_round_s" in out:
