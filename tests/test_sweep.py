@@ -150,6 +150,16 @@ def test_the_reading_sorts_levels_by_their_interval_and_names_the_best_per_facto
     assert "level with it at beta=0.05" in text and "below it at beta=0.1" in text
     assert "Best beta: 0.05 (-1.0 points)" in text and "rho" in text and "Caution" not in text
     assert text.startswith("5 DevFT settings (5 factor levels")
+    # levels trained on different seeds are compared on the seeds they share, not on their pooled gaps
+    def seeded(lvl, per_seed):
+        gaps = {s: {"gap": g} for s, g in per_seed.items()}
+        return {**row("capacity", lvl, sum(per_seed.values()) / len(per_seed), [-9, -1], None),
+                "seeds": sorted(per_seed), "gap_vs_fedit": {"mean": sum(per_seed.values()) / len(per_seed),
+                                                            "ci95": [-9, -1], "per_seed": gaps}}
+    uneven = [seeded("L/8", {42: -4.0, 43: -6.0, 44: -11.0}), seeded("L/4", {42: -5.0, 43: -6.0})]
+    text = reading({"rows": uneven})
+    # pooled, L/4 (-5.5) looks better than L/8 (-7.0); on seeds 42 and 43 L/8 is (-5.0 vs -5.5)
+    assert "Best capacity on the seeds every level has (42, 43): L/8 (-5.0 points; L/4 -5.5)." in text
     twice = rows + [dict(rows[0], factor="transfer", level="copy")]  # the center appears in every factor
     assert probe_correlation(twice)["n"] == 3 and reading({"rows": twice}).startswith("3 DevFT settings (4 factor")
 

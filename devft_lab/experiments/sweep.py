@@ -271,9 +271,16 @@ def reading(d: dict[str, Any]) -> str:
            f"level with it at {', '.join(by['tie']) or 'no level'}; below it at {', '.join(by['below']) or 'no level'}."]
     for f in dict.fromkeys(r["factor"] for r in rows):
         fr = [r for r in rows if r["factor"] == f]
-        if len(fr) > 1:
-            best = max(fr, key=lambda r: r["gap_vs_fedit"]["mean"])
-            out.append(f"Best {f}: {best['level']} ({best['gap_vs_fedit']['mean']:+.1f} points).")
+        if len(fr) < 2:
+            continue
+        score, common = _on_shared_seeds(fr)
+        best = max(fr, key=score)
+        if common is None:
+            out.append(f"Best {f}: {best['level']} ({score(best):+.1f} points).")
+        else:  # levels with different seeds: compared on the seeds they all have
+            others = ", ".join(f"{r['level']} {score(r):+.1f}" for r in fr if r is not best)
+            out.append(f"Best {f} on the seeds every level has ({', '.join(common)}): {best['level']} "
+                       f"({score(best):+.1f} points; {others}).")
     c = d.get("probe_correlation") or probe_correlation(d["rows"])
     if c["rho"] is not None:
         out.append(f"Across the {c['n']} DevFT settings with the stage probe, Spearman's rho between the first stage's "
@@ -283,6 +290,19 @@ def reading(d: dict[str, Any]) -> str:
         out.append(f"Caution: the cells computed in {', '.join(d['compute_dtypes'])} (chosen per machine by the "
                    "device probe), so gaps mix method and numerics.")
     return " ".join(out)
+
+
+def _on_shared_seeds(rows: Sequence[dict[str, Any]]) -> tuple[Callable[[dict], float], list[str] | None]:
+    """(gap of a row, the seeds compared): each row's pooled gap when all have the same seeds, else the
+    mean of its per-seed gaps over the seeds every row has (None: no such restriction was needed)."""
+    per = [{str(s): v["gap"] for s, v in (r["gap_vs_fedit"].get("per_seed") or {}).items()} for r in rows]
+    common = sorted(set.intersection(*(set(p) for p in per)), key=int) if all(per) else []
+    if not common or all(set(p) == set(common) for p in per):
+        return (lambda r: r["gap_vs_fedit"]["mean"]), None
+    def score(r: dict) -> float:
+        p = {str(s): v["gap"] for s, v in r["gap_vs_fedit"]["per_seed"].items()}
+        return sum(p[s] for s in common) / len(common)
+    return score, common
 
 
 def _fmt_ms(ms: dict | None, digits: int = 1) -> str:
