@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from devft_lab.core.compiled import compiled_layers
 from devft_lab.core.device import autocast_context
-from devft_lab.core.layers import decoder_and_head, unwrap
+from devft_lab.core.layers import decoder_and_head
 from devft_lab.data.templates import PromptTemplate, get_template
 
 IGNORE = -100
@@ -121,11 +121,6 @@ def pack(encoded: Sequence[Mapping[str, list[int]]], pad_id: int = 0,
 
 
 # --------------------------------------------------------------------------- loss
-def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
-    """The ``*ForCausalLM`` module inside a PEFT wrapper (or the model itself)."""
-    return unwrap(model)
-
-
 @torch.no_grad()
 def mean_response_loss(model: torch.nn.Module, batches: Sequence[Mapping[str, torch.Tensor]],
                        compute_dtype: str | None = None) -> float:

@@ -2,14 +2,13 @@
 
     python -m devft_lab.bench [--model smollm2-135m] [--out results/bench_runtime.json]
 
-Prints and writes, all from the same run:
+Prints and writes, all from the same run (every timing the best of a few passes taken interleaved,
+variant 1, 2, ..., 1, 2, ..., so that no variant pays alone for the process's warm-up or a
+neighbour's load):
 
 * ``matmul_gflops``: GEMM throughput per dtype (2048^2, best of a measurement before and one
   after the rest), the peak each local-step variant is compared with;
 * ``compute_dtype``: what the runtime's probe (:mod:`devft_lab.core.device`) picks here;
-Every timing is the best of a few passes taken interleaved (variant 1, 2, ..., 1, 2, ...), so
-that no variant pays alone for the process's warm-up or a neighbour's load.
-
 * ``local_step``: training tokens/s of the full model's LoRA step (the runtime's loop) for
   padded fp32 batches (the old path), packed fp32, and packed in the probed dtype, each with
   ``peak_share`` = achieved FLOP/s (``(4 N + 6 N_lora)`` per real token, see
@@ -86,11 +85,10 @@ def gemm_ceiling(model: torch.nn.Module, tokens: int, dtype: str, repeat: int = 
     """
     from collections import Counter
 
-    from devft_lab.core.layers import decoder_layers
-    from devft_lab.core.train import causal_lm
+    from devft_lab.core.layers import decoder_layers, unwrap
 
     shapes: Counter = Counter()
-    for layer in decoder_layers(causal_lm(model)):
+    for layer in decoder_layers(unwrap(model)):
         for name, mod in layer.named_modules():
             w = getattr(getattr(mod, "base_layer", mod), "weight", None)
             if isinstance(mod, torch.nn.Linear) and "lora_" not in name and w is not None and w.dim() == 2:
@@ -118,9 +116,8 @@ def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int 
 
     Every timing is the best of ``repeats``, taken in interleaved passes (variant 1, 2, ..., 1, 2, ...):
     on a shared 2-core machine a single pass in a fixed order let the first variants pay for
-    the process's warm-up and for neighbours' load (an earlier version measured a 1.35x gain from
-    ``train.compile`` that interleaved repeats shrink to a few per cent). ``seconds_all`` keeps
-    every pass.
+    the process's warm-up and for neighbours' load (that version measured ``train.compile`` at 1.35x
+    over eager; interleaved best-of-3 measured 1.18x). ``seconds_all`` keeps every pass.
     """
     from devft_lab.core.compiled import compile_available
     from devft_lab.core.layers import num_layers

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from devft_lab.experiments.reproduce.cells import (_DEVFT, _FINAL_ONLY, _FULL, SCALES, Cell, Plan, ReproduceError,
-                                                   V, Variant, cell_status, seeds_of)
+                                                   V, Variant, cell_status, check_tag, seeds_of)
 
 FACTORS = ("capacity", "transfer", "beta", "grouping")
 HOME = "sweep"
@@ -150,11 +150,7 @@ def sweep_plan(scale: str, results: Path, tag: str = "", runs: Path | None = Non
     """
     if scale not in SCALES:
         raise ReproduceError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}.")
-    if extra and not tag:
-        raise ReproduceError("--set changes what every cell trains; add --tag NAME so these runs and the "
-                             "report do not mix with the default ones.")
-    if tag and not tag.replace("-", "").replace("_", "").isalnum():
-        raise ReproduceError(f"--tag {tag!r}: use letters, digits, - and _ only.")
+    check_tag(tag, extra)
     s = SCALES[scale]
     return Plan(s, s.base, SCALE_EXTRA.get(scale, ()) + tuple(extra), tag, Path(results),
                 Path(runs) if runs else None)
@@ -295,14 +291,11 @@ def reading(d: dict[str, Any]) -> str:
 def _on_shared_seeds(rows: Sequence[dict[str, Any]]) -> tuple[Callable[[dict], float], list[str] | None]:
     """(gap of a row, the seeds compared): each row's pooled gap when all have the same seeds, else the
     mean of its per-seed gaps over the seeds every row has (None: no such restriction was needed)."""
-    per = [{str(s): v["gap"] for s, v in (r["gap_vs_fedit"].get("per_seed") or {}).items()} for r in rows]
-    common = sorted(set.intersection(*(set(p) for p in per)), key=int) if all(per) else []
-    if not common or all(set(p) == set(common) for p in per):
+    per = {id(r): {str(s): v["gap"] for s, v in (r["gap_vs_fedit"].get("per_seed") or {}).items()} for r in rows}
+    common = sorted(set.intersection(*map(set, per.values())), key=int) if all(per.values()) else []
+    if not common or all(set(p) == set(common) for p in per.values()):
         return (lambda r: r["gap_vs_fedit"]["mean"]), None
-    def score(r: dict) -> float:
-        p = {str(s): v["gap"] for s, v in r["gap_vs_fedit"]["per_seed"].items()}
-        return sum(p[s] for s in common) / len(common)
-    return score, common
+    return (lambda r: sum(per[id(r)][s] for s in common) / len(common)), common
 
 
 def _fmt_ms(ms: dict | None, digits: int = 1) -> str:

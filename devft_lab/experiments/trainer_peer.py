@@ -213,8 +213,8 @@ def _child(side: str, model_name: str, settings: Mapping[str, Any], threads: int
     s = dict(settings)
     examples = lab_examples(s["clients"] * s.pop("per_client"))
     res = SIDES[side](model_name, examples, **s)
-    return {"side": side, "round_s": res["round_s"], "rounds_s": res["rounds_s"], "warmup_s": res["warmup_s"], "peak_rss_mb": peak_rss_mb(),
-            "threads": torch.get_num_threads()}
+    return {"side": side, "round_s": res["round_s"], "rounds_s": res["rounds_s"], "warmup_s": res["warmup_s"],
+            "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads()}
 
 
 def compare(model_name: str = "smollm2-135m", *, threads: int | None = 1, repeats: int = 2, **settings) -> dict:

@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from devft_lab.fl.accounting import tensor_bytes
-from devft_lab.core.layers import decoder_layers, num_layers
+from devft_lab.core.layers import decoder_layers, num_layers, unwrap
 from devft_lab.core.lora import GlobalLoRA, get_lora_state, to_flat, to_layers
 from devft_lab.fl.stages import StageModel, stage_groups
 from devft_lab.method.grouping import group_layers
@@ -49,11 +49,9 @@ def residual_updates(model: torch.nn.Module, batches: Batches) -> list[torch.Ten
     """Every decoder layer's residual update h_out - h_in at the non-padding tokens of ``batches``
     (one (N, d) float32 tensor per layer, the same N tokens for all), for
     :func:`devft_lab.method.similarity.residual_update_similarity`."""
-    from devft_lab.core.train import causal_lm
-
     per_layer: list[list[torch.Tensor]] | None = None
     inputs = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
-    for mask, io in layer_io(causal_lm(model), inputs):  # PEFT's LoRA sits inside the base model's modules
+    for mask, io in layer_io(unwrap(model), inputs):  # PEFT's LoRA sits inside the base model's modules
         m = mask.bool()
         ups = [(h_out - h_in)[m].cpu() for h_in, h_out in io]
         per_layer = [[u] for u in ups] if per_layer is None else [p + [u] for p, u in zip(per_layer, ups)]

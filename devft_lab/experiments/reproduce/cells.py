@@ -163,6 +163,15 @@ class Plan:
         return self.results / f"table_{table}{suffix}.{ext}"
 
 
+def check_tag(tag: str, extra) -> None:
+    """``--set`` overrides need a ``--tag`` (their own folders and files); a tag is a folder-name part."""
+    if extra and not tag:
+        raise ReproduceError("--set changes what every cell trains; add --tag NAME so these runs and their "
+                             "tables and reports do not mix with the default ones.")
+    if tag and not tag.replace("-", "").replace("_", "").isalnum():
+        raise ReproduceError(f"--tag {tag!r}: use letters, digits, - and _ only.")
+
+
 def check_table(name: str) -> str:
     if name not in TABLES:
         raise ReproduceError(f"unknown table {name!r}; known tables: {', '.join(TABLES)} (or 'all').")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from devft_lab.experiments.reproduce.cells import (Plan, ReproduceError, SCALES, TABLES, adopt, cell_status,
-                                                   cells_of, check_table, run_cell, seeds_of)
+                                                   cells_of, check_table, check_tag, run_cell, seeds_of)
 from devft_lab.experiments.reproduce.tables import write_table
 
 
@@ -62,11 +62,7 @@ def plan_of(args) -> Plan:
     scale = SCALES[args.scale]
     base = args.base or scale.base
     tag = args.tag or (Path(base).stem if base != scale.base and not args.extra else "")
-    if args.extra and not tag:
-        raise ReproduceError("--set changes what every cell trains; add --tag NAME so these runs and "
-                             "tables do not mix with the default ones.")
-    if tag and not tag.replace("-", "").replace("_", "").isalnum():
-        raise ReproduceError(f"--tag {tag!r}: use letters, digits, - and _ only.")
+    check_tag(tag, args.extra)
     return Plan(scale, base, tuple(args.extra), tag, Path(args.results), Path(args.runs) if args.runs else None)
 
 
