@@ -34,3 +34,6 @@ def test_throughput_reports_every_variant_and_stage():
     for v in out["local_step"].values():
         assert len(v["seconds_all"]) == 2 and v["seconds"] == min(v["seconds_all"])
     assert out["stage_round_s"][-1] == out["local_step"]["packed_bfloat16"]["seconds"]
+    # the profiled step of the fastest variant: shares of its time, GEMMs among them
+    b = out["step_breakdown"]
+    assert b["variant"] in out["local_step"] and abs(sum(b["share"].values()) - 1) < 0.01 and b["share"]["gemm"] > 0

@@ -17,6 +17,8 @@ neighbour's load):
   all with SDPA attention, and where the attention probe (:mod:`devft_lab.core.attention`,
   ``attention_probe``) picks the written-out kernel, packed in the probed dtype with it, eager
   and compiled (``packed_<dtype>_eager``, ``packed_<dtype>_eager_compiled``: the runtime's path);
+* ``step_breakdown``: where the fastest variant's step spends its time (profiled: GEMMs,
+  attention, compiled fused loops, dropout's random numbers, casts, other);
 * ``gemm_ceiling``: the share of the peak that the step's own linear-layer GEMMs reach when timed
   alone at the step's shapes (:func:`gemm_ceiling`): an upper bound for any local step here;
 * ``eval``: multiple-choice items/s of the old one-item-at-a-time scorer and the batched one
@@ -114,6 +116,40 @@ def gemm_ceiling(model: torch.nn.Module, tokens: int, dtype: str, repeat: int = 
             "gemm_s_per_micro_batch": seconds, "train_gflops": flops / seconds / 1e9}
 
 
+# how step_breakdown sorts profiled ops (self time): the first pattern an op name contains
+_KINDS = (("gemm", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul")),
+          ("attention", ("scaled_dot_product", "aten::_softmax", "fused__softmax")),
+          ("fused (compiled)", ("cpp_fused", "CompiledFxGraph")),
+          ("random (dropout)", ("bernoulli", "dropout", "rand")),
+          ("casts", ("aten::copy_", "aten::_to_copy")))
+
+
+def step_breakdown(model, enc, batch_size: int, pad_id: int, dtype: str, compile: bool, attention: str,
+                   steps: int = 2) -> dict:
+    """Share of one profiled local step's time per kind of work (self CPU time of the ops;
+    ``other``: everything not named in :data:`_KINDS`: norms, rotary, SiLU, LoRA, optimizer ...).
+    Shows what stands between the step and the GEMM peak. In a compiled step, ``fused (compiled)``
+    holds every loop inductor fused (norms, rotary, SiLU, casts, and the softmax of ``eager``
+    attention, whose two matmuls count as GEMMs)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from devft_lab.core.train import train_local
+
+    kw = dict(batch_size=batch_size, lr=1e-4, pad_id=pad_id, packing=True, compute_dtype=dtype, compile=compile,
+              attention=attention)
+    train_local(model, enc, steps=2 if compile else 1, seed=1, **kw)  # warm-up (and compilation)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_local(model, enc, steps=steps, seed=0, **kw)
+    shares: dict[str, float] = {k: 0.0 for k, _ in _KINDS}
+    shares["other"] = 0.0
+    for e in prof.key_averages():
+        kind = next((k for k, pats in _KINDS if any(p in e.key for p in pats)), "other")
+        shares[kind] += e.self_cpu_time_total
+    total = sum(shares.values()) or 1.0
+    return {"variant": f"packed_{dtype}{'_' + attention if attention != 'sdpa' else ''}{'_compiled' if compile else ''}",
+            "share": {k: round(v / total, 3) for k, v in shares.items()}}
+
+
 def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int = 4, batch_size: int = 8,
                repeats: int = 3) -> dict:
     """Local-step tokens/s and peak share per variant; each stage's round time over the full model's.
@@ -177,7 +213,10 @@ def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int 
     for v in local.values():
         v["speedup_vs_padded_float32"] = v["tokens_per_s"] / base
     times = {k: min(seconds[f"stage_{k}"]) if k != L else local[f"packed_{dtype}"]["seconds"] for k in caps}
-    out = {"local_step": local, "attention_probe": attn_probe, "decoder_params": n_matmul, "lora_params": n_lora, "repeats": repeats,
+    fastest = max(variants, key=lambda n: local[n]["tokens_per_s"])
+    _, dt, comp, kernel = variants[fastest]
+    out = {"local_step": local, "attention_probe": attn_probe,
+           "step_breakdown": step_breakdown(full, enc, batch_size, pad, dt, comp, kernel), "decoder_params": n_matmul, "lora_params": n_lora, "repeats": repeats,
            "gemm_ceiling": gemm_ceiling(full, round(local["packed_float32"]["tokens"] / steps), dtype),
            "stage_capacities": caps, "stage_round_s": [times[k] for k in caps],
            "stage_round_cost_ratio": [times[k] / times[L] for k in caps]}
