@@ -1,10 +1,11 @@
 """Which attention kernel the training step runs: measured on the device in use, not assumed.
 
 transformers offers ``sdpa`` (``torch.nn.functional.scaled_dot_product_attention``) and
-``eager`` (two matmuls and a softmax in fp32, written out). On a CPU seen here, under bf16
-autocast, SDPA's flash kernel ran a packed micro-batch's attention (forward and backward, with
-the block-diagonal mask :func:`devft_lab.core.train.pack` needs) about 2.5x slower than the
-plain matmuls: attention was a fifth of the LoRA step. In fp32 the flash kernel was the faster.
+``eager`` (two matmuls and a softmax in fp32, written out). On the 2-core CPU of this project,
+under bf16 autocast, SDPA's CPU flash kernel ran a packed micro-batch's attention (forward and
+backward, with the block-diagonal mask :func:`devft_lab.core.train.pack` needs) several times
+slower than the plain matmuls, and attention took a fifth of the LoRA step; in fp32 the flash
+kernel was the faster (``python -m devft_lab.bench``: ``attention_probe``, ``step_breakdown``).
 So :func:`probe_attention` times both at the model's head shape in the compute dtype, and the
 training step uses the faster; evaluation keeps ``sdpa`` (its tree-shaped boolean masks,
 :mod:`devft_lab.core.evaluate`, are what SDPA takes).
