@@ -16,7 +16,13 @@ def test_throughput_reports_every_variant_and_stage():
     from devft_lab.core.compiled import compile_available
 
     expected = {"padded_float32", "packed_float32", "packed_bfloat16"}
-    assert set(out["local_step"]) == expected | ({"packed_bfloat16_compiled"} if compile_available()[0] else set())
+    compiled = {"packed_bfloat16_compiled"}
+    kernel = out["attention_probe"]["chosen"]  # the probed kernel gets variants of its own
+    assert set(out["attention_probe"]["ms"]) == {"sdpa", "eager"}
+    if kernel != "sdpa":
+        expected.add(f"packed_bfloat16_{kernel}")
+        compiled.add(f"packed_bfloat16_{kernel}_compiled")
+    assert set(out["local_step"]) == expected | (compiled if compile_available()[0] else set())
     # packing drops padding only: the real tokens counted are the same
     assert len({v["tokens"] for v in out["local_step"].values()}) == 1
     assert out["stage_round_cost_ratio"][-1] == 1.0 and len(out["stage_round_s"]) == len(out["stage_capacities"])
@@ -28,3 +34,6 @@ def test_throughput_reports_every_variant_and_stage():
     for v in out["local_step"].values():
         assert len(v["seconds_all"]) == 2 and v["seconds"] == min(v["seconds_all"])
     assert out["stage_round_s"][-1] == out["local_step"]["packed_bfloat16"]["seconds"]
+    # the profiled step of the fastest variant: shares of its time, GEMMs among them
+    b = out["step_breakdown"]
+    assert b["variant"] in out["local_step"] and abs(sum(b["share"].values()) - 1) < 0.01 and b["share"]["gemm"] > 0

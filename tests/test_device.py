@@ -1,5 +1,6 @@
 """The compute-dtype probe: measured, recorded, reused on resume."""
 import pytest
+import torch
 
 from devft_lab.core import device
 
@@ -41,5 +42,35 @@ def test_a_run_records_its_compute_dtype_and_resume_reuses_it(tmp_path, monkeypa
     assert meta["compute_dtype"]["dtype"] == "bfloat16" and meta["compute_dtype"]["probe"]["gflops"]["bfloat16"] == 9.0
     # a resumed run does not probe again: a machine whose probe now says fp32 keeps bf16
     monkeypatch.setattr(device, "probe_compute_dtype", lambda dev, n=1024: {"chosen": "float32", "gflops": {}})
-    assert resolve_compute(cfg, meta["compute_dtype"])["dtype"] == "bfloat16"
-    assert resolve_compute(cfg)["dtype"] == "float32"
+    model = torch.nn.Linear(2, 2)
+    assert resolve_compute(cfg, model, meta["compute_dtype"])["dtype"] == "bfloat16"
+    assert resolve_compute(cfg, model)["dtype"] == "float32"
+
+
+def test_a_run_records_its_attention_kernel_and_resume_reuses_it(tmp_path, monkeypatch):
+    import json
+
+    from devft_lab.core import attention
+    from devft_lab.runner.config import load_config
+    from devft_lab.runner.run import resolve_compute, start
+
+    cfg = load_config("tiny", ["devft.enabled=false", "fed.num_rounds=1", f"out_dir={tmp_path}", "name=r"])
+    assert cfg.train.attention == "auto"
+    monkeypatch.setattr(attention, "probe_attention", lambda *a, **k: {"chosen": "eager", "ms": {"sdpa": 2, "eager": 1}})
+    start(cfg, quiet=True)
+    compute = json.loads((tmp_path / "r" / "meta.json").read_text())["compute_dtype"]
+    assert compute["attention"] == "eager" and compute["attention_probe"]["ms"] == {"sdpa": 2, "eager": 1}
+    monkeypatch.setattr(attention, "probe_attention", lambda *a, **k: {"chosen": "sdpa", "ms": {}})
+    model = torch.nn.Linear(2, 2)
+    assert resolve_compute(cfg, model, compute)["attention"] == "eager"  # resumed: as recorded
+    old = {k: v for k, v in compute.items() if not k.startswith("attention")}
+    assert resolve_compute(cfg, model, old)["attention"] == "sdpa"  # recorded before the option: sdpa
+    cfg.train.attention = "eager"
+    assert resolve_compute(cfg, model, old)["attention"] == "eager"  # a named kernel is taken as it is
+
+
+def test_an_unknown_attention_kernel_is_refused_with_the_choices():
+    from devft_lab.runner.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="train.attention = 'flash' is not one of auto, sdpa, eager"):
+        load_config("tiny", ["train.attention=flash"])

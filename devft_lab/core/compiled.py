@@ -12,8 +12,13 @@ not per layer or per stage (PyTorch's "regional compilation" recipe).
     # eager again: evaluation and the method's maths never see compiled modules
 
 Shapes are compiled dynamic (``dynamic=True``), so packed batches of any length reuse the graph.
+Random numbers (the LoRA dropout masks) come from PyTorch's own generator, as in eager mode
+(inductor's ``fallback_random``): inductor's own generator draws them element by element inside
+the fused RMSNorm + dropout loop, which made that loop the largest cost between the GEMMs of a
+compiled SmolLM2 step on the 2-core CPU; with the fallback the step is faster (``python -m
+devft_lab.bench``: ``local_step``, ``step_breakdown``), and compiled training draws eager's masks.
 Numerics: the same maths in another order, so not bit for bit: in fp32 the losses and trained
-LoRA agree with eager within 1e-4 (``tests/test_compiled.py``). A resumed run reads the setting
+LoRA agree with eager within 1e-4, LoRA dropout included (``tests/test_compiled.py``). A resumed run reads the setting
 it started with from its config.yaml.
 """
 from __future__ import annotations
@@ -27,6 +32,9 @@ from typing import Iterator
 import torch
 
 from devft_lab.core.layers import decoder_layers, unwrap
+
+
+OPTIONS = {"fallback_random": True}  # inductor options of every compiled layer (see the module doc)
 
 
 @functools.lru_cache(maxsize=1)
@@ -56,7 +64,7 @@ def compiled_layers(model: torch.nn.Module, enabled: bool = True) -> Iterator[bo
         return
     layers = list(decoder_layers(unwrap(model)))
     for layer in layers:
-        layer.compile(dynamic=True)
+        layer.compile(dynamic=True, options=OPTIONS)
     try:
         yield True
     finally:

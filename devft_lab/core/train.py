@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from devft_lab.core.attention import attention_kernel
 from devft_lab.core.compiled import compiled_layers
 from devft_lab.core.device import autocast_context
 from devft_lab.core.layers import decoder_and_head
@@ -215,7 +216,7 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
                 weight_decay: float = 0.0, seed: int = 0, pad_id: int = 0,
                 penalty: Callable[[], torch.Tensor] | None = None, device: str | torch.device | None = None,
                 progress: Callable[[int, float], None] | None = None, packing: bool = True,
-                compute_dtype: str = "auto", compile: bool = False) -> TrainStats:
+                compute_dtype: str = "auto", compile: bool = False, attention: str | None = None) -> TrainStats:
     """Train the parameters with ``requires_grad`` for ``steps`` optimizer steps (AdamW).
 
     Each step accumulates ``grad_accum`` micro-batches of ``batch_size`` examples; the loss
@@ -229,6 +230,8 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
     measured).
     ``compile``: the decoder layers run ``torch.compile``d during these steps
     (:func:`~devft_lab.core.compiled.compiled_layers`), eager again afterwards.
+    ``attention``: the attention kernel of these steps (``sdpa`` | ``eager``,
+    :func:`~devft_lab.core.attention.attention_kernel`); ``None``: the model's own.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -243,7 +246,7 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
     was_training = model.training
     model.train()
     t0, total, n_tok, n_target, seen = time.perf_counter(), 0.0, 0, 0, 0
-    with compiled_layers(model, compile):
+    with attention_kernel(model, attention), compiled_layers(model, compile):
         for step in range(steps):
             opt.zero_grad(set_to_none=True)
             step_loss = 0.0

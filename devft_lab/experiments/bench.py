@@ -14,6 +14,11 @@ neighbour's load):
   ``peak_share`` = achieved FLOP/s (``(4 N + 6 N_lora)`` per real token, see
   :func:`devft_lab.fl.accounting.training_flops`) over that dtype's matmul peak; and packed in
   the probed dtype with ``train.compile`` (``packed_<dtype>_compiled``, where the machine compiles);
+  all with SDPA attention, and where the attention probe (:mod:`devft_lab.core.attention`,
+  ``attention_probe``) picks the written-out kernel, packed in the probed dtype with it, eager
+  and compiled (``packed_<dtype>_eager``, ``packed_<dtype>_eager_compiled``: the runtime's path);
+* ``step_breakdown``: where the fastest variant's step spends its time (profiled: GEMMs,
+  attention, compiled fused loops, dropout's random numbers, casts, other);
 * ``gemm_ceiling``: the share of the peak that the step's own linear-layer GEMMs reach when timed
   alone at the step's shapes (:func:`gemm_ceiling`): an upper bound for any local step here;
 * ``eval``: multiple-choice items/s of the old one-item-at-a-time scorer and the batched one
@@ -64,10 +69,11 @@ def _examples(n: int = 64) -> list[dict]:
 
 
 def _client_round_s(model, enc, steps: int, batch_size: int, pad_id: int, packing: bool = True,
-                    dtype: str = "float32", compile: bool = False) -> tuple[float, int]:
+                    dtype: str = "float32", compile: bool = False, attention: str = "sdpa") -> tuple[float, int]:
     from devft_lab.core.train import train_local
 
-    kw = dict(batch_size=batch_size, lr=1e-4, pad_id=pad_id, packing=packing, compute_dtype=dtype, compile=compile)
+    kw = dict(batch_size=batch_size, lr=1e-4, pad_id=pad_id, packing=packing, compute_dtype=dtype, compile=compile,
+              attention=attention)
     torch.manual_seed(0)
     train_local(model, enc, steps=2 if compile else 1, seed=1, **kw)  # warm-up (and compilation)
     s = train_local(model, enc, steps=steps, seed=0, **kw)
@@ -110,6 +116,40 @@ def gemm_ceiling(model: torch.nn.Module, tokens: int, dtype: str, repeat: int = 
             "gemm_s_per_micro_batch": seconds, "train_gflops": flops / seconds / 1e9}
 
 
+# how step_breakdown sorts profiled ops (self time): the first pattern an op name contains
+_KINDS = (("gemm", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul")),
+          ("attention", ("scaled_dot_product", "aten::_softmax", "fused__softmax")),
+          ("fused (compiled)", ("cpp_fused", "CompiledFxGraph")),
+          ("random (dropout)", ("bernoulli", "dropout", "rand")),
+          ("casts", ("aten::copy_", "aten::_to_copy")))
+
+
+def step_breakdown(model, enc, batch_size: int, pad_id: int, dtype: str, compile: bool, attention: str,
+                   steps: int = 2) -> dict:
+    """Share of one profiled local step's time per kind of work (self CPU time of the ops;
+    ``other``: everything not named in :data:`_KINDS`: norms, rotary, SiLU, LoRA, optimizer ...).
+    Shows what stands between the step and the GEMM peak. In a compiled step, ``fused (compiled)``
+    holds every loop inductor fused (norms, rotary, SiLU, casts, and the softmax of ``eager``
+    attention, whose two matmuls count as GEMMs)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from devft_lab.core.train import train_local
+
+    kw = dict(batch_size=batch_size, lr=1e-4, pad_id=pad_id, packing=True, compute_dtype=dtype, compile=compile,
+              attention=attention)
+    train_local(model, enc, steps=2 if compile else 1, seed=1, **kw)  # warm-up (and compilation)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_local(model, enc, steps=steps, seed=0, **kw)
+    shares: dict[str, float] = {k: 0.0 for k, _ in _KINDS}
+    shares["other"] = 0.0
+    for e in prof.key_averages():
+        kind = next((k for k, pats in _KINDS if any(p in e.key for p in pats)), "other")
+        shares[kind] += e.self_cpu_time_total
+    total = sum(shares.values()) or 1.0
+    return {"variant": f"packed_{dtype}{'_' + attention if attention != 'sdpa' else ''}{'_compiled' if compile else ''}",
+            "share": {k: round(v / total, 3) for k, v in shares.items()}}
+
+
 def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int = 4, batch_size: int = 8,
                repeats: int = 3) -> dict:
     """Local-step tokens/s and peak share per variant; each stage's round time over the full model's.
@@ -119,6 +159,7 @@ def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int 
     the process's warm-up and for neighbours' load (that version measured ``train.compile`` at 1.35x
     over eager; interleaved best-of-3 measured 1.18x). ``seconds_all`` keeps every pass.
     """
+    from devft_lab.core.attention import attention_shape, probe_attention
     from devft_lab.core.compiled import compile_available
     from devft_lab.core.layers import num_layers
     from devft_lab.core.models import load_model
@@ -138,25 +179,32 @@ def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int 
     caps = stage_capacities(L)
     subs = {k: build_submodel(model, even_groups(L, k), 0.1, "dblf", cfg).model for k in caps}
     full = subs[L]
-    variants = {"padded_float32": (False, "float32", False), "packed_float32": (True, "float32", False)}
+    heads, head_dim = attention_shape(full)
+    attn_probe = probe_attention(getattr(torch, dtype), "cpu", heads, head_dim)
+    # (packing, dtype, compile, attention kernel); sdpa unless named
+    variants = {"padded_float32": (False, "float32", False, "sdpa"), "packed_float32": (True, "float32", False, "sdpa")}
     if dtype != "float32":
-        variants[f"packed_{dtype}"] = (True, dtype, False)
+        variants[f"packed_{dtype}"] = (True, dtype, False, "sdpa")
+    if attn_probe["chosen"] != "sdpa":
+        variants[f"packed_{dtype}_{attn_probe['chosen']}"] = (True, dtype, False, attn_probe["chosen"])
     if compile_available()[0]:
-        variants[f"packed_{dtype}_compiled"] = (True, dtype, True)
+        variants[f"packed_{dtype}_compiled"] = (True, dtype, True, "sdpa")
+        if attn_probe["chosen"] != "sdpa":
+            variants[f"packed_{dtype}_{attn_probe['chosen']}_compiled"] = (True, dtype, True, attn_probe["chosen"])
     # one list of timed jobs: the full model's variants, then each shallower stage in the probed dtype
     jobs = {name: (full, *v) for name, v in variants.items()}
-    jobs.update({f"stage_{k}": (subs[k], True, dtype, False) for k in caps if k != L})
+    jobs.update({f"stage_{k}": (subs[k], True, dtype, False, "sdpa") for k in caps if k != L})
     seconds: dict[str, list[float]] = {name: [] for name in jobs}
     tokens: dict[str, int] = {}
     for _ in range(repeats):
-        for name, (m, packing, dt, comp) in jobs.items():
-            secs, tokens[name] = _client_round_s(m, enc, steps, batch_size, pad, packing, dt, comp)
+        for name, (m, packing, dt, comp, kernel) in jobs.items():
+            secs, tokens[name] = _client_round_s(m, enc, steps, batch_size, pad, packing, dt, comp, kernel)
             seconds[name].append(secs)
     n_lora = sum(p.numel() for n, p in full.named_parameters() if "lora_" in n)
     emb = model.get_input_embeddings().weight.numel()
     n_matmul = sum(p.numel() for p in full.parameters()) - n_lora - emb  # decoder (+ no head)
     local = {}
-    for name, (packing, dt, comp) in variants.items():
+    for name, (packing, dt, comp, _) in variants.items():
         secs, tok_n = min(seconds[name]), tokens[name]
         gflops = training_flops(n_matmul, tok_n, n_lora, lora_only=True) / secs / 1e9
         local[name] = {"tokens_per_s": tok_n / secs, "train_gflops": gflops, "seconds": secs,
@@ -165,7 +213,10 @@ def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int 
     for v in local.values():
         v["speedup_vs_padded_float32"] = v["tokens_per_s"] / base
     times = {k: min(seconds[f"stage_{k}"]) if k != L else local[f"packed_{dtype}"]["seconds"] for k in caps}
-    out = {"local_step": local, "decoder_params": n_matmul, "lora_params": n_lora, "repeats": repeats,
+    fastest = max(variants, key=lambda n: local[n]["tokens_per_s"])
+    _, dt, comp, kernel = variants[fastest]
+    out = {"local_step": local, "attention_probe": attn_probe,
+           "step_breakdown": step_breakdown(full, enc, batch_size, pad, dt, comp, kernel), "decoder_params": n_matmul, "lora_params": n_lora, "repeats": repeats,
            "gemm_ceiling": gemm_ceiling(full, round(local["packed_float32"]["tokens"] / steps), dtype),
            "stage_capacities": caps, "stage_round_s": [times[k] for k in caps],
            "stage_round_cost_ratio": [times[k] / times[L] for k in caps]}

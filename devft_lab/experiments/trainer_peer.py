@@ -172,12 +172,15 @@ def trainer_round(model_name: str, examples: Sequence[Mapping], *, clients: int 
 def ours_round(model_name: str, examples: Sequence[Mapping], *, clients: int = 2, steps: int = 4,
                batch_size: int = 8, seq_len: int = 192, lr: float = 1e-4, r: int = 8, alpha: int = 16,
                dropout: float = 0.05, targets: Sequence[str] = ("q_proj", "v_proj"), seed: int = 0,
-               warmup: int = 1, dtype: str = "float32", compile: bool = False, repeats: int = 1) -> dict:
+               warmup: int = 1, dtype: str = "float32", compile: bool = False, repeats: int = 1,
+               attention: str = "auto") -> dict:
     """The same round through :func:`devft_lab.fl.client.client_update` + ``fedit`` aggregation.
 
-    Same returns as :func:`trainer_round`. ``compile``: the decoder layers compiled while training
-    (``train.compile``; the compile time falls in the warm-up round, ``warmup_s``).
+    Same returns as :func:`trainer_round`, plus ``attention`` (the kernel used). ``compile``: the
+    decoder layers compiled while training (``train.compile``; the compile time falls in the warm-up
+    round, ``warmup_s``). ``attention``: ``train.attention`` (``auto``: the runtime's probe decides).
     """
+    from devft_lab.core.attention import choose_attention
     from devft_lab.core.lora import get_lora_state
     from devft_lab.fl.client import LocalTraining, client_update
     from devft_lab.fl.strategies import get_strategy
@@ -186,8 +189,9 @@ def ours_round(model_name: str, examples: Sequence[Mapping], *, clients: int = 2
     data = _client_data(tok, examples, clients, seq_len)
     weights = [len(d) for d in data]
     strategy = get_strategy("fedit")
+    kernel, _ = choose_attention(attention, dtype, model)
     training = LocalTraining(steps=steps, batch_size=batch_size, lr=lr, pad_id=tok.pad_token_id or 0,
-                             compute_dtype=dtype, compile=compile)  # packing: the runtime's default
+                             compute_dtype=dtype, compile=compile, attention=kernel)  # packing: the default
     init = strategy.init_global(get_lora_state(model))
     glob, times = init, []
     for rnd in range(warmup + repeats):
@@ -197,7 +201,8 @@ def ours_round(model_name: str, examples: Sequence[Mapping], *, clients: int = 2
         glob = strategy.aggregate(glob, [res.upload for res in results], weights)
         times.append(time.perf_counter() - t0)
     return {"round_s": min(times[warmup:]), "rounds_s": times[warmup:], "warmup_s": sum(times[:warmup]),
-            "state": glob, "init_state": init, "client_states": [res.upload for res in results]}
+            "state": glob, "init_state": init, "client_states": [res.upload for res in results],
+            "attention": kernel}
 
 
 # --------------------------------------------------------------------------- processes
@@ -214,7 +219,7 @@ def _child(side: str, model_name: str, settings: Mapping[str, Any], threads: int
     examples = lab_examples(s["clients"] * s.pop("per_client"))
     res = SIDES[side](model_name, examples, **s)
     return {"side": side, "round_s": res["round_s"], "rounds_s": res["rounds_s"], "warmup_s": res["warmup_s"],
-            "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads()}
+            "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(), "attention": res.get("attention", "sdpa")}
 
 
 def compare(model_name: str = "smollm2-135m", *, threads: int | None = 1, repeats: int = 2, **settings) -> dict:
@@ -260,6 +265,7 @@ def compare(model_name: str = "smollm2-135m", *, threads: int | None = 1, repeat
         out[f"{label}_peak_rss_mb"] = child["peak_rss_mb"]
         out[f"{label}_warmup_s"] = child["warmup_s"]
         out[f"{label}_rounds_s"] = child["rounds_s"]
+        out[f"{label}_attention"] = child["attention"]
         out["threads"] = child["threads"]
     out["ratio"] = out["trainer_round_s"] / out["ours_round_s"]
     if "ours_compiled_round_s" in out:

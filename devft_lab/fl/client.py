@@ -31,6 +31,7 @@ class LocalTraining:
     packing: bool = True  # micro-batches without padding (devft_lab.core.train.pack)
     compute_dtype: str = "auto"  # autocast dtype of the forward pass (devft_lab.core.device)
     compile: bool = False  # torch.compile the decoder layers while training (devft_lab.core.compiled)
+    attention: str | None = None  # attention kernel while training, sdpa | eager (devft_lab.core.attention)
 
 
 @dataclass
@@ -80,6 +81,7 @@ def client_update(model: torch.nn.Module, start: Mapping[str, torch.Tensor], dat
     stats = train_local(model, data, steps=training.steps, batch_size=training.batch_size, lr=training.lr,
                         grad_accum=training.grad_accum, max_grad_norm=training.max_grad_norm, seed=s,
                         pad_id=training.pad_id, penalty=penalty, packing=training.packing,
-                        compute_dtype=training.compute_dtype, compile=training.compile)
+                        compute_dtype=training.compute_dtype, compile=training.compile,
+                        attention=training.attention)
     trained = get_lora_state(model)
     return ClientResult(client, strategy.uplink(trained), strategy.persist(trained), len(data), stats)

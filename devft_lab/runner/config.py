@@ -118,6 +118,7 @@ class TrainConfig:
     seq_len: int = 512
     packing: bool = True  # lay examples end to end (no padding); false: right-padded batches
     compile: bool = False  # torch.compile the decoder layers while training (speed only; not hashed)
+    attention: str = "auto"  # training's attention kernel: auto (probed) | sdpa | eager (speed only; not hashed)
     seed: int = 42
 
 
@@ -316,8 +317,8 @@ _HASH_DEFAULTS = {"transfer": "copy", "similarity": "parameters"}
 
 def config_hash(cfg: RunConfig) -> str:
     """SHA-256 (16 hex digits) of what determines training; ignores name, out_dir, device, eval,
-    the Flower transport settings (fed.min_fit, fed.round_timeout), train.compile (the same maths,
-    fused; recorded in meta.json) and the stage loss probe
+    the Flower transport settings (fed.min_fit, fed.round_timeout), train.compile and
+    train.attention (the same maths by other kernels; recorded in meta.json) and the stage loss probe
     (devft.probe_loss; devft.probe_examples unless devft.similarity=function groups with it).
     devft.transfer and devft.similarity enter only away from their defaults (copy, parameters),
     so runs recorded before these keys existed keep their hash."""
@@ -327,6 +328,7 @@ def config_hash(cfg: RunConfig) -> str:
     for k in ("min_fit", "round_timeout"):
         d["fed"].pop(k, None)
     d["train"].pop("compile", None)
+    d["train"].pop("attention", None)
     dv = d["devft"]
     if dv.get("similarity") != "function":
         dv.pop("probe_examples", None)
@@ -518,6 +520,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("model.name is empty; set a preset (e.g. tiny-llama, smollm2-135m) or a hub id")
     _one_of("model.dtype", cfg.model.dtype, DTYPES)
     _one_of("model.quantization", cfg.model.quantization, QUANTIZATIONS)
+    _one_of("train.attention", cfg.train.attention, ("auto", "sdpa", "eager"))
     if not (cfg.device in ("auto", "cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"device = {cfg.device!r} is not auto, cpu, cuda, cuda:N or mps")
 

@@ -135,16 +135,25 @@ def probe_set(cfg: RunConfig, held: Sequence[dict], pool: Sequence[dict], pad_id
     return [collate(chosen[i:i + batch_size], pad_id) for i in range(0, len(chosen), batch_size)]
 
 
-def resolve_compute(cfg: RunConfig, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``{"dtype": ..., "probe": ...}``: the compute dtype of a run. A resumed run reuses the one
-    recorded in its meta.json (so it continues bit for bit); a new one asks the device probe
-    when ``model.dtype = auto``."""
+def resolve_compute(cfg: RunConfig, model: torch.nn.Module,
+                    recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``{"dtype", "probe", "attention", "attention_probe", ...}``: the compute dtype and the
+    training attention kernel of a run. A resumed run reuses what its meta.json recorded (so it
+    continues bit for bit; runs recorded before ``train.attention`` existed trained with ``sdpa``);
+    a new one asks the device probes for ``model.dtype = auto`` and ``train.attention = auto``."""
+    from devft_lab.core.attention import choose_attention
     from devft_lab.core.device import compute_dtype
 
     if recorded and recorded.get("dtype"):
-        return {**recorded, "reused": True}
+        out = {**recorded, "reused": True}
+        if cfg.train.attention != "auto":
+            out["attention"] = cfg.train.attention
+        out.setdefault("attention", "sdpa")
+        return out
     dtype, probe = compute_dtype(cfg.model.dtype, device_of(cfg))
-    return {"dtype": dtype, "requested": cfg.model.dtype, "probe": probe}
+    attention, attention_probe = choose_attention(cfg.train.attention, dtype, model, device_of(cfg))
+    return {"dtype": dtype, "requested": cfg.model.dtype, "probe": probe, "attention": attention,
+            "attention_probe": attention_probe}
 
 
 def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict], compute_dtype: str = "float32") -> Callable | None:
@@ -272,7 +281,7 @@ def build(cfg: RunConfig, progress: bool = True, compute: dict[str, Any] | None 
         raise ConfigError(f"data: {e}{split_suggestion(categories, cfg)}") from None
     encoded = encode_examples(tok, pool, cfg.data.template, cfg.train.seq_len)
     client_data = [[encoded[i] for i in p] for p in parts]
-    compute = resolve_compute(cfg, compute)
+    compute = resolve_compute(cfg, model, compute)
     held_encoded = encode_examples(tok, held, cfg.data.template, cfg.train.seq_len)
     evaluator = make_evaluator(cfg, tok, held_encoded, compute["dtype"])
     d = cfg.devft
@@ -284,7 +293,8 @@ def build(cfg: RunConfig, progress: bool = True, compute: dict[str, Any] | None 
         clients_per_round=cfg.fed.clients_per_round, seed=t.seed,
         training=LocalTraining(steps=t.local_steps, batch_size=t.batch_size, lr=t.lr, grad_accum=t.grad_accum,
                                max_grad_norm=t.max_grad_norm, pad_id=tok.pad_token_id or 0, packing=t.packing,
-                               compute_dtype=compute["dtype"], compile=t.compile),
+                               compute_dtype=compute["dtype"], compile=t.compile,
+                               attention=compute["attention"]),
         lr=t.lr, lr_min=t.lr_min, lr_schedule=t.schedule, eval_every=cfg.eval.every_n_rounds,
         eval_stage_ends=cfg.eval.stage_ends,
         config_hash=config_hash(cfg), progress=progress, lora_scaling=cfg.lora.alpha / cfg.lora.r)

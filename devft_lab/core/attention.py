@@ -1,0 +1,139 @@
+"""Which attention kernel the training step runs: measured on the device in use, not assumed.
+
+transformers offers ``sdpa`` (``torch.nn.functional.scaled_dot_product_attention``) and
+``eager`` (two matmuls and a softmax in fp32, written out). On the 2-core CPU of this project,
+under bf16 autocast, SDPA's CPU flash kernel ran a packed micro-batch's attention (forward and
+backward, with the block-diagonal mask :func:`devft_lab.core.train.pack` needs) several times
+slower than the plain matmuls, and attention took a fifth of the LoRA step; in fp32 the flash
+kernel was the faster (``python -m devft_lab.bench``: ``attention_probe``, ``step_breakdown``).
+So :func:`probe_attention` times both at the model's head shape in the compute dtype, and the
+training step uses the faster; evaluation keeps ``sdpa`` (its tree-shaped boolean masks,
+:mod:`devft_lab.core.evaluate`, are what SDPA takes).
+
+    train.attention: auto   -> probe (the choice recorded in the run's meta.json)
+    train.attention: sdpa   -> PyTorch's fused kernel
+    train.attention: eager  -> the written-out maths
+
+Same maths either way: in fp32 the losses agree to 1e-6; in bf16 they differ by rounding, as
+bf16 and fp32 do (``tests/test_attention.py``).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+KERNELS = ("sdpa", "eager")
+EAGER_MARGIN = 1.1  # eager must beat sdpa by this factor to be chosen (the probe is noisy)
+
+
+def _configs(model: torch.nn.Module) -> list[Any]:
+    """Every distinct config object in ``model``'s module tree: a fused submodel's layers hold
+    their own, so setting the top model's config alone would not reach them."""
+    seen: dict[int, Any] = {}
+    for mod in model.modules():
+        cfg = getattr(mod, "config", None)
+        if cfg is not None and hasattr(cfg, "_attn_implementation"):
+            seen.setdefault(id(cfg), cfg)
+    return list(seen.values())
+
+
+def attention_of(model: torch.nn.Module) -> set[str]:
+    """The attention kernels ``model``'s configs name (one, unless something set them apart)."""
+    return {c._attn_implementation for c in _configs(model)}
+
+
+@contextlib.contextmanager
+def attention_kernel(model: torch.nn.Module, kernel: str | None) -> Iterator[None]:
+    """Run the body with every config in ``model`` set to ``kernel``; restored afterwards.
+
+    ``None`` leaves the model as it is (and so does a module without transformers configs).
+    """
+    if kernel is None:
+        yield
+        return
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown attention kernel {kernel!r}; use one of {', '.join(KERNELS)}.")
+    configs = _configs(model)
+    before = [c._attn_implementation for c in configs]
+    for c in configs:
+        c._attn_implementation = kernel
+    try:
+        yield
+    finally:
+        for c, k in zip(configs, before):
+            c._attn_implementation = k
+
+
+def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """transformers' ``eager_attention_forward`` without dropout: softmax in fp32."""
+    w = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(q.shape[-1]) + bias
+    return torch.matmul(F.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype), v)
+
+
+def pick_kernel(seconds: dict[str, float]) -> str:
+    """``eager`` where its time is at most the SDPA time over :data:`EAGER_MARGIN`, else ``sdpa``."""
+    return "eager" if seconds["eager"] * EAGER_MARGIN <= seconds["sdpa"] else "sdpa"
+
+
+def probe_attention(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", heads: int = 9,
+                    head_dim: int = 64, seq: int = 160, rows: int = 4, repeat: int = 3) -> dict[str, Any]:
+    """``{"chosen": "sdpa" | "eager", "ms": {kernel: ms}, ...}``: forward and backward of one
+    layer's attention on ``rows`` packed rows of ``seq`` tokens (two examples a row, the
+    block-diagonal causal mask :func:`~devft_lab.core.train.pack` makes), in ``dtype`` as
+    autocast runs it; best of ``repeat`` interleaved timings. ``eager`` is chosen when it is at
+    least :data:`EAGER_MARGIN` times faster."""
+    device = torch.device(device)
+    t0 = time.perf_counter()
+    half = seq // 2
+    allowed = torch.tril(torch.ones(seq, seq, dtype=torch.bool, device=device))
+    allowed[half:, :half] = False  # the second example does not see the first
+    bias = torch.zeros(seq, seq, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    qkv = [torch.randn(rows, heads, seq, head_dim, generator=gen).to(device=device, dtype=dtype).requires_grad_()
+           for _ in range(3)]
+    runs = {"sdpa": lambda: F.scaled_dot_product_attention(*qkv, attn_mask=allowed),
+            "eager": lambda: _eager(*qkv, bias)}
+    best = {k: float("inf") for k in runs}
+    for i in range(repeat + 1):  # pass 0 warms up and is not counted
+        for k, fn in runs.items():
+            t = time.perf_counter()
+            fn().float().sum().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i:
+                best[k] = min(best[k], time.perf_counter() - t)
+    chosen = pick_kernel(best)
+    return {"chosen": chosen, "ms": {k: round(v * 1e3, 2) for k, v in best.items()}, "dtype": str(dtype).split(".")[-1],
+            "shape": [rows, heads, seq, head_dim], "probe_s": round(time.perf_counter() - t0, 3), "device": str(device)}
+
+
+def choose_attention(requested: str, dtype: str, model: torch.nn.Module,
+                     device: str | torch.device = "cpu") -> tuple[str, dict[str, Any] | None]:
+    """The kernel a run trains with and the probe behind it (``None`` when none ran).
+
+    ``requested`` is ``train.attention``: ``auto`` probes at ``model``'s head shape in ``dtype``
+    (the run's compute dtype); ``sdpa`` / ``eager`` are taken as they are.
+    """
+    if requested == "auto":
+        from devft_lab.core.device import DTYPES
+
+        heads, head_dim = attention_shape(model)
+        probe = probe_attention(DTYPES[dtype], device, heads, head_dim)
+        return probe["chosen"], probe
+    if requested not in KERNELS:
+        raise ValueError(f"unknown attention kernel {requested!r}; use auto, {', '.join(KERNELS)}.")
+    return requested, None
+
+
+def attention_shape(model: torch.nn.Module) -> tuple[int, int]:
+    """(query heads, head dim) of a transformers model's first config that names them."""
+    for c in _configs(model):
+        heads = getattr(c, "num_attention_heads", None)
+        if heads:
+            return int(heads), int(getattr(c, "head_dim", None) or c.hidden_size // heads)
+    return 9, 64
