@@ -2,7 +2,7 @@
 FedIT at equal total client FLOPs.
 
     devft-lab sweep --scale lab --seeds 3 [--factors capacity transfer] [--max-cells K] [--dry-run]
-    devft-lab sweep --scale lab --set model.name=gemma3-270m --tag gemma3 --factors capacity   # another model
+    devft-lab sweep --scale lab --set model.name=gemma3-270m data.template=alpaca --tag gemma3 --factors capacity   # another model
 
 Around the lab's DevFT (the reproduce ``devft`` variant: 4 stages, stage-1 capacity L/8, rule
 ``copy``, beta 0.1, spectral DGLG), one factor moves at a time:
