@@ -106,3 +106,4 @@ def test_choose_attention_takes_a_named_kernel_and_refuses_an_unknown_one():
     assert probe is not None and kernel == probe["chosen"] and probe["shape"][1::2] == [4, 16]
     with pytest.raises(ValueError, match="use auto, sdpa, eager"):
         choose_attention("flash", "float32", sub)
+    assert choose_attention("auto", "float32", torch.nn.Linear(2, 2)) == ("sdpa", None)  # no transformers config

@@ -124,8 +124,8 @@ _KINDS = (("gemm", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul")),
           ("casts", ("aten::copy_", "aten::_to_copy")))
 
 
-def step_breakdown(model, enc, batch_size: int, pad_id: int, dtype: str, compile: bool, attention: str,
-                   steps: int = 2) -> dict:
+def step_breakdown(model, enc, batch_size: int, pad_id: int, packing: bool, dtype: str, compile: bool,
+                   attention: str, steps: int = 2) -> dict[str, float]:
     """Share of one profiled local step's time per kind of work (self CPU time of the ops;
     ``other``: everything not named in :data:`_KINDS`: norms, rotary, SiLU, LoRA, optimizer ...).
     Shows what stands between the step and the GEMM peak. In a compiled step, ``fused (compiled)``
@@ -135,7 +135,7 @@ def step_breakdown(model, enc, batch_size: int, pad_id: int, dtype: str, compile
 
     from devft_lab.core.train import train_local
 
-    kw = dict(batch_size=batch_size, lr=1e-4, pad_id=pad_id, packing=True, compute_dtype=dtype, compile=compile,
+    kw = dict(batch_size=batch_size, lr=1e-4, pad_id=pad_id, packing=packing, compute_dtype=dtype, compile=compile,
               attention=attention)
     train_local(model, enc, steps=2 if compile else 1, seed=1, **kw)  # warm-up (and compilation)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -146,8 +146,7 @@ def step_breakdown(model, enc, batch_size: int, pad_id: int, dtype: str, compile
         kind = next((k for k, pats in _KINDS if any(p in e.key for p in pats)), "other")
         shares[kind] += e.self_cpu_time_total
     total = sum(shares.values()) or 1.0
-    return {"variant": f"packed_{dtype}{'_' + attention if attention != 'sdpa' else ''}{'_compiled' if compile else ''}",
-            "share": {k: round(v / total, 3) for k, v in shares.items()}}
+    return {k: round(v / total, 3) for k, v in shares.items()}
 
 
 def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int = 4, batch_size: int = 8,
@@ -159,7 +158,7 @@ def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int 
     the process's warm-up and for neighbours' load (that version measured ``train.compile`` at 1.35x
     over eager; interleaved best-of-3 measured 1.18x). ``seconds_all`` keeps every pass.
     """
-    from devft_lab.core.attention import attention_shape, probe_attention
+    from devft_lab.core.attention import choose_attention
     from devft_lab.core.compiled import compile_available
     from devft_lab.core.layers import num_layers
     from devft_lab.core.models import load_model
@@ -179,8 +178,7 @@ def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int 
     caps = stage_capacities(L)
     subs = {k: build_submodel(model, even_groups(L, k), 0.1, "dblf", cfg).model for k in caps}
     full = subs[L]
-    heads, head_dim = attention_shape(full)
-    attn_probe = probe_attention(getattr(torch, dtype), "cpu", heads, head_dim)
+    _, attn_probe = choose_attention("auto", dtype, full)
     # (packing, dtype, compile, attention kernel); sdpa unless named
     variants = {"padded_float32": (False, "float32", False, "sdpa"), "packed_float32": (True, "float32", False, "sdpa")}
     if dtype != "float32":
@@ -214,9 +212,9 @@ def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int 
         v["speedup_vs_padded_float32"] = v["tokens_per_s"] / base
     times = {k: min(seconds[f"stage_{k}"]) if k != L else local[f"packed_{dtype}"]["seconds"] for k in caps}
     fastest = max(variants, key=lambda n: local[n]["tokens_per_s"])
-    _, dt, comp, kernel = variants[fastest]
-    out = {"local_step": local, "attention_probe": attn_probe,
-           "step_breakdown": step_breakdown(full, enc, batch_size, pad, dt, comp, kernel), "decoder_params": n_matmul, "lora_params": n_lora, "repeats": repeats,
+    breakdown = {"variant": fastest, "share": step_breakdown(full, enc, batch_size, pad, *variants[fastest])}
+    out = {"local_step": local, "attention_probe": attn_probe, "step_breakdown": breakdown,
+           "decoder_params": n_matmul, "lora_params": n_lora, "repeats": repeats,
            "gemm_ceiling": gemm_ceiling(full, round(local["packed_float32"]["tokens"] / steps), dtype),
            "stage_capacities": caps, "stage_round_s": [times[k] for k in caps],
            "stage_round_cost_ratio": [times[k] / times[L] for k in caps]}

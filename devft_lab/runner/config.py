@@ -51,6 +51,7 @@ from typing import Any, Iterable, Mapping, Union
 import yaml
 
 
+from devft_lab.core.attention import KERNELS as ATTENTION_KERNELS
 from devft_lab.core.choices import ConfigError
 from devft_lab.core.choices import closest as _closest
 from devft_lab.fl.strategies import STRATEGY_ALIASES, STRATEGY_PARAMS, canonical_strategy, get_strategy  # noqa: F401
@@ -520,7 +521,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("model.name is empty; set a preset (e.g. tiny-llama, smollm2-135m) or a hub id")
     _one_of("model.dtype", cfg.model.dtype, DTYPES)
     _one_of("model.quantization", cfg.model.quantization, QUANTIZATIONS)
-    _one_of("train.attention", cfg.train.attention, ("auto", "sdpa", "eager"))
+    _one_of("train.attention", cfg.train.attention, ("auto", *ATTENTION_KERNELS))
     if not (cfg.device in ("auto", "cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"device = {cfg.device!r} is not auto, cpu, cuda, cuda:N or mps")
 
