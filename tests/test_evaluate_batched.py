@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from devft_lab.core.evaluate import _batches_by_tokens, choice_loglikelihoods, score_multiple_choice
+from devft_lab.core.evaluate import _plan_passes, choice_loglikelihoods, score_multiple_choice
 from devft_lab.core.models import tiny_model
 from devft_lab.data.lab import expand_suites, load_suite
 
@@ -25,6 +25,8 @@ def test_every_committed_lab_item_scores_the_same_batched_and_one_at_a_time(smal
     items = [it for s in expand_suites("lab") for it in load_suite(s)]
     assert len(items) >= 440
     old = score_multiple_choice(model, tok, items, "chat", batched=False)
+    packed = choice_loglikelihoods(model, tok, items, "chat", row_tokens=2048)  # several items a row
+    assert max(abs(a - b) for r, lls in zip(old, packed) for a, b in zip(r["lls"], lls)) < 1e-3
     new = score_multiple_choice(model, tok, items, "chat", batched=True)
     assert [r["pred"] for r in new] == [r["pred"] for r in old]
     assert [r["pred_norm"] for r in new] == [r["pred_norm"] for r in old]
@@ -36,15 +38,46 @@ def test_single_token_choices_unequal_prompts_and_tiny_batches(small):
     items = [item(["a", "b", "c"], 0, "Q?"), item(["yes", "no", "a much longer choice"], 1, "Is it? " * 9),
              item(["x"], 0, "only one choice here")]
     old = choice_loglikelihoods(model, tok, items, "plain", batched=False)
-    for max_tokens in (1, 64, 10_000):  # one item a pass, a few, all
-        new = choice_loglikelihoods(model, tok, items, "plain", batched=True, max_tokens=max_tokens)
+    for max_tokens, row_tokens in ((1, 1), (64, 1), (10_000, 1), (10_000, 10_000)):  # one item a pass, a
+        new = choice_loglikelihoods(model, tok, items, "plain", batched=True,  # few, all, all in one row
+                                    max_tokens=max_tokens, row_tokens=row_tokens)
         for o, n in zip(old, new):
             assert n == pytest.approx(o, abs=1e-4)
 
 
-def test_batches_cover_every_item_once_within_the_token_budget():
-    lengths = [5, 50, 7, 30, 30, 2, 64]
-    groups = _batches_by_tokens(lengths, max_tokens=64)
-    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
-    for g in groups:
-        assert len(g) == 1 or len(g) * max(lengths[i] for i in g) <= 64
+@pytest.mark.parametrize("max_tokens, row_tokens, max_row", [(64, 1, None), (64, 16, None), (200, 32, 64), (1, 1, None)])
+def test_passes_cover_every_item_once_in_rows_that_fit(max_tokens, row_tokens, max_row):
+    lengths = [5, 50, 7, 30, 30, 2, 64, 11, 1, 33]
+    passes = _plan_passes(lengths, max_tokens, row_tokens, max_row)
+    assert sorted(i for rows in passes for row in rows for i in row) == list(range(len(lengths)))
+    for rows in passes:
+        size = [sum(lengths[i] for i in row) for row in rows]
+        assert all(row for row in rows)
+        assert all(s <= row_tokens or len(row) == 1 for s, row in zip(size, rows))  # long items alone
+        assert len(rows) == 1 or len(rows) * max(size) <= max_tokens
+        assert min(size) >= 0.85 * max(size)  # padding at most 15 %
+        if max_row is not None:
+            assert max(size) <= max_row
+
+
+def test_packing_removes_the_padding_of_mixed_lengths():
+    lengths = [100] + [10] * 30  # one item a row: 31 rows padded to 100 tokens
+    passes = _plan_passes(lengths, max_tokens=400, row_tokens=50)
+    padded = sum(len(rows) * max(sum(lengths[i] for i in row) for row in rows) for rows in passes)
+    assert padded <= 1.1 * sum(lengths)
+
+
+def test_an_item_longer_than_the_row_cap_is_refused():
+    with pytest.raises(ValueError, match="longer than a row"):
+        _plan_passes([10, 90], max_tokens=100, row_tokens=8, max_row=64)
+
+
+def test_sliding_window_model_scores_the_same_packed():
+    model, tok = tiny_model("gemma3", num_layers=3, hidden=32, seed=1)  # window of 16 tokens; the last
+    # item is longer (scored in two passes), the others share rows
+    items = [item(["a", "b"], 0, "Q?"), item(["no", "yes"], 1, "Is?"), item(["x", "y", "z"], 2, "W"),
+             item(["ab", "c"], 0, "Hm?"), item(["long one", "b"], 1, "A prompt longer than the window")]
+    old = choice_loglikelihoods(model, tok, items, "plain", batched=False)
+    new = choice_loglikelihoods(model, tok, items, "plain", batched=True, row_tokens=1000)
+    for o, n in zip(old, new):
+        assert n == pytest.approx(o, abs=1e-4)

@@ -146,71 +146,84 @@ def _ll_shared(model, p_ids: list[int], c_ids: list[list[int]], pad: int, device
     return lls
 
 
-def _tree_rows(encoded: Sequence[tuple[list[int], list[list[int]]]], k: int) -> list[tuple[list[int], list[int], list[tuple[int, int]]]]:
-    """Per item, one row: the prompt after the shared prefix, then every choice but its last token.
+def _tree_segment(p_ids: list[int], c_ids: list[list[int]], k: int) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """One item as a segment of a row: the prompt after the shared prefix, then every choice but its last token.
 
-    Returns ``(ids, positions, spans)`` per item, where ``spans[i] = (start, length)`` locates
-    choice ``i``'s tokens in the row. Each choice's first token is predicted from the
-    prompt's last position, its later tokens from its own earlier ones.
+    Returns ``(ids, positions, spans)``, where ``spans[i] = (start, length)`` locates choice
+    ``i``'s tokens in the segment. Each choice's first token is predicted from the prompt's
+    last position, its later tokens from its own earlier ones.
     """
-    rows = []
-    for p_ids, c_ids in encoded:
-        ids, pos = list(p_ids[k:]), list(range(k, len(p_ids)))
-        spans = []
-        for c in c_ids:
-            spans.append((len(ids), len(c) - 1))
-            ids += c[:-1]
-            pos += list(range(len(p_ids), len(p_ids) + len(c) - 1))
-        rows.append((ids, pos, spans))
-    return rows
+    ids, pos = list(p_ids[k:]), list(range(k, len(p_ids)))
+    spans = []
+    for c in c_ids:
+        spans.append((len(ids), len(c) - 1))
+        ids += c[:-1]
+        pos += list(range(len(p_ids), len(p_ids) + len(c) - 1))
+    return ids, pos, spans
 
 
-def _tree_mask(rows, n: int, k: int, device) -> torch.Tensor:
-    """Boolean ``(B, 1, n, k + n)`` mask: the prefix for all; the prompt causal; each choice
-    sees the prompt and its own earlier tokens, never another choice (padding sees the prefix and
-    itself, so no attention row is empty)."""
+def _tree_mask(rows: Sequence[Sequence[tuple[int, int, list[tuple[int, int]]]]], n: int, k: int, device) -> torch.Tensor:
+    """Boolean ``(B, 1, n, k + n)`` mask for rows of packed segments, each ``(offset, prompt length, spans)``.
+
+    The shared prefix is seen by all; inside a segment the prompt is causal and each choice
+    sees its segment's prompt and its own earlier tokens, never another choice or another
+    segment (padding sees the prefix and itself, so no attention row is empty).
+    """
     mask = torch.zeros((len(rows), 1, n, k + n), dtype=torch.bool)
     mask[:, :, :, :k] = True
     mask[:, 0, :, k:] |= torch.eye(n, dtype=torch.bool)
-    for r, (ids, _, spans) in enumerate(rows):
-        p = spans[0][0] if spans else len(ids)
-        mask[r, 0, :p, k:k + p] = torch.tril(torch.ones(p, p, dtype=torch.bool))
-        for start, length in spans:
-            mask[r, 0, start:start + length, k:k + p] = True
-            mask[r, 0, start:start + length, k + start:k + start + length] = torch.tril(
-                torch.ones(length, length, dtype=torch.bool))
+    for r, segments in enumerate(rows):
+        for o, p, spans in segments:
+            mask[r, 0, o:o + p, k + o:k + o + p] = torch.tril(torch.ones(p, p, dtype=torch.bool))
+            for start, length in spans:
+                a = o + start
+                mask[r, 0, a:a + length, k + o:k + o + p] = True
+                mask[r, 0, a:a + length, k + a:k + a + length] = torch.tril(torch.ones(length, length, dtype=torch.bool))
     return mask.to(device)
 
 
 @torch.no_grad()
-def _ll_tree(model, encoded: Sequence[tuple[list[int], list[list[int]]]], pad: int, device,
-             prefix: tuple[int, Any] = (0, None)) -> list[list[float]]:
-    """Choice log-likelihoods of several items in one forward pass (HF models).
+def _ll_tree(model, rows: Sequence[Sequence[tuple[list[int], list[list[int]]]]], pad: int, device,
+             prefix: tuple[int, Any] = (0, None)) -> list[list[list[float]]]:
+    """Choice log-likelihoods of several rows of items in one forward pass (HF models).
 
-    Each item is one row (:func:`_tree_rows`) under a tree-shaped attention mask
-    (:func:`_tree_mask`), after the shared prefix's KV cache: the same numbers as
-    :func:`_ll_shared`, which runs two passes per item.
+    Each row packs one or more items end to end (:func:`_tree_segment`, positions restarting
+    after the shared prefix for each) under a tree-shaped attention mask (:func:`_tree_mask`),
+    after the shared prefix's KV cache: the same numbers as :func:`_ll_shared`, which runs
+    two passes per item. Returns, per row, per item, one log-likelihood per choice.
     """
     k, prefix_cache = prefix
-    rows = _tree_rows(encoded, k)
-    n = max(len(ids) for ids, _, _ in rows)
+    layout = []  # per row: per item (offset, prompt length, spans)
+    row_ids, row_pos = [], []
+    for items in rows:
+        ids, pos, segs = [], [], []
+        for p_ids, c_ids in items:
+            s_ids, s_pos, spans = _tree_segment(p_ids, c_ids, k)
+            segs.append((len(ids), len(p_ids) - k, spans))
+            ids += s_ids
+            pos += s_pos
+        layout.append(segs)
+        row_ids.append(ids)
+        row_pos.append(pos)
+    n = max(len(ids) for ids in row_ids)
     ids = torch.full((len(rows), n), pad, dtype=torch.long)
     pos = torch.zeros((len(rows), n), dtype=torch.long)
-    for r, (row_ids, row_pos, _) in enumerate(rows):
-        ids[r, :len(row_ids)] = torch.tensor(row_ids)
-        pos[r, :len(row_pos)] = torch.tensor(row_pos)
-        pos[r, len(row_pos):] = row_pos[-1] if row_pos else k
+    for r, (r_ids, r_pos) in enumerate(zip(row_ids, row_pos)):
+        ids[r, :len(r_ids)] = torch.tensor(r_ids)
+        pos[r, :len(r_pos)] = torch.tensor(r_pos)
+        pos[r, len(r_pos):] = r_pos[-1] if r_pos else k
     cache = None
     if k:
         cache = copy.deepcopy(prefix_cache)
         if len(rows) > 1:
             cache.batch_repeat_interleave(len(rows))
-    mask, pos = _tree_mask(rows, n, k, device), pos.to(device)
+    mask, pos = _tree_mask(layout, n, k, device), pos.to(device)
     # the language-model head only at the (row, position) pairs where a choice token is
     # predicted: most of a row is prompt, and with a 49k vocabulary its logits (and their
     # log-softmax) would cost more than the attention does
-    need = [(r, p) for r, (_, _, spans) in enumerate(rows)
-            for p in [spans[0][0] - 1] + [s + j for s, n_s in spans for j in range(n_s)]]
+    need = [(r, o + p - 1) for r, segs in enumerate(layout) for o, p, _ in segs]
+    need += [(r, o + s + j) for r, segs in enumerate(layout) for o, _, spans in segs
+             for s, n_s in spans for j in range(n_s)]
     split = decoder_and_head(model)
     if split is not None:
         decoder, head, cap = split
@@ -229,33 +242,60 @@ def _ll_tree(model, encoded: Sequence[tuple[list[int], list[list[int]]]], pad: i
         row_of = {(r, p): r * len(wanted) + col[p] for r, p in need}
     logp = F.log_softmax(logits.float(), dim=-1)
     result = []
-    for r, ((p_ids, c_ids), (_, _, spans)) in enumerate(zip(encoded, rows)):
-        last = spans[0][0] - 1  # the prompt's last position in the row
-        lls = []
-        for c, (start, length) in zip(c_ids, spans):
-            at = torch.tensor([row_of[r, last]] + [row_of[r, start + j] for j in range(length)], device=device)
-            lls.append(float(logp[at, torch.tensor(c, device=device)].sum()))
-        result.append(lls)
+    for r, (items, segs) in enumerate(zip(rows, layout)):
+        per_item = []
+        for (_, c_ids), (o, p, spans) in zip(items, segs):
+            lls = []
+            for c, (start, length) in zip(c_ids, spans):
+                at = torch.tensor([row_of[r, o + p - 1]] + [row_of[r, o + start + j] for j in range(length)],
+                                  device=device)
+                lls.append(float(logp[at, torch.tensor(c, device=device)].sum()))
+            per_item.append(lls)
+        result.append(per_item)
     return result
 
 
-def _batches_by_tokens(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Indices grouped longest first, each group's ``len * longest`` at most ``max_tokens``."""
+def _plan_passes(lengths: Sequence[int], max_tokens: int, row_tokens: int, max_row: int | None = None,
+                 max_padding: float = 0.15) -> list[list[list[int]]]:
+    """Item indices as forward passes of rows, packed so that padding nearly disappears.
+
+    Items, longest first, are packed first fit into rows of ``row_tokens`` tokens (an item
+    longer than that gets a row of its own; ``max_row`` caps every row). Rows, longest first,
+    then share a pass while the pass stays within ``max_tokens`` (padding included) and no row
+    is padded by more than ``max_padding`` of the pass's row length. Short rows keep attention,
+    whose cost grows with the square of a row's length, cheap.
+    """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    groups: list[list[int]] = []
+    rows: list[list[int]] = []
+    room: list[int] = []
     for i in order:
-        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
-            groups[-1].append(i)
+        if max_row is not None and lengths[i] > max_row:
+            raise ValueError(f"an item of {lengths[i]} tokens is longer than a row may be ({max_row}).")
+        r = next((r for r, free in enumerate(room) if lengths[i] <= free), None)
+        if r is None:
+            cap = max(row_tokens, lengths[i]) if max_row is None else min(max(row_tokens, lengths[i]), max_row)
+            rows.append([i])
+            room.append(cap - lengths[i])
         else:
-            groups.append([i])
-    return groups
+            rows[r].append(i)
+            room[r] -= lengths[i]
+    size = {id(row): sum(lengths[i] for i in row) for row in rows}
+    passes: list[list[list[int]]] = []
+    for row in sorted(rows, key=lambda row: -size[id(row)]):
+        if passes:
+            n = size[id(passes[-1][0])]
+            if (len(passes[-1]) + 1) * n <= max_tokens and size[id(row)] >= (1 - max_padding) * n:
+                passes[-1].append(row)
+                continue
+        passes.append([row])
+    return passes
 
 
-def _fits_sliding_window(model, n: int) -> bool:
-    """A custom 4D mask replaces sliding-window masks too: use it only for rows inside the window."""
+def _sliding_window(model) -> int | None:
+    """The model's sliding attention window, if any. A custom 4D mask replaces sliding-window
+    masks too, so rows (the shared prefix included) must stay inside the window."""
     cfg = unwrap(model).config
-    window = getattr(cfg, "sliding_window", None) or getattr(getattr(cfg, "text_config", None), "sliding_window", None)
-    return window is None or n <= window
+    return getattr(cfg, "sliding_window", None) or getattr(getattr(cfg, "text_config", None), "sliding_window", None)
 
 
 @torch.no_grad()
@@ -285,13 +325,14 @@ def _ll_full(model, seqs: list[tuple[list[int], list[int]]], pad: int, device, b
 def choice_loglikelihoods(model, tokenizer, items: Sequence[dict[str, Any]],
                           template: str | PromptTemplate = "chat", batch_size: int = 16,
                           share_prefix: bool | None = None, batched: bool = True,
-                          max_tokens: int = 4096) -> list[list[float]]:
+                          max_tokens: int = 4096, row_tokens: int = 128) -> list[list[float]]:
     """Sum log-likelihood of every choice of every item (``items``: closed-ended records).
 
     ``share_prefix``: run the prompt once and share its KV cache across the choices
     (default: on for Hugging Face / PEFT models, off for any other module).
     ``batched`` (HF models): several items and all their choices per forward pass, up to
-    ``max_tokens`` tokens (padding included) a pass; ``False``: two passes per item.
+    ``max_tokens`` tokens (padding included) a pass, short items packed end to end into rows of
+    up to ``row_tokens`` tokens (:func:`_plan_passes`); ``False``: two passes per item.
     """
     tmpl = get_template(template)
     device, pad = _device(model), _pad_id(tokenizer)
@@ -308,13 +349,17 @@ def choice_loglikelihoods(model, tokenizer, items: Sequence[dict[str, Any]],
                 return [_ll_shared(model, p, cs, pad, device, prefix) for p, cs in encoded]
             lengths = [len(p) - k + sum(len(c) - 1 for c in cs) for p, cs in encoded]
             out: list[list[float] | None] = [None] * len(encoded)
-            for group in _batches_by_tokens(lengths, max_tokens):
-                if not _fits_sliding_window(model, k + lengths[group[0]]):
-                    for i in group:
-                        out[i] = _ll_shared(model, *encoded[i], pad, device, prefix)
-                    continue
-                for i, lls in zip(group, _ll_tree(model, [encoded[i] for i in group], pad, device, prefix)):
-                    out[i] = lls
+            window = _sliding_window(model)
+            fits = [i for i in range(len(encoded)) if window is None or k + lengths[i] <= window]
+            for i in sorted(set(range(len(encoded))) - set(fits)):
+                out[i] = _ll_shared(model, *encoded[i], pad, device, prefix)
+            max_row = None if window is None else window - k  # a packed row must fit the window too
+            for rows in _plan_passes([lengths[i] for i in fits], max_tokens, row_tokens, max_row):
+                rows = [[fits[j] for j in row] for row in rows]
+                scored = _ll_tree(model, [[encoded[i] for i in row] for row in rows], pad, device, prefix)
+                for row, row_lls in zip(rows, scored):
+                    for i, lls in zip(row, row_lls):
+                        out[i] = lls
             return out  # type: ignore[return-value]
         flat = [(p, c) for p, cs in encoded for c in cs]
         lls = _ll_full(model, flat, pad, device, batch_size)
