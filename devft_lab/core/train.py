@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from devft_lab.core.attention import attention_kernel
 from devft_lab.core.compiled import compiled_layers
 from devft_lab.core.device import autocast_context
+from devft_lab.core.dropout import bits_dropout
 from devft_lab.core.layers import decoder_and_head
 from devft_lab.data.templates import PromptTemplate, get_template
 
@@ -222,7 +223,9 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
     Each step accumulates ``grad_accum`` micro-batches of ``batch_size`` examples; the loss
     is the mean over response tokens (plus ``penalty()``, e.g. FedProx's proximal term).
     Batches come from ``seed`` alone, and dropout from the global torch RNG, which the
-    caller seeds: the same seed and state give the same result.
+    caller seeds: the same seed and state give the same result. On the CPU the LoRA dropout
+    masks are drawn 15 random bits an element (:mod:`devft_lab.core.dropout`: PyTorch's CPU
+    Bernoulli sampler is slow outside Intel's MKL).
 
     ``packing``: micro-batches via :func:`pack` (no padding waste) rather than :func:`collate`.
     ``compute_dtype``: the autocast dtype of the forward pass (``float32``: none; ``auto``:
@@ -246,7 +249,7 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
     was_training = model.training
     model.train()
     t0, total, n_tok, n_target, seen = time.perf_counter(), 0.0, 0, 0, 0
-    with attention_kernel(model, attention), compiled_layers(model, compile):
+    with bits_dropout(model, device.type == "cpu"), attention_kernel(model, attention), compiled_layers(model, compile):
         for step in range(steps):
             opt.zero_grad(set_to_none=True)
             step_loss = 0.0
