@@ -30,6 +30,12 @@ from devft_lab.data.records import normalise_text
 from devft_lab.data.templates import PromptTemplate, get_template
 
 
+# Bumped when a change to the scorer can move its numbers (even by float rounding): cached
+# evaluations of the untrained model (devft_lab.runner.run.base_eval_cache) are keyed on it.
+# 2: items packed several to a row (2026-12-07).
+SCORER_VERSION = 2
+
+
 # --------------------------------------------------------------------------- perplexity
 @torch.no_grad()
 def perplexity(model, tokenizer, texts: list[str], max_length: int = 256, batch_size: int = 8) -> float:

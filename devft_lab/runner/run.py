@@ -413,17 +413,19 @@ def base_eval_cache(cfg: RunConfig, compute_dtype: str, fingerprint: str) -> Pat
     what is scored (``fingerprint``: the held-out examples and items, see make_evaluator). The
     method, LoRA and federation settings do not change it, since every adapter starts at B = 0,
     so runs that differ only in method share it. A local model's files enter the key by size and
-    modification time; delete the folder to force a fresh scoring after changing the scorer."""
+    modification time, and the scorer's version (:data:`devft_lab.core.evaluate.SCORER_VERSION`)
+    enters it too."""
     import hashlib
     from dataclasses import asdict
 
     from devft_lab import __version__
+    from devft_lab.core.evaluate import SCORER_VERSION
     from devft_lab.core.models import cache_dir
 
     local = Path(cfg.model.name).expanduser()  # a local folder or file: changed weights, new key
     files = sorted(local.rglob("*") if local.is_dir() else [local]) if local.exists() else []
     weights = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
-    key = {"v": __version__, "model": asdict(cfg.model), "weights": weights, "dtype": compute_dtype,
+    key = {"v": __version__, "scorer": SCORER_VERSION, "model": asdict(cfg.model), "weights": weights, "dtype": compute_dtype,
            "what": fingerprint, "template": cfg.data.template, "device": str(device_of(cfg))}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return cache_dir() / "base_eval" / f"{cfg.model.name.replace('/', '_')}-{digest}.json"
