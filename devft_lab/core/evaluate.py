@@ -9,9 +9,10 @@ separately, exactly as :func:`devft_lab.core.train.encode_example` does for trai
 Every scorer runs under ``torch.no_grad`` in eval mode and accepts a Hugging Face causal
 LM, a PEFT model, a devft_lab submodel, or any module called as
 ``model(input_ids=..., attention_mask=...)`` that returns ``.logits``. For Hugging Face
-models (PEFT included) the prompt is run once per item and its KV cache is shared by the
-choices (the prefix common to all prompts, e.g. the chat template's system turn, is run
-once per call); other modules get one full sequence per choice.
+models (PEFT included) the prompt is run once per item for all its choices, and items are
+packed several to a row of a forward pass under a tree-shaped attention mask (the prefix
+common to all prompts, e.g. the chat template's system turn, is run once per call and its KV
+cache shared); other modules get one full sequence per choice.
 """
 from __future__ import annotations
 
