@@ -3,7 +3,7 @@ reproducible from torch's seed, swapped into PEFT's LoRA layers for training and
 import pytest
 import torch
 
-from devft_lab.core.dropout import BitsDropout, bits_dropout, drop_threshold
+from devft_lab.core.dropout import BitsDropout, bits_dropout, drop_threshold, mask_sampler
 from devft_lab.core.models import load_model
 from devft_lab.core.train import encode_example, train_local
 
@@ -76,3 +76,8 @@ def test_cpu_training_draws_bits_dropout_masks(monkeypatch):
     train_local(pm, enc, steps=1, batch_size=4, lr=1e-3, pad_id=tok.pad_token_id)
     assert calls
     assert not any(isinstance(m, BitsDropout) for m in pm.modules())
+
+
+def test_the_cpu_samples_bits_and_cuda_keeps_torch_dropout():
+    assert mask_sampler("cpu") == "bits15"
+    assert mask_sampler(torch.device("cuda", 0)) == "torch"

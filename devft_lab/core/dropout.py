@@ -14,7 +14,7 @@ generator, so a seed gives the same masks, eager and under ``torch.compile`` ali
 inductor's ``fallback_random``, :mod:`devft_lab.core.compiled`). A 1040 x 576 mask took 1.1 ms
 instead of 3–4 ms on that machine.
 
-    with bits_dropout(model, enabled=device.type == "cpu"):
+    with bits_dropout(model, enabled=mask_sampler(device) == "bits15"):
         ...  # training: every PEFT LoRA dropout draws its masks this way; nn.Dropout again afterwards
 """
 from __future__ import annotations
@@ -54,6 +54,12 @@ class BitsDropout(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def mask_sampler(device: str | torch.device) -> str:
+    """How training on ``device`` draws LoRA dropout masks: ``bits15`` (:class:`BitsDropout`) on
+    the CPU, ``torch`` (PyTorch's own dropout) elsewhere. Recorded in a run's meta.json."""
+    return "bits15" if torch.device(device).type == "cpu" else "torch"
 
 
 @contextlib.contextmanager

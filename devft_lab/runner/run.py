@@ -32,6 +32,7 @@ from devft_lab.runner.config import (ConfigError, RunConfig, clients_per_round_c
 from devft_lab.fl.client import LocalTraining, get_lora_state
 from devft_lab.fl.simulation import Simulation, SimulationSettings, dump_json, final_state
 from devft_lab.core.lora import to_flat, to_layers
+from devft_lab.core.dropout import mask_sampler
 from devft_lab.fl.stages import FullModelPlan, StagePlan
 from devft_lab.fl.strategies import Strategy, from_config
 
@@ -362,6 +363,7 @@ def start(cfg: RunConfig, force: bool = False, quiet: bool = False, command: str
         "stage_rounds": stage_rounds(cfg), "num_clients": len(parts.client_data),
         "client_sizes": [len(d) for d in parts.client_data], "machine": machine(),
         "compute_dtype": parts.compute, "compiled_layers": _compiles(cfg),
+        "lora_dropout_masks": mask_sampler(device_of(cfg)),
         "command": command or " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
     return _run(parts, run_dir, quiet, resume=False)
 
