@@ -6,7 +6,7 @@ mask one element at a time from its Mersenne Twister (its vectorised MKL path se
 CPUs only): on the 2-core AMD machine that was 11 % of a compiled SmolLM2 LoRA step
 (``python -m devft_lab.bench``, ``step_breakdown``), about 4 ms for a 1040 x 576 mask.
 
-:class:`BitsDropout` draws 32-bit random words instead, two mask elements per word, and drops
+:class:`BitsDropout` draws int32 random words instead (31 random bits each), two mask elements per word, and drops
 an element when its 15 random bits fall below ``round(p * 2**15)``: ``p`` is met to within
 2^-16, and the kept elements are scaled by ``1 / (1 - p_effective)``, so the expectation is
 exact, as in ``nn.Dropout``. The words come from ``torch.randint`` and PyTorch's global
