@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from devft_lab.core.layers import decoder_and_head, unwrap
+from devft_lab.core.packing import first_fit_decreasing
 from devft_lab.data.records import normalise_text
 from devft_lab.data.templates import PromptTemplate, get_template
 
@@ -262,45 +263,32 @@ def _ll_tree(model, rows: Sequence[Sequence[tuple[list[int], list[list[int]]]]],
     return result
 
 
-def _plan_passes(lengths: Sequence[int], max_tokens: int, row_tokens: int, max_row: int | None = None,
+def _plan_passes(lengths: Sequence[int], max_tokens: int, row_tokens: int,
                  max_padding: float = 0.15) -> list[list[list[int]]]:
     """Item indices as forward passes of rows, packed so that padding nearly disappears.
 
-    Items, longest first, are packed first fit into rows of ``row_tokens`` tokens (an item
-    longer than that gets a row of its own; ``max_row`` caps every row). Rows, longest first,
-    then share a pass while the pass stays within ``max_tokens`` (padding included) and no row
-    is padded by more than ``max_padding`` of the pass's row length. Short rows keep attention,
-    whose cost grows with the square of a row's length, cheap.
+    Items are packed first fit, longest first, into rows of ``row_tokens`` tokens (a longer
+    item gets a row of its own). Rows, longest first, then share a pass while the pass stays
+    within ``max_tokens`` (padding included) and no row is padded by more than ``max_padding``
+    of the pass's row length. Short rows keep attention, whose cost grows with the square of
+    a row's length, cheap.
     """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in order:
-        if max_row is not None and lengths[i] > max_row:
-            raise ValueError(f"an item of {lengths[i]} tokens is longer than a row may be ({max_row}).")
-        r = next((r for r, free in enumerate(room) if lengths[i] <= free), None)
-        if r is None:
-            cap = max(row_tokens, lengths[i]) if max_row is None else min(max(row_tokens, lengths[i]), max_row)
-            rows.append([i])
-            room.append(cap - lengths[i])
-        else:
-            rows[r].append(i)
-            room[r] -= lengths[i]
-    size = {id(row): sum(lengths[i] for i in row) for row in rows}
+    rows = [(sum(lengths[i] for i in row), row) for row in first_fit_decreasing(lengths, row_tokens)]
     passes: list[list[list[int]]] = []
-    for row in sorted(rows, key=lambda row: -size[id(row)]):
-        if passes:
-            n = size[id(passes[-1][0])]
-            if (len(passes[-1]) + 1) * n <= max_tokens and size[id(row)] >= (1 - max_padding) * n:
-                passes[-1].append(row)
-                continue
-        passes.append([row])
+    n = 0  # the current pass's row length
+    for size, row in sorted(rows, key=lambda sr: -sr[0]):
+        if passes and (len(passes[-1]) + 1) * n <= max_tokens and size >= (1 - max_padding) * n:
+            passes[-1].append(row)
+        else:
+            passes.append([row])
+            n = size
     return passes
 
 
 def _sliding_window(model) -> int | None:
     """The model's sliding attention window, if any. A custom 4D mask replaces sliding-window
-    masks too, so rows (the shared prefix included) must stay inside the window."""
+    masks too, so an item (the shared prefix included) must fit inside the window; packed rows
+    may be longer, since the mask keeps each item to itself."""
     cfg = unwrap(model).config
     return getattr(cfg, "sliding_window", None) or getattr(getattr(cfg, "text_config", None), "sliding_window", None)
 
@@ -357,11 +345,13 @@ def choice_loglikelihoods(model, tokenizer, items: Sequence[dict[str, Any]],
             lengths = [len(p) - k + sum(len(c) - 1 for c in cs) for p, cs in encoded]
             out: list[list[float] | None] = [None] * len(encoded)
             window = _sliding_window(model)
-            fits = [i for i in range(len(encoded)) if window is None or k + lengths[i] <= window]
-            for i in sorted(set(range(len(encoded))) - set(fits)):
-                out[i] = _ll_shared(model, *encoded[i], pad, device, prefix)
-            max_row = None if window is None else window - k  # a packed row must fit the window too
-            for rows in _plan_passes([lengths[i] for i in fits], max_tokens, row_tokens, max_row):
+            fits = []
+            for i in range(len(encoded)):
+                if window is None or k + lengths[i] <= window:
+                    fits.append(i)
+                else:  # longer than the window: two passes of its own
+                    out[i] = _ll_shared(model, *encoded[i], pad, device, prefix)
+            for rows in _plan_passes([lengths[i] for i in fits], max_tokens, row_tokens):
                 rows = [[fits[j] for j in row] for row in rows]
                 scored = _ll_tree(model, [[encoded[i] for i in row] for row in rows], pad, device, prefix)
                 for row, row_lls in zip(rows, scored):

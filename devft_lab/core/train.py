@@ -33,6 +33,7 @@ from devft_lab.core.compiled import compiled_layers
 from devft_lab.core.device import autocast_context
 from devft_lab.core.dropout import bits_dropout, mask_sampler
 from devft_lab.core.layers import decoder_and_head
+from devft_lab.core.packing import first_fit_decreasing
 from devft_lab.data.templates import PromptTemplate, get_template
 
 IGNORE = -100
@@ -96,17 +97,7 @@ def pack(encoded: Sequence[Mapping[str, list[int]]], pad_id: int = 0,
     cap = max(lengths) if capacity is None else capacity
     if max(lengths) > cap:
         raise ValueError(f"pack: an example has {max(lengths)} tokens, more than capacity={cap}.")
-    rows: list[list[int]] = []
-    used: list[int] = []
-    for i in sorted(range(len(encoded)), key=lambda i: (-lengths[i], i)):
-        for r, u in enumerate(used):
-            if u + lengths[i] <= cap:
-                rows[r].append(i)
-                used[r] += lengths[i]
-                break
-        else:
-            rows.append([i])
-            used.append(lengths[i])
+    rows = first_fit_decreasing(lengths, cap)
     ids = torch.full((len(rows), cap), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), cap), IGNORE, dtype=torch.long)
     pos = torch.zeros((len(rows), cap), dtype=torch.long)
