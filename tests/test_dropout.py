@@ -21,12 +21,21 @@ def test_drops_a_fraction_p_and_keeps_the_expectation(p):
     assert abs(keep - (1 - p)) <= 2 ** -16
 
 
-def test_each_element_is_dropped_independently_of_its_word_neighbour():
-    # two elements share a 32-bit word; their drops must not be correlated
+@pytest.mark.parametrize("lane", [0, 1, 2, 3])
+def test_every_lane_of_a_word_drops_p_independently_of_its_neighbour(lane):
+    # four elements share a 64-bit word; each lane drops p, and no two lanes are correlated
     torch.manual_seed(0)
-    y = BitsDropout(0.5).train()(torch.ones(2_000_000))
-    a, b = (y[0::2] == 0).float(), (y[1::2] == 0).float()
+    y = BitsDropout(0.5).train()(torch.ones(4_000_000)).view(-1, 4) == 0
+    a, b = y[:, lane].float(), y[:, (lane + 1) % 4].float()
+    assert abs(a.mean().item() - 0.5) < 0.003  # 1e6 draws: sd 0.0005
     assert abs((a * b).mean().item() - 0.25) < 0.003
+
+
+def test_a_mask_of_any_size_covers_every_element():
+    torch.manual_seed(0)
+    for n in (1, 2, 3, 5, 7):  # not multiples of a word's four lanes
+        y = BitsDropout(0.5).train()(torch.ones(n, 3))
+        assert y.shape == (n, 3) and set(y.unique().tolist()) <= {0.0, 2.0}
 
 
 def test_same_seed_same_mask_and_eval_or_p0_is_the_identity():
@@ -79,5 +88,5 @@ def test_cpu_training_draws_bits_dropout_masks(monkeypatch):
 
 
 def test_the_cpu_samples_bits_and_cuda_keeps_torch_dropout():
-    assert mask_sampler("cpu") == "bits15"
+    assert mask_sampler("cpu") == "bits15x4"
     assert mask_sampler(torch.device("cuda", 0)) == "torch"

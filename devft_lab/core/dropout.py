@@ -6,15 +6,16 @@ mask one element at a time from its Mersenne Twister (its vectorised MKL path se
 CPUs only): on the 2-core AMD machine that was 11 % of a compiled SmolLM2 LoRA step
 (``python -m devft_lab.bench``, ``step_breakdown``), about 4 ms for a 1040 x 576 mask.
 
-:class:`BitsDropout` draws int32 random words instead (31 random bits each), two mask elements per word, and drops
-an element when its 15 random bits fall below ``round(p * 2**15)``: ``p`` is met to within
+:class:`BitsDropout` draws int64 random words instead (63 random bits each), four mask elements per word, and
+drops an element when its 15 random bits fall below ``round(p * 2**15)``: ``p`` is met to within
 2^-16, and the kept elements are scaled by ``1 / (1 - p_effective)``, so the expectation is
 exact, as in ``nn.Dropout``. The words come from ``torch.randint`` and PyTorch's global
 generator, so a seed gives the same masks, eager and under ``torch.compile`` alike (with
-inductor's ``fallback_random``, :mod:`devft_lab.core.compiled`). A 1040 x 576 mask took 1.1 ms
-instead of 3–4 ms on that machine.
+inductor's ``fallback_random``, :mod:`devft_lab.core.compiled`). PyTorch's CPU generator costs about
+the same per word, 32 bits or 64, so the wider words halve the cost: a 901 x 576 mask took 0.5 ms
+(int32 words, two elements each: 1.0 ms; ``bernoulli_``: 2.6 ms) on that machine.
 
-    with bits_dropout(model, enabled=mask_sampler(device) == "bits15"):
+    with bits_dropout(model, enabled=mask_sampler(device) == "bits15x4"):
         ...  # training: every PEFT LoRA dropout draws its masks this way; nn.Dropout again afterwards
 """
 from __future__ import annotations
@@ -46,8 +47,8 @@ class BitsDropout(torch.nn.Module):
         if not self.training or self.threshold == 0:
             return x
         n = x.numel()
-        # 31 random bits a word (values in [0, 2^31)): two 16-bit lanes, 15 random bits kept of each
-        words = torch.randint(0, 2 ** 31, ((n + 1) // 2,), dtype=torch.int32, device=x.device)
+        # 63 random bits a word (values in [0, 2^63 - 1)): four 16-bit lanes, 15 random bits kept of each
+        words = torch.randint(0, 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
         bits = words.view(torch.int16)[:n].view(x.shape) & (2 ** BITS - 1)
         keep = 1.0 - self.threshold / 2 ** BITS
         return x * (bits >= self.threshold).to(x.dtype) * (1.0 / keep)
@@ -57,9 +58,10 @@ class BitsDropout(torch.nn.Module):
 
 
 def mask_sampler(device: str | torch.device) -> str:
-    """How training on ``device`` draws LoRA dropout masks: ``bits15`` (:class:`BitsDropout`) on
-    the CPU, ``torch`` (PyTorch's own dropout) elsewhere. Recorded in a run's meta.json."""
-    return "bits15" if torch.device(device).type == "cpu" else "torch"
+    """How training on ``device`` draws LoRA dropout masks: ``bits15x4`` (:class:`BitsDropout`, four
+    15-bit lanes per 64-bit word) on the CPU, ``torch`` (PyTorch's own dropout) elsewhere. Recorded in
+    a run's meta.json."""
+    return "bits15x4" if torch.device(device).type == "cpu" else "torch"
 
 
 @contextlib.contextmanager

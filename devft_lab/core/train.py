@@ -240,7 +240,7 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
     was_training = model.training
     model.train()
     t0, total, n_tok, n_target, seen = time.perf_counter(), 0.0, 0, 0, 0
-    with bits_dropout(model, mask_sampler(device) == "bits15"), attention_kernel(model, attention), compiled_layers(model, compile):
+    with bits_dropout(model, mask_sampler(device) == "bits15x4"), attention_kernel(model, attention), compiled_layers(model, compile):
         for step in range(steps):
             opt.zero_grad(set_to_none=True)
             step_loss = 0.0
