@@ -17,6 +17,9 @@ neighbour's load):
   all with SDPA attention, and where the attention probe (:mod:`devft_lab.core.attention`,
   ``attention_probe``) picks the written-out kernel, packed in the probed dtype with it, eager
   and compiled (``packed_<dtype>_eager``, ``packed_<dtype>_eager_compiled``: the runtime's path);
+  and where the probe picks bf16, that fastest path again with the frozen weights themselves in bf16
+  (``model.dtype: bfloat16``; LoRA stays fp32): ``<path>_bf16_weights``, whose residual stream and
+  norms' inputs are bf16 too, other numerics than autocast over fp32 weights;
 * ``step_breakdown``: where the fastest variant's step spends its time (profiled: GEMMs,
   attention, compiled fused loops, dropout's random numbers, casts, other);
 * ``gemm_ceiling``: the share of the peak that the step's own linear-layer GEMMs reach when timed
@@ -179,18 +182,25 @@ def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int 
     subs = {k: build_submodel(model, even_groups(L, k), 0.1, "dblf", cfg).model for k in caps}
     full = subs[L]
     _, attn_probe = choose_attention("auto", dtype, full)
-    # (packing, dtype, compile, attention kernel); sdpa unless named
-    variants = {"padded_float32": (False, "float32", False, "sdpa"), "packed_float32": (True, "float32", False, "sdpa")}
+    kernel = attn_probe["chosen"]
+    # (the full model, packing, dtype, compile, attention kernel); fp32 weights and sdpa unless named
+    variants = {"padded_float32": (full, False, "float32", False, "sdpa"),
+                "packed_float32": (full, True, "float32", False, "sdpa")}
     if dtype != "float32":
-        variants[f"packed_{dtype}"] = (True, dtype, False, "sdpa")
-    if attn_probe["chosen"] != "sdpa":
-        variants[f"packed_{dtype}_{attn_probe['chosen']}"] = (True, dtype, False, attn_probe["chosen"])
+        variants[f"packed_{dtype}"] = (full, True, dtype, False, "sdpa")
+    if kernel != "sdpa":
+        variants[f"packed_{dtype}_{kernel}"] = (full, True, dtype, False, kernel)
     if compile_available()[0]:
-        variants[f"packed_{dtype}_compiled"] = (True, dtype, True, "sdpa")
-        if attn_probe["chosen"] != "sdpa":
-            variants[f"packed_{dtype}_{attn_probe['chosen']}_compiled"] = (True, dtype, True, attn_probe["chosen"])
+        variants[f"packed_{dtype}_compiled"] = (full, True, dtype, True, "sdpa")
+        if kernel != "sdpa":
+            variants[f"packed_{dtype}_{kernel}_compiled"] = (full, True, dtype, True, kernel)
+    if dtype == "bfloat16":  # the runtime's fastest path, the frozen weights in bf16 (model.dtype: bfloat16)
+        low, _ = load_model(model_name, device="cpu", dtype=torch.bfloat16)
+        path = list(variants)[-1]  # the last added: the runtime's path
+        variants[f"{path}_bf16_weights"] = (build_submodel(low, even_groups(L, L), 0.1, "dblf", cfg).model,
+                                            *variants[path][1:])
     # one list of timed jobs: the full model's variants, then each shallower stage in the probed dtype
-    jobs = {name: (full, *v) for name, v in variants.items()}
+    jobs = dict(variants)
     jobs.update({f"stage_{k}": (subs[k], True, dtype, False, "sdpa") for k in caps if k != L})
     seconds: dict[str, list[float]] = {name: [] for name in jobs}
     tokens: dict[str, int] = {}
@@ -202,7 +212,7 @@ def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int 
     emb = model.get_input_embeddings().weight.numel()
     n_matmul = sum(p.numel() for p in full.parameters()) - n_lora - emb  # decoder (+ no head)
     local = {}
-    for name, (packing, dt, comp, _) in variants.items():
+    for name, (_, packing, dt, comp, _) in variants.items():
         secs, tok_n = min(seconds[name]), tokens[name]
         gflops = training_flops(n_matmul, tok_n, n_lora, lora_only=True) / secs / 1e9
         local[name] = {"tokens_per_s": tok_n / secs, "train_gflops": gflops, "seconds": secs,
@@ -212,7 +222,8 @@ def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int 
         v["speedup_vs_padded_float32"] = v["tokens_per_s"] / base
     times = {k: min(seconds[f"stage_{k}"]) if k != L else local[f"packed_{dtype}"]["seconds"] for k in caps}
     fastest = max(variants, key=lambda n: local[n]["tokens_per_s"])
-    breakdown = {"variant": fastest, "share": step_breakdown(full, enc, batch_size, pad, *variants[fastest])}
+    m, *setting = variants[fastest]
+    breakdown = {"variant": fastest, "share": step_breakdown(m, enc, batch_size, pad, *setting)}
     out = {"local_step": local, "attention_probe": attn_probe, "step_breakdown": breakdown,
            "decoder_params": n_matmul, "lora_params": n_lora, "repeats": repeats,
            "gemm_ceiling": gemm_ceiling(full, round(local["packed_float32"]["tokens"] / steps), dtype),
