@@ -31,6 +31,7 @@ def test_throughput_reports_every_variant_and_stage():
     assert out["stage_round_cost_ratio"][-1] == 1.0 and len(out["stage_round_s"]) == len(out["stage_capacities"])
     c = out["gemm_ceiling"]  # the GEMMs of every projection of every layer: 7 per LLaMA layer
     assert sum(c["linear_shapes"].values()) == 7 * 8 and c["train_gflops"] > 0
+    assert len(c["train_gflops_all"]) == 2 and c["train_gflops"] == max(c["train_gflops_all"])  # one a pass, the best
     v = out["local_step"]["packed_bfloat16"]
     assert abs(v["peak_share"] - v["train_gflops"] / 200.0) < 1e-12
     # every timing is the best of the interleaved passes, and the full stage's round is that variant's
