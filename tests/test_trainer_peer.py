@@ -63,3 +63,33 @@ def test_split_clients_covers_every_example_once(n, k):
     parts = split_clients(list(range(n)), k)
     assert len(parts) == k and sum(parts, []) == list(range(n))
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_compare_runs_the_sides_in_turn_and_keeps_each_sides_best_round(monkeypatch):
+    import json
+    import subprocess
+    from types import SimpleNamespace
+
+    from devft_lab.experiments import trainer_peer
+
+    order, fake_s = [], iter(range(1, 100))
+
+    def fake_run(cmd, **kw):  # a child process: the side it was asked for, made-up timings
+        side, settings = cmd[cmd.index("--child") + 1], json.loads(cmd[cmd.index("--settings") + 1])
+        order.append((side, settings["dtype"], settings.get("compile", False)))
+        t = float(next(fake_s))
+        line = {"side": side, "round_s": t, "rounds_s": [t], "warmup_s": 10 * t, "peak_rss_mb": 100.0 + t,
+                "threads": 1, "attention": "sdpa"}
+        return SimpleNamespace(returncode=0, stdout=json.dumps(line) + "\n", stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    out = trainer_peer.compare("tiny-llama", threads=1, passes=3, dtype="float32")
+    sides = len(order) // 3
+    assert len(order) == 3 * sides and order[:sides] == order[sides:2 * sides] == order[2 * sides:]  # in turn
+    assert out["trainer_rounds_s"] == [1.0, 1.0 + sides, 1.0 + 2 * sides]  # every pass's round, in order
+    assert out["trainer_round_s"] == 1.0 and out["ours_round_s"] == 2.0  # the best of each side's
+    assert out["trainer_warmup_s"] == 10.0  # the first pass's warm-up
+    assert out["trainer_peak_rss_mb"] == 101.0 + 2 * sides  # the highest of its processes
+    assert out["ratio"] == 0.5 and out["passes"] == 3
+    with pytest.raises(ValueError, match="passes"):
+        trainer_peer.compare("tiny-llama", passes=0)

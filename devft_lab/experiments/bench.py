@@ -207,8 +207,8 @@ def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int 
     tokens: dict[str, int] = {}
     ceilings: list[dict] = []  # the GEMM-only ceiling, once a pass: it too reads lower while neighbours load the CPU
     for _ in range(repeats):
-        for name, (m, packing, dt, comp, kernel) in jobs.items():
-            secs, tokens[name] = _client_round_s(m, enc, steps, batch_size, pad, packing, dt, comp, kernel)
+        for name, (m, packing, dt, comp, attn) in jobs.items():
+            secs, tokens[name] = _client_round_s(m, enc, steps, batch_size, pad, packing, dt, comp, attn)
             seconds[name].append(secs)
         ceilings.append(gemm_ceiling(full, round(tokens["packed_float32"] / steps), dtype))
     ceiling = max(ceilings, key=lambda c: c["train_gflops"])
