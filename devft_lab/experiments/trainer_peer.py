@@ -238,7 +238,7 @@ def compare(model_name: str = "smollm2-135m", *, threads: int | None = 1, repeat
     The sides' processes run in turn, ``passes`` times over (trainer, ours, ..., trainer, ours, ...),
     each timing ``repeats`` rounds after a warm-up round: on a shared machine a neighbour's load
     then falls on every side rather than on whichever ran at the time (one pass of each, two rounds
-    apiece, gave ratios of 1.8x to 2.4x on the same code within two hours). ``<side>_round_s`` is the
+    apiece, gave ratios from 1.8x to 2.4x within two hours on this 2-core CPU). ``<side>_round_s`` is the
     best of all its timed rounds (``*_rounds_s``: all, pass by pass), ``*_warmup_s`` the first
     pass's warm-up (with ``train.compile``: the compile time, before inductor's on-disk cache helps),
     ``*_peak_rss_mb`` the highest of its processes.
