@@ -15,7 +15,7 @@ inductor's ``fallback_random``, :mod:`devft_lab.core.compiled`). PyTorch's CPU g
 the same per word, 32 bits or 64, so the wider words halve the cost: a 901 x 576 mask took 0.5 ms
 (int32 words, two elements each: 1.0 ms; ``bernoulli_``: 2.6 ms) on that machine.
 
-    with bits_dropout(model, enabled=mask_sampler(device) == "bits15x4"):
+    with bits_dropout(model, enabled=mask_sampler(device) == SAMPLER):
         ...  # training: every PEFT LoRA dropout draws its masks this way; nn.Dropout again afterwards
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Iterator
 import torch
 
 BITS = 15  # random bits per mask element
+SAMPLER = "bits15x4"  # the name meta.json gives BitsDropout's masks (15 bits, four elements a 64-bit word)
 
 
 def drop_threshold(p: float) -> int:
@@ -58,10 +59,9 @@ class BitsDropout(torch.nn.Module):
 
 
 def mask_sampler(device: str | torch.device) -> str:
-    """How training on ``device`` draws LoRA dropout masks: ``bits15x4`` (:class:`BitsDropout`, four
-    15-bit lanes per 64-bit word) on the CPU, ``torch`` (PyTorch's own dropout) elsewhere. Recorded in
-    a run's meta.json."""
-    return "bits15x4" if torch.device(device).type == "cpu" else "torch"
+    """How training on ``device`` draws LoRA dropout masks: :data:`SAMPLER` (:class:`BitsDropout`)
+    on the CPU, ``torch`` (PyTorch's own dropout) elsewhere. Recorded in a run's meta.json."""
+    return SAMPLER if torch.device(device).type == "cpu" else "torch"
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from devft_lab.core.attention import attention_kernel
 from devft_lab.core.compiled import compiled_layers
 from devft_lab.core.device import autocast_context
-from devft_lab.core.dropout import bits_dropout, mask_sampler
+from devft_lab.core.dropout import SAMPLER, bits_dropout, mask_sampler
 from devft_lab.core.layers import decoder_and_head
 from devft_lab.core.packing import first_fit_decreasing
 from devft_lab.data.templates import PromptTemplate, get_template
@@ -240,7 +240,7 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
     was_training = model.training
     model.train()
     t0, total, n_tok, n_target, seen = time.perf_counter(), 0.0, 0, 0, 0
-    with bits_dropout(model, mask_sampler(device) == "bits15x4"), attention_kernel(model, attention), compiled_layers(model, compile):
+    with bits_dropout(model, mask_sampler(device) == SAMPLER), attention_kernel(model, attention), compiled_layers(model, compile):
         for step in range(steps):
             opt.zero_grad(set_to_none=True)
             step_loss = 0.0
