@@ -78,9 +78,9 @@ def test_train_local_trains_with_the_kernel_it_is_given(monkeypatch):
     seen = []
     real = attention_kernel
 
-    def spy(model, kernel):
+    def spy(model, kernel, rows=False):
         seen.append(kernel)
-        return real(model, kernel)
+        return real(model, kernel, rows)
 
     monkeypatch.setattr("devft_lab.core.train.attention_kernel", spy)
     train_local(sub, _examples(tok), steps=1, batch_size=4, lr=1e-3, pad_id=tok.pad_token_id, attention="eager")

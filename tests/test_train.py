@@ -108,19 +108,20 @@ def _varied(tok, n=7):
             for i in range(n)]
 
 
-def test_pack_places_every_token_once_and_restarts_positions(tiny):
+def test_pack_lays_every_token_once_in_one_row_and_restarts_positions(tiny):
     from devft_lab.core.train import pack
 
     _, tok = tiny
     enc = _varied(tok)
     b = pack(enc, tok.pad_token_id)
-    assert b["input_ids"].shape[0] < len(enc)  # fewer rows than examples: padding was saved
-    assert b["input_ids"].shape[1] == max(len(e["input_ids"]) for e in enc)
-    starts = (b["position_ids"] == 0).sum()
-    assert starts >= len(enc)  # a segment per example (+ padding tails)
+    total = sum(len(e["input_ids"]) for e in enc)
+    assert b["input_ids"].shape == (1, total)  # no padding at all
+    assert b["input_ids"][0].tolist() == [t for e in enc for t in e["input_ids"]]
+    assert int((b["position_ids"] == 0).sum()) == len(enc)  # a segment per example
     labelled = int((b["labels"] != IGNORE).sum())
     # every response token is labelled once (first tokens of examples are prompt tokens)
     assert labelled == sum(sum(1 for l in e["labels"][1:] if l != IGNORE) for e in enc)
+    assert b["rows_allowed"].shape[0] < len(enc)  # attention rows share examples
     with pytest.raises(ValueError, match="capacity"):
         pack(enc, tok.pad_token_id, capacity=4)
 

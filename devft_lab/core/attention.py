@@ -1,14 +1,15 @@
 """Which attention kernel the training step runs: measured on the device in use, not assumed.
 
 transformers offers ``sdpa`` (``torch.nn.functional.scaled_dot_product_attention``) and
-``eager`` (two matmuls and a softmax in fp32, written out). On the 2-core CPU of this project,
-under bf16 autocast, SDPA's CPU flash kernel ran a packed micro-batch's attention (forward and
-backward, with the block-diagonal mask :func:`devft_lab.core.train.pack` needs) several times
-slower than the plain matmuls, and attention took a fifth of the LoRA step; in fp32 the flash
-kernel was the faster (``python -m devft_lab.bench``: ``attention_probe``, ``step_breakdown``).
-So :func:`probe_attention` times both at the model's head shape in the compute dtype, and the
-training step uses the faster; evaluation keeps ``sdpa`` (its tree-shaped boolean masks,
-:mod:`devft_lab.core.evaluate`, are what SDPA takes).
+``eager`` (two matmuls and a softmax in fp32, written out); packed training runs the row-wise
+form of either (:mod:`devft_lab.core.packed_attention`: ``rows_sdpa``, ``rows_eager``). On the
+2-core CPU of this project, under bf16 autocast, SDPA's CPU flash kernel ran a packed
+micro-batch's attention (forward and backward, with the block-diagonal mask packing needs)
+several times slower than the plain matmuls, and attention took a fifth of the LoRA step; in
+fp32 the flash kernel was the faster (``python -m devft_lab.bench``: ``attention_probe``,
+``step_breakdown``). So :func:`probe_attention` times both at the model's head shape in the
+compute dtype, and the training step uses the faster; evaluation keeps ``sdpa`` (its
+tree-shaped boolean masks, :mod:`devft_lab.core.evaluate`, are what SDPA takes).
 
     train.attention: auto   -> probe (the choice recorded in the run's meta.json)
     train.attention: sdpa   -> PyTorch's fused kernel
@@ -20,12 +21,12 @@ bf16 and fp32 do (``tests/test_attention.py``).
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
+
+from devft_lab.core.packed_attention import ROWS
 
 KERNELS = ("sdpa", "eager")
 EAGER_MARGIN = 1.1  # eager must beat sdpa by this factor to be chosen (the probe is noisy)
@@ -48,31 +49,30 @@ def attention_of(model: torch.nn.Module) -> set[str]:
 
 
 @contextlib.contextmanager
-def attention_kernel(model: torch.nn.Module, kernel: str | None) -> Iterator[None]:
+def attention_kernel(model: torch.nn.Module, kernel: str | None, rows: bool = False) -> Iterator[None]:
     """Run the body with every config in ``model`` set to ``kernel``; restored afterwards.
 
-    ``None`` leaves the model as it is (and so does a module without transformers configs).
+    ``rows=True``: the row-wise form of the kernel for :func:`~devft_lab.core.train.pack`'s flat
+    micro-batches (``rows_eager`` / ``rows_sdpa``, :mod:`devft_lab.core.packed_attention`).
+    ``kernel=None`` keeps each config's own kernel (with ``rows``, its row-wise form where it is
+    ``eager`` or ``sdpa``; another, e.g. flash attention, reads the packed positions itself).
+    A module without transformers configs is left as it is.
     """
-    if kernel is None:
+    if kernel is not None and kernel not in KERNELS:
+        raise ValueError(f"unknown attention kernel {kernel!r}; use one of {', '.join(KERNELS)}.")
+    if kernel is None and not rows:
         yield
         return
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown attention kernel {kernel!r}; use one of {', '.join(KERNELS)}.")
     configs = _configs(model)
     before = [c._attn_implementation for c in configs]
     for c in configs:
-        c._attn_implementation = kernel
+        k = kernel or c._attn_implementation
+        c._attn_implementation = ROWS + k if rows and k in KERNELS else k
     try:
         yield
     finally:
         for c, k in zip(configs, before):
             c._attn_implementation = k
-
-
-def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """transformers' ``eager_attention_forward`` without dropout: softmax in fp32."""
-    w = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(q.shape[-1]) + bias
-    return torch.matmul(F.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype), v)
 
 
 def pick_kernel(seconds: dict[str, float]) -> str:
@@ -81,35 +81,38 @@ def pick_kernel(seconds: dict[str, float]) -> str:
 
 
 def probe_attention(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", heads: int = 9,
-                    head_dim: int = 64, seq: int = 160, rows: int = 4, repeat: int = 3) -> dict[str, Any]:
+                    head_dim: int = 64, seq: int = 160, rows: int = 4, repeat: int = 3,
+                    kv_heads: int | None = None) -> dict[str, Any]:
     """``{"chosen": "sdpa" | "eager", "ms": {kernel: ms}, ...}``: forward and backward of one
-    layer's attention on ``rows`` packed rows of ``seq`` tokens (two examples a row, the
-    block-diagonal causal mask :func:`~devft_lab.core.train.pack` makes), in ``dtype`` as
-    autocast runs it; best of ``repeat`` interleaved timings. ``eager`` is chosen when it is at
-    least :data:`EAGER_MARGIN` times faster."""
+    layer's row-wise attention (:mod:`devft_lab.core.packed_attention`, what packed training
+    runs) on a flat micro-batch of ``rows`` rows of ``seq`` tokens, two examples a row, in
+    ``dtype`` as autocast runs it; best of ``repeat`` interleaved timings. ``eager`` is chosen
+    when it is at least :data:`EAGER_MARGIN` times faster."""
+    from devft_lab.core.packed_attention import _rows_attention, rows_bias, rows_layout
+
     device = torch.device(device)
     t0 = time.perf_counter()
+    kv_heads = kv_heads or heads
     half = seq // 2
-    allowed = torch.tril(torch.ones(seq, seq, dtype=torch.bool, device=device))
-    allowed[half:, :half] = False  # the second example does not see the first
-    bias = torch.zeros(seq, seq, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+    layout = {k: v.to(device) for k, v in rows_layout([half, seq - half] * rows, seq).items()}
+    layout["bias"] = rows_bias(layout["allowed"], dtype)
     gen = torch.Generator(device="cpu").manual_seed(0)
-    qkv = [torch.randn(rows, heads, seq, head_dim, generator=gen).to(device=device, dtype=dtype).requires_grad_()
-           for _ in range(3)]
-    runs = {"sdpa": lambda: F.scaled_dot_product_attention(*qkv, attn_mask=allowed),
-            "eager": lambda: _eager(*qkv, bias)}
-    best = {k: float("inf") for k in runs}
+    qkv = [torch.randn(1, h, rows * seq, head_dim, generator=gen).to(device=device, dtype=dtype).requires_grad_()
+           for h in (heads, kv_heads, kv_heads)]
+    best = {k: float("inf") for k in KERNELS}
     for i in range(repeat + 1):  # pass 0 warms up and is not counted
-        for k, fn in runs.items():
+        for k in KERNELS:
             t = time.perf_counter()
-            fn().float().sum().backward()
+            out, _ = _rows_attention(None, *qkv, None, head_dim ** -0.5, kernel=k, packed_rows=layout)
+            out.float().sum().backward()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if i:
                 best[k] = min(best[k], time.perf_counter() - t)
     chosen = pick_kernel(best)
     return {"chosen": chosen, "ms": {k: round(v * 1e3, 2) for k, v in best.items()}, "dtype": str(dtype).split(".")[-1],
-            "shape": [rows, heads, seq, head_dim], "probe_s": round(time.perf_counter() - t0, 3), "device": str(device)}
+            "shape": [rows, heads, seq, head_dim], "kv_heads": kv_heads, "probe_s": round(time.perf_counter() - t0, 3),
+            "device": str(device)}
 
 
 def choose_attention(requested: str, dtype: str, model: torch.nn.Module,
@@ -125,18 +128,20 @@ def choose_attention(requested: str, dtype: str, model: torch.nn.Module,
         shape = attention_shape(model)
         if shape is None:  # no transformers config: attention_kernel leaves such a module alone
             return "sdpa", None
-        probe = probe_attention(DTYPES[dtype], device, *shape)
+        heads, head_dim, kv_heads = shape
+        probe = probe_attention(DTYPES[dtype], device, heads, head_dim, kv_heads=kv_heads)
         return probe["chosen"], probe
     if requested not in KERNELS:
         raise ValueError(f"unknown attention kernel {requested!r}; use auto, {', '.join(KERNELS)}.")
     return requested, None
 
 
-def attention_shape(model: torch.nn.Module) -> tuple[int, int] | None:
-    """(query heads, head dim) of a transformers model's first config that names them; ``None``
-    for a module without one."""
+def attention_shape(model: torch.nn.Module) -> tuple[int, int, int] | None:
+    """(query heads, head dim, key/value heads) of a transformers model's first config that names
+    them; ``None`` for a module without one."""
     for c in _configs(model):
         heads = getattr(c, "num_attention_heads", None)
         if heads:
-            return int(heads), int(getattr(c, "head_dim", None) or c.hidden_size // heads)
+            kv = getattr(c, "num_key_value_heads", None) or heads
+            return int(heads), int(getattr(c, "head_dim", None) or c.hidden_size // heads), int(kv)
     return None

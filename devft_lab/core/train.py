@@ -7,10 +7,10 @@ Three pieces, each small:
 ``lm_loss``         summed cross-entropy over the response tokens. The LM head is applied
                     only where a label exists: with a 49k vocabulary the head dominates a
                     shallow submodel's cost, and prompt positions need no logits at all.
-``pack``            a micro-batch without padding waste: examples laid end to end in rows
-                    (first-fit decreasing), ``position_ids`` restarting at 0 for each one, so
-                    transformers builds a block-diagonal causal mask and no example sees
-                    another. The loss equals the padded batch's within float tolerance.
+``pack``            a micro-batch without padding: examples laid end to end in one sequence,
+                    ``position_ids`` restarting at 0 for each one; attention gathers them into
+                    rows where no example sees another (:mod:`devft_lab.core.packed_attention`).
+                    The loss equals the padded batch's within float tolerance.
 ``train_local``     AdamW steps over shuffled batches with gradient accumulation and
                     clipping; a fixed learning rate (the federated runtime sets it per round
                     from a cosine across rounds, :func:`round_lr`); packed batches and the
@@ -33,7 +33,7 @@ from devft_lab.core.compiled import compiled_layers
 from devft_lab.core.device import autocast_context
 from devft_lab.core.dropout import SAMPLER, bits_dropout, mask_sampler
 from devft_lab.core.layers import decoder_and_head
-from devft_lab.core.packing import first_fit_decreasing
+from devft_lab.core.packed_attention import rows_bias, rows_layout
 from devft_lab.data.templates import PromptTemplate, get_template
 
 IGNORE = -100
@@ -84,33 +84,27 @@ def collate(encoded: Sequence[Mapping[str, list[int]]], pad_id: int = 0) -> dict
 
 def pack(encoded: Sequence[Mapping[str, list[int]]], pad_id: int = 0,
          capacity: int | None = None) -> dict[str, torch.Tensor]:
-    """Examples laid end to end in rows of ``capacity`` tokens (default: the longest example).
+    """A micro-batch without padding: its examples end to end in one sequence ``[1, T]``.
 
-    First-fit decreasing: each example goes into the first row with room, longest first.
-    ``position_ids`` restart at 0 for every example (and for a row's padding tail), and
-    there is no ``attention_mask``: transformers 5 then builds a block-diagonal causal mask
-    from the positions, so attention never crosses examples. Each example's first label is
-    ``IGNORE``, so no token is predicted from the previous example (in a padded batch that
-    position is never a target either).
+    ``position_ids`` restart at 0 for every example, and each example's first label is
+    ``IGNORE``, so no token is predicted from the previous example. Every linear layer, norm and
+    MLP runs on the ``T`` real tokens and nothing else. For attention, ``rows_*`` say how the
+    tokens gather into rows of ``capacity`` slots (default: the longest example; first-fit
+    decreasing, :func:`devft_lab.core.packed_attention.rows_layout`), so that the row-wise
+    attention (``rows_eager`` / ``rows_sdpa``, what :func:`train_local` runs) keeps each example to
+    itself without ``T x T`` scores. Any other attention kernel reads the positions instead:
+    transformers 5 builds a block-diagonal causal mask from them. ``pad_id`` is unused (there is
+    no padding); kept so ``pack`` and :func:`collate` are called alike.
     """
     lengths = [len(e["input_ids"]) for e in encoded]
-    cap = max(lengths) if capacity is None else capacity
-    if max(lengths) > cap:
-        raise ValueError(f"pack: an example has {max(lengths)} tokens, more than capacity={cap}.")
-    rows = first_fit_decreasing(lengths, cap)
-    ids = torch.full((len(rows), cap), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), cap), IGNORE, dtype=torch.long)
-    pos = torch.zeros((len(rows), cap), dtype=torch.long)
-    for r, members in enumerate(rows):
-        at = 0
-        for i in members:
-            k = lengths[i]
-            ids[r, at:at + k] = torch.tensor(encoded[i]["input_ids"])
-            labels[r, at + 1:at + k] = torch.tensor(encoded[i]["labels"][1:])
-            pos[r, at:at + k] = torch.arange(k)
-            at += k
-        pos[r, at:] = torch.arange(cap - at)  # the padding tail: a segment of its own
-    return {"input_ids": ids, "labels": labels, "position_ids": pos}
+    if capacity is not None and max(lengths) > capacity:
+        raise ValueError(f"pack: an example has {max(lengths)} tokens, more than capacity={capacity}.")
+    ids = torch.tensor([t for e in encoded for t in e["input_ids"]], dtype=torch.long)
+    labels = torch.tensor([t for e in encoded for t in [IGNORE, *e["labels"][1:]]], dtype=torch.long)
+    pos = torch.cat([torch.arange(n) for n in lengths])
+    rows = rows_layout(lengths, capacity)
+    return {"input_ids": ids[None], "labels": labels[None], "position_ids": pos[None],
+            "rows_index": rows["index"], "rows_slot": rows["slot"], "rows_allowed": rows["allowed"]}
 
 
 # --------------------------------------------------------------------------- loss
@@ -155,6 +149,12 @@ def lm_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
     if "position_ids" in batch:
         inputs.update(position_ids=batch["position_ids"], use_cache=False)  # packed: no cache, no mask
+    if "rows_index" in batch:  # pack's attention rows, read by the rows_* kernels (others ignore them)
+        allowed = batch["rows_allowed"]
+        dev = allowed.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else model.get_input_embeddings().weight.dtype
+        inputs["packed_rows"] = {"index": batch["rows_index"], "slot": batch["rows_slot"], "allowed": allowed,
+                                 "bias": rows_bias(allowed, dtype)}  # made once, not once a layer
     if split is not None:
         decoder, head, cap = split
         hidden = decoder(**inputs).last_hidden_state
@@ -240,7 +240,7 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
     was_training = model.training
     model.train()
     t0, total, n_tok, n_target, seen = time.perf_counter(), 0.0, 0, 0, 0
-    with bits_dropout(model, mask_sampler(device) == SAMPLER), attention_kernel(model, attention), compiled_layers(model, compile):
+    with bits_dropout(model, mask_sampler(device) == SAMPLER), attention_kernel(model, attention, rows=packing), compiled_layers(model, compile):
         for step in range(steps):
             opt.zero_grad(set_to_none=True)
             step_loss = 0.0
