@@ -41,6 +41,7 @@ def test_a_run_records_its_compute_dtype_and_resume_reuses_it(tmp_path, monkeypa
     meta = json.loads((tmp_path / "r" / "meta.json").read_text())
     assert meta["compute_dtype"]["dtype"] == "bfloat16" and meta["compute_dtype"]["probe"]["gflops"]["bfloat16"] == 9.0
     assert meta["lora_dropout_masks"] == "bits15x4"  # a CPU run: BitsDropout (devft_lab/core/dropout.py)
+    assert meta["packing_layout"] == "flat_rows"  # devft_lab/core/train.py: pack
     # a resumed run does not probe again: a machine whose probe now says fp32 keeps bf16
     monkeypatch.setattr(device, "probe_compute_dtype", lambda dev, n=1024: {"chosen": "float32", "gflops": {}})
     model = torch.nn.Linear(2, 2)

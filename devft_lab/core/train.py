@@ -37,6 +37,10 @@ from devft_lab.core.packed_attention import rows_bias, rows_layout
 from devft_lab.data.templates import PromptTemplate, get_template
 
 IGNORE = -100
+# How pack lays a micro-batch out (recorded in a run's meta.json): "flat_rows", one sequence for the
+# linear layers and attention rows (since 2026-12-07); runs before recorded nothing and ran whole
+# rows with padding tails. The layout fixes the dropout masks' shapes, so it changes which masks a seed draws.
+PACK_LAYOUT = "flat_rows"
 
 
 # --------------------------------------------------------------------------- encoding

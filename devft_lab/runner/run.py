@@ -33,6 +33,7 @@ from devft_lab.fl.client import LocalTraining, get_lora_state
 from devft_lab.fl.simulation import Simulation, SimulationSettings, dump_json, final_state
 from devft_lab.core.lora import to_flat, to_layers
 from devft_lab.core.dropout import mask_sampler
+from devft_lab.core.train import PACK_LAYOUT
 from devft_lab.fl.stages import FullModelPlan, StagePlan
 from devft_lab.fl.strategies import Strategy, from_config
 
@@ -364,6 +365,7 @@ def start(cfg: RunConfig, force: bool = False, quiet: bool = False, command: str
         "client_sizes": [len(d) for d in parts.client_data], "machine": machine(),
         "compute_dtype": parts.compute, "compiled_layers": _compiles(cfg),
         "lora_dropout_masks": mask_sampler(device_of(cfg)),
+        "packing_layout": PACK_LAYOUT if cfg.train.packing else "padded",
         "command": command or " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
     return _run(parts, run_dir, quiet, resume=False)
 
