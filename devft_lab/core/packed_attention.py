@@ -81,6 +81,14 @@ def _rows_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
                     *, kernel: str, packed_rows: dict[str, torch.Tensor] | None = None,
                     sliding_window: int | None = None, softcap: float | None = None,
                     **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature (``query`` ``[1, heads, T, d]``, ``key`` and
+    ``value`` ``[1, kv_heads, T, d]``, after rotary) -> ``([1, T, heads, d], None)``.
+
+    ``kernel``: ``eager`` (matmuls, the additive ``packed_rows["bias"]``, softmax in fp32) or
+    ``sdpa`` (PyTorch's fused kernel with the boolean mask). ``attention_mask`` is not read: the
+    layout says who sees whom. ``sliding_window`` (Gemma-3's local layers) and ``softcap`` as
+    transformers applies them.
+    """
     if packed_rows is None:
         raise ValueError("rows attention needs the packed_rows layout of devft_lab.core.train.pack (the model was "
                          "called with a batch of another layout); run it under attention_kernel(..., rows=False).")

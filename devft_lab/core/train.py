@@ -156,7 +156,8 @@ def lm_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[
     if "rows_index" in batch:  # pack's attention rows, read by the rows_* kernels (others ignore them)
         allowed = batch["rows_allowed"]
         dev = allowed.device.type
-        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else model.get_input_embeddings().weight.dtype
+        dtype = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
+                 else next(p.dtype for p in model.parameters() if p.is_floating_point()))
         inputs["packed_rows"] = {"index": batch["rows_index"], "slot": batch["rows_slot"], "allowed": allowed,
                                  "bias": rows_bias(allowed, dtype)}  # made once, not once a layer
     if split is not None:
