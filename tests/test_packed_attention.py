@@ -60,13 +60,14 @@ def _examples(tok, n=7):
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])  # grouped-query heads; Gemma3: sliding window 16
-def test_rows_kernels_give_the_padded_batch_loss_and_gradients(name):
+def test_every_kernel_and_layout_gives_the_padded_sdpa_loss_and_gradients(name):
     sub, tok = _submodel(name)
     enc = _examples(tok)
     assert max(len(e["input_ids"]) for e in enc) > 16  # longer than tiny-gemma3's window: the band matters
     results = {}
-    for kernel, make, rows in (("sdpa", collate, False), ("eager", pack, True), ("sdpa", pack, True),
-                               ("sdpa", pack, False)):  # the last: transformers' own mask from the positions
+    # both kernels: padded, packed row-wise, and packed under transformers' own mask from the positions
+    for kernel, make, rows in [(k, m, r) for k in ("sdpa", "eager") for m, r in ((collate, False), (pack, True),
+                                                                                 (pack, False))]:
         sub.zero_grad(set_to_none=True)
         with attention_kernel(sub, kernel, rows=rows):
             assert attention_of(sub) == {("rows_" if rows else "") + kernel}

@@ -16,7 +16,7 @@ tree-shaped boolean masks, :mod:`devft_lab.core.evaluate`, are what SDPA takes).
     train.attention: eager  -> the written-out maths
 
 Same maths either way: in fp32 the losses agree to 1e-5 (relative) and the gradients to 1e-6; in bf16 they differ by rounding, as
-bf16 and fp32 do (``tests/test_attention.py``).
+bf16 and fp32 do (``tests/test_packed_attention.py``).
 """
 from __future__ import annotations
 
