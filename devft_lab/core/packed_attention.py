@@ -119,11 +119,9 @@ def _rows_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
         if softcap is not None:
             w = torch.tanh(w / softcap) * softcap
         bias = packed_rows.get("bias")
-        if bias is None or bias.dtype != w.dtype:
-            bias = rows_bias(packed_rows["allowed"], w.dtype)
+        if bias is None or bias.dtype != w.dtype or sliding_window is not None:
+            bias = rows_bias(allowed, w.dtype)  # (allowed with the window's band, for a sliding layer)
         w = w.view(R, KV, G, C, C) + bias[:, None, None]  # an added bias fuses into the softmax (a select did not)
-        if sliding_window is not None:
-            w = w.masked_fill(~allowed[:, None, None], torch.finfo(w.dtype).min)
         p = F.softmax(w, dim=-1, dtype=torch.float32).to(v.dtype).view(R, KV, G * C, C)
         out = torch.matmul(p, v)
     # [R, KV, G, C, d] -> the flat sequence's [T, heads, d], heads in transformers' order

@@ -106,9 +106,8 @@ def pack(encoded: Sequence[Mapping[str, list[int]]], pad_id: int = 0,
     ids = torch.tensor([t for e in encoded for t in e["input_ids"]], dtype=torch.long)
     labels = torch.tensor([t for e in encoded for t in [IGNORE, *e["labels"][1:]]], dtype=torch.long)
     pos = torch.cat([torch.arange(n) for n in lengths])
-    rows = rows_layout(lengths, capacity)
-    return {"input_ids": ids[None], "labels": labels[None], "position_ids": pos[None],
-            "rows_index": rows["index"], "rows_slot": rows["slot"], "rows_allowed": rows["allowed"]}
+    rows = {f"rows_{k}": v for k, v in rows_layout(lengths, capacity).items()}  # flat keys: batches move by .to()
+    return {"input_ids": ids[None], "labels": labels[None], "position_ids": pos[None], **rows}
 
 
 # --------------------------------------------------------------------------- loss
@@ -153,13 +152,12 @@ def lm_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
     if "position_ids" in batch:
         inputs.update(position_ids=batch["position_ids"], use_cache=False)  # packed: no cache, no mask
-    if "rows_index" in batch:  # pack's attention rows, read by the rows_* kernels (others ignore them)
-        allowed = batch["rows_allowed"]
-        dev = allowed.device.type
+    if "rows_allowed" in batch:  # pack's attention rows, read by the rows_* kernels (others ignore them)
+        rows = {k.removeprefix("rows_"): v for k, v in batch.items() if k.startswith("rows_")}
+        dev = rows["allowed"].device.type
         dtype = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
                  else next(p.dtype for p in model.parameters() if p.is_floating_point()))
-        inputs["packed_rows"] = {"index": batch["rows_index"], "slot": batch["rows_slot"], "allowed": allowed,
-                                 "bias": rows_bias(allowed, dtype)}  # made once, not once a layer
+        inputs["packed_rows"] = {**rows, "bias": rows_bias(rows["allowed"], dtype)}  # made once, not once a layer
     if split is not None:
         decoder, head, cap = split
         hidden = decoder(**inputs).last_hidden_state
