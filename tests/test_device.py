@@ -56,8 +56,8 @@ def test_a_run_records_its_attention_kernel_and_resume_reuses_it(tmp_path, monke
     from devft_lab.runner.config import load_config
     from devft_lab.runner.run import resolve_compute, start
 
-    cfg = load_config("tiny", ["devft.enabled=false", "fed.num_rounds=1", f"out_dir={tmp_path}", "name=r"])
-    assert cfg.train.attention == "auto"
+    cfg = load_config("tiny", ["devft.enabled=false", "fed.num_rounds=1", f"out_dir={tmp_path}", "name=r",
+                              "train.attention=auto"])
     monkeypatch.setattr(attention, "probe_attention", lambda *a, **k: {"chosen": "eager", "ms": {"sdpa": 2, "eager": 1}})
     start(cfg, quiet=True)
     compute = json.loads((tmp_path / "r" / "meta.json").read_text())["compute_dtype"]

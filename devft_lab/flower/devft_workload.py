@@ -23,6 +23,11 @@ and are carried through stage changes with ``plan.carry``, stage by stage, as th
 carries them. At a stage end the server collects them (:meth:`DevFTWorkload.collect`) because
 the transfer uses ``strategy.eval_state(global, kept)``, the mean B for FedSA-LoRA.
 
+Each process (server, every client) resolves its own compute: ``model.dtype: auto`` and
+``train.attention: auto`` are probed on the device it runs on, as a client on other hardware
+should. The same maths, but other kernels round differently: for a run that must end bit for bit
+where the simulation ends, name both (the ``tiny`` config does).
+
 Not covered: FLoRA (it merges into the base weights every round, which the simulation does not
 support with DevFT either) and evaluation during the run (``eval.*``). To evaluate, load the final
 adapter (``final_state.safetensors``) with :func:`devft_lab.runner.run.export_adapter`'s format.
