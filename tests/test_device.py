@@ -76,3 +76,22 @@ def test_an_unknown_attention_kernel_is_refused_with_the_choices():
 
     with pytest.raises(ConfigError, match="train.attention = 'flash' is not one of auto, sdpa, eager"):
         load_config("tiny", ["train.attention=flash"])
+
+
+def test_the_tiny_config_runs_no_timing_probe(monkeypatch):
+    """Tests compare tiny runs bit for bit across processes (Flower vs simulation, kill/resume vs a
+    reference); a timing probe could pick another kernel in each, so tiny names its compute."""
+    from devft_lab.core import attention, device
+    from devft_lab.core.models import load_model
+    from devft_lab.runner.config import load_config
+    from devft_lab.runner.run import resolve_compute
+
+    def refuse(*a, **k):
+        raise AssertionError("the tiny config ran a timing probe")
+
+    monkeypatch.setattr(attention, "probe_attention", refuse)
+    monkeypatch.setattr(device, "probe_compute_dtype", refuse)
+    cfg = load_config("tiny")
+    compute = resolve_compute(cfg, load_model(cfg.model.name, device="cpu")[0])
+    assert (compute["dtype"], compute["attention"]) == ("float32", "sdpa")
+    assert compute["probe"] is None and compute["attention_probe"] is None
