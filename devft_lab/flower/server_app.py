@@ -1,7 +1,9 @@
 """The Flower ServerApp: rounds of send / wait / aggregate around a :class:`Workload`.
 
 Each round the workload samples partition ids; the server maps them to the SuperNodes that
-announced those ids (a ``query`` message at start-up), sends each one its instruction as a
+announced those ids (a ``query`` message at start-up; no answer at all is an error, and a
+partition still without a node is asked for again before a round samples it, so a node that
+connected or answered late joins then), sends each one its instruction as a
 ``train`` message, and waits at most ``round_timeout`` seconds. Replies that carry an error,
 and sampled clients that did not answer in time (a SuperNode that died, a slow link), are
 logged by partition id and node id; the round aggregates what arrived if at least
@@ -97,11 +99,17 @@ def _say(level: int, msg: str, *args: Any) -> None:
         pass
 
 
-def discover_nodes(grid: Grid, num_nodes: int, timeout: float) -> dict[int, int]:
-    """``{partition id: node id}`` of the connected SuperNodes (waits for ``num_nodes`` of them).
+def discover_nodes(grid: Grid, num_nodes: int, timeout: float,
+                   known: Mapping[int, int] | None = None) -> dict[int, int]:
+    """``{partition id: node id}`` of the connected SuperNodes (waits up to ``timeout`` s for
+    ``num_nodes`` of them to connect).
 
-    Each node is asked (``query`` message) which partition id its node config gives it.
+    Each node not in ``known`` (a mapping found before) is asked (``query`` message) which
+    partition id its node config gives it, and given ``timeout`` s to answer; one that does not
+    is named in a warning and can be asked again later (a simulation's virtual nodes answer only
+    once their actor has started, which a busy machine can delay).
     """
+    mapping = dict(known or {})
     deadline = time.monotonic() + timeout
     nodes = list(grid.get_node_ids())
     while len(nodes) < num_nodes and time.monotonic() < deadline:
@@ -109,11 +117,15 @@ def discover_nodes(grid: Grid, num_nodes: int, timeout: float) -> dict[int, int]
         nodes = list(grid.get_node_ids())
     if len(nodes) < num_nodes:
         _say(logging.WARNING, "only %d of %d SuperNodes connected after %.0f s", len(nodes), num_nodes, timeout)
+    ask = [n for n in nodes if n not in set(mapping.values())]
+    if not ask:
+        return mapping
     msgs = [Message(RecordDict({"config": pack_config({})}), dst_node_id=n, message_type=MessageType.QUERY)
-            for n in nodes]
-    mapping: dict[int, int] = {}
+            for n in ask]
+    answered = set()
     for reply in grid.send_and_receive(msgs, timeout=timeout):
         node = reply.metadata.src_node_id
+        answered.add(node)
         if reply.has_error():
             _say(logging.WARNING, "node %d did not answer the partition query: %s", node, reply.error.reason)
             continue
@@ -121,8 +133,24 @@ def discover_nodes(grid: Grid, num_nodes: int, timeout: float) -> dict[int, int]
         if pid in mapping:
             raise RuntimeError(f"partition id {pid} claimed by nodes {mapping[pid]} and {node}")
         mapping[pid] = node
+    for node in sorted(set(ask) - answered):
+        _say(logging.WARNING, "node %d did not answer the partition query within %.0f s", node, timeout)
     _say(logging.INFO, "SuperNodes by partition id: %s", dict(sorted(mapping.items())))
     return mapping
+
+
+def map_nodes(grid: Grid, num_nodes: int, timeout: float) -> dict[int, int]:
+    """:func:`discover_nodes` at start-up, asked twice before giving up; a clear error when no
+    SuperNode answers at all (a run without clients would end with the untrained model)."""
+    nodes = discover_nodes(grid, num_nodes, timeout)
+    if not nodes:
+        nodes = discover_nodes(grid, num_nodes, timeout)
+    if not nodes:
+        raise RuntimeError(
+            f"no SuperNode answered the partition query within {timeout:g} s, twice "
+            f"({len(list(grid.get_node_ids()))} connected), so no client can train. Start each SuperNode with "
+            "--node-config 'partition-id=<k> num-partitions=<n>', or give slow nodes longer (node-timeout).")
+    return nodes
 
 
 def _instruction_message(workload: Workload, rnd: int, client: int, node: int,
@@ -190,11 +218,13 @@ def run_rounds(grid: Grid, opts: ServerOptions, workload: Workload | None = None
     events.write_text("")
     t0 = time.monotonic()
     workload.prepare()
-    nodes = discover_nodes(grid, opts.num_nodes or workload.num_clients, opts.node_timeout)
+    nodes = map_nodes(grid, opts.num_nodes or workload.num_clients, opts.node_timeout)
     rounds: list[RoundLog] = []
     for rnd in range(workload.num_rounds):
         t_round = time.monotonic()
         rl = RoundLog(rnd, workload.sample(rnd))
+        if any(c not in nodes for c in rl.sampled):  # a node that connected or answered late joins now
+            nodes = discover_nodes(grid, 0, opts.node_timeout, known=nodes)
         msgs: dict[int, Message] = {}
         for c in _reachable(grid, nodes, rl.sampled, rl.dropped):
             msgs[c], nbytes = _instruction_message(workload, rnd, c, nodes[c], opts)
