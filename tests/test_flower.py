@@ -220,6 +220,12 @@ def test_discovery_names_a_silent_node_and_asks_only_new_ones_later(plain_messag
     grid.asked.clear()
     assert discover_nodes(grid, 0, timeout=0.01, known={0: 11, 1: 12, 2: 13}) == {0: 11, 1: 12, 2: 13}
     assert grid.asked == []
+    # node 11 died and came back as node 21: it takes partition 0 over; a live node may not be displaced
+    grid.partitions = {21: 0, 12: 1, 13: 2}
+    assert discover_nodes(grid, 0, timeout=0.01, known={0: 11, 1: 12, 2: 13}) == {0: 21, 1: 12, 2: 13}
+    grid.partitions = {11: 0, 21: 0, 12: 1}
+    with pytest.raises(RuntimeError, match="partition id 0 claimed by nodes 11 and 21"):
+        discover_nodes(grid, 0, timeout=0.01, known={0: 11, 1: 12})
 
 
 def test_a_run_whose_nodes_never_answer_fails_clearly_and_a_slow_start_gets_a_second_chance(plain_messages):

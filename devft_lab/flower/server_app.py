@@ -2,8 +2,8 @@
 
 Each round the workload samples partition ids; the server maps them to the SuperNodes that
 announced those ids (a ``query`` message at start-up; no answer at all is an error, and a
-partition still without a node is asked for again before a round samples it, so a node that
-connected or answered late joins then), sends each one its instruction as a
+partition without a connected node is asked for again before a round samples it, so a node that
+answered late or was restarted joins then), sends each one its instruction as a
 ``train`` message, and waits at most ``round_timeout`` seconds. Replies that carry an error,
 and sampled clients that did not answer in time (a SuperNode that died, a slow link), are
 logged by partition id and node id; the round aggregates what arrived if at least
@@ -107,7 +107,8 @@ def discover_nodes(grid: Grid, num_nodes: int, timeout: float,
     Each node not in ``known`` (a mapping found before) is asked (``query`` message) which
     partition id its node config gives it, and given ``timeout`` s to answer; one that does not
     is named in a warning and can be asked again later (a simulation's virtual nodes answer only
-    once their actor has started, which a busy machine can delay).
+    once their actor has started, which a busy machine can delay). A node claiming a partition
+    whose known node is gone (a restarted SuperNode) takes it over.
     """
     mapping = dict(known or {})
     deadline = time.monotonic() + timeout
@@ -130,8 +131,10 @@ def discover_nodes(grid: Grid, num_nodes: int, timeout: float,
             _say(logging.WARNING, "node %d did not answer the partition query: %s", node, reply.error.reason)
             continue
         pid = int(unpack_config(reply.content.config_records["config"])["partition_id"])
-        if pid in mapping:
+        if pid in mapping and mapping[pid] in nodes:
             raise RuntimeError(f"partition id {pid} claimed by nodes {mapping[pid]} and {node}")
+        if pid in mapping:
+            _say(logging.INFO, "partition %d: node %d replaces node %d (gone)", pid, node, mapping[pid])
         mapping[pid] = node
     for node in sorted(set(ask) - answered):
         _say(logging.WARNING, "node %d did not answer the partition query within %.0f s", node, timeout)
@@ -223,7 +226,8 @@ def run_rounds(grid: Grid, opts: ServerOptions, workload: Workload | None = None
     for rnd in range(workload.num_rounds):
         t_round = time.monotonic()
         rl = RoundLog(rnd, workload.sample(rnd))
-        if any(c not in nodes for c in rl.sampled):  # a node that connected or answered late joins now
+        alive = set(grid.get_node_ids())
+        if any(nodes.get(c) not in alive for c in rl.sampled):  # a late or restarted node joins now
             nodes = discover_nodes(grid, 0, opts.node_timeout, known=nodes)
         msgs: dict[int, Message] = {}
         for c in _reachable(grid, nodes, rl.sampled, rl.dropped):
