@@ -41,6 +41,7 @@ IGNORE = -100
 # linear layers and attention rows (since 2026-12-07); runs before recorded nothing and ran whole
 # rows with padding tails. The layout fixes the dropout masks' shapes, so it changes which masks a seed draws.
 PACK_LAYOUT = "flat_rows"
+ROWS_KEY = "rows_"  # prefix of pack's attention-layout entries in a batch (rows_index, rows_slot, rows_allowed)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -106,7 +107,7 @@ def pack(encoded: Sequence[Mapping[str, list[int]]], pad_id: int = 0,
     ids = torch.tensor([t for e in encoded for t in e["input_ids"]], dtype=torch.long)
     labels = torch.tensor([t for e in encoded for t in [IGNORE, *e["labels"][1:]]], dtype=torch.long)
     pos = torch.cat([torch.arange(n) for n in lengths])
-    rows = {f"rows_{k}": v for k, v in rows_layout(lengths, capacity).items()}  # flat keys: batches move by .to()
+    rows = {ROWS_KEY + k: v for k, v in rows_layout(lengths, capacity).items()}  # flat keys: batches move by .to()
     return {"input_ids": ids[None], "labels": labels[None], "position_ids": pos[None], **rows}
 
 
@@ -152,8 +153,8 @@ def lm_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
     if "position_ids" in batch:
         inputs.update(position_ids=batch["position_ids"], use_cache=False)  # packed: no cache, no mask
-    if "rows_allowed" in batch:  # pack's attention rows, read by the rows_* kernels (others ignore them)
-        rows = {k.removeprefix("rows_"): v for k, v in batch.items() if k.startswith("rows_")}
+    rows = {k.removeprefix(ROWS_KEY): v for k, v in batch.items() if k.startswith(ROWS_KEY)}
+    if rows:  # pack's attention rows, read by the rows_* kernels (others ignore them)
         dev = rows["allowed"].device.type
         dtype = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
                  else next(p.dtype for p in model.parameters() if p.is_floating_point()))

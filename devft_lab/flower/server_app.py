@@ -118,7 +118,8 @@ def discover_nodes(grid: Grid, num_nodes: int, timeout: float,
         nodes = list(grid.get_node_ids())
     if len(nodes) < num_nodes:
         _say(logging.WARNING, "only %d of %d SuperNodes connected after %.0f s", len(nodes), num_nodes, timeout)
-    ask = [n for n in nodes if n not in set(mapping.values())]
+    known_nodes = set(mapping.values())
+    ask = [n for n in nodes if n not in known_nodes]
     if not ask:
         return mapping
     msgs = [Message(RecordDict({"config": pack_config({})}), dst_node_id=n, message_type=MessageType.QUERY)
