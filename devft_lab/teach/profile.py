@@ -19,7 +19,9 @@ Profiles change numbers, never the code path: every cell runs in both.
 from __future__ import annotations
 
 import os
-from typing import Literal, TypeVar
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Literal, TypeVar
 
 Profile = Literal["ci", "full"]
 PROFILES: tuple[Profile, ...] = ("ci", "full")
@@ -83,3 +85,31 @@ def load_profile_model(device: str = "cpu"):
 def describe() -> str:
     """One line for the notebook's first output, e.g. ``profile=full model=smollm2-135m``."""
     return f"profile={profile()} model={profile_model()}"
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The repository's top folder, seen from a notebook (its folder is ``notebooks/``) or the top itself."""
+    here = Path(start or Path.cwd()).resolve()
+    for p in (here, *here.parents):
+        if (p / "pyproject.toml").is_file() and (p / "devft_lab").is_dir():
+            return p
+    return here
+
+
+def setup(ci: dict[str, Any] | None = None, full: dict[str, Any] | None = None) -> SimpleNamespace:
+    """The one setup cell of a notebook: quiet output, the profile's sizes, the repository root.
+
+    ``ci`` and ``full`` map the same names to the sizes of each profile; the result holds the
+    active profile's values as attributes, plus ``root`` (the repository folder), ``profile``
+    and ``model`` (the profile's model name). Teaching cells then read ``S.n_texts`` and never
+    branch on the profile themselves::
+
+        S = setup(ci=dict(n_texts=4), full=dict(n_texts=32))
+    """
+    ci, full = dict(ci or {}), dict(full or {})
+    if set(ci) != set(full):
+        raise ValueError(f"setup(): ci and full must name the same sizes; only in one of them: "
+                         f"{sorted(set(ci) ^ set(full))}")
+    quiet()
+    values = ci if is_ci() else full
+    return SimpleNamespace(root=repo_root(), profile=profile(), model=profile_model(), **values)
