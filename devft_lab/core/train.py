@@ -197,6 +197,27 @@ def round_lr(round_idx: int, num_rounds: int, lr: float, lr_min: float = 0.0, sc
     raise ValueError(f"unknown lr schedule {schedule!r}; use cosine, linear or constant (train.schedule).")
 
 
+LR_SCOPES = ("run", "stage")
+
+
+def scheduled_lr(round_idx: int, stage_round: int, stage_len: int, num_rounds: int, lr: float, lr_min: float = 0.0,
+                 schedule: str = "cosine", scope: str = "run", start: int = 0, length: int | None = None) -> float:
+    """The learning rate of global round ``round_idx`` (round ``stage_round`` of a stage of
+    ``stage_len`` rounds, in a run of ``num_rounds``).
+
+    ``scope="run"``: one decay across the run, ``round_lr(start + round_idx, length or num_rounds)``;
+    ``start``/``length`` place a short run inside a longer schedule (a run that trains only the
+    last rounds of another run's schedule, at that run's learning rates).
+    ``scope="stage"``: the decay restarts at each stage, ``round_lr(stage_round, stage_len)``: every
+    stage, the full model's last one included, starts at the peak ``lr`` and ends at ``lr_min``.
+    """
+    if scope == "stage":
+        return round_lr(stage_round, stage_len, lr, lr_min, schedule)
+    if scope != "run":
+        raise ValueError(f"unknown lr scope {scope!r}; use run or stage (train.schedule_scope).")
+    return round_lr(start + round_idx, length or num_rounds, lr, lr_min, schedule)
+
+
 def batch_order(n: int, steps: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
     """``steps`` batches of indices: epochs of a seeded shuffle, concatenated."""
     if n == 0:

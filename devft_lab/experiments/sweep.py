@@ -16,7 +16,16 @@ transfer   ``devft.transfer`` copy, copy-scaled, anchor-only, increment
 beta       ``devft.beta`` 0.1, 0.05, 0.025
 grouping   spectral, contiguous, even (the reproduce ablation's ``grouping-contiguous`` and
            ``grouping-even`` cells, shared), function (``devft.similarity=function``)
+schedule   the learning-rate decay: ``run`` (one cosine across all rounds, the center), ``stage``
+           (``train.schedule_scope=stage``: restarted at each stage, so the last stage, the only one
+           that trains the full model, starts at the peak as FedIT does), and ``stage-even`` (the
+           per-stage decay with EVEN groups: contiguous, balanced, as in the paper's appendix)
 =========  ================================================================================
+
+The ``schedule`` factor also has a control per level, **final stage only**: FedIT for exactly
+DevFT's last-stage rounds at DevFT's last-stage learning rates (run scope: the last rounds of the
+run-wide decay, ``train.schedule_start``/``train.schedule_rounds``; stage scope: one decay over
+those rounds). DevFT − control says what the fused stages add over skipping them.
 
 Every DevFT schedule (capacity level) gets a FedIT cell with the same total client FLOPs:
 ``fed.num_rounds = round(sum_s r_s F(L_s) / F(L))``
@@ -49,7 +58,7 @@ from typing import Any, Callable, Sequence
 from devft_lab.experiments.reproduce.cells import (_DEVFT, _FINAL_ONLY, _FULL, SCALES, Cell, Plan, ReproduceError,
                                                    V, Variant, cell_status, check_tag, seeds_of)
 
-FACTORS = ("capacity", "transfer", "beta", "grouping")
+FACTORS = ("capacity", "transfer", "beta", "grouping", "schedule")
 HOME = "sweep"
 _PROBE = ("devft.probe_loss=true",)
 # stage-1 capacity as a fraction of L -> the DevFT schedule overrides (growth x2, ending at L)
@@ -70,6 +79,7 @@ class Level:
     level: str
     variant: Variant
     schedule: str = "L/8"
+    control: str | None = None  # lr scope of this level's "final stage only" control (schedule factor)
 
 
 def _dev(key: str, label: str, *overrides: str) -> Variant:
@@ -102,6 +112,12 @@ def levels(factors: Sequence[str] = FACTORS) -> list[Level]:
             out.append(Level(f, "0.1", CENTER))
             for beta in ("0.05", "0.025"):
                 out.append(Level(f, beta, _dev(f"sweep-beta-{beta}", f"DevFT, beta {beta}", f"devft.beta={beta}")))
+        elif f == "schedule":
+            out += [Level(f, "run", CENTER, control="run"),
+                    Level(f, "stage", _dev("sweep-schedule-stage", "DevFT, cosine restarted at each stage",
+                                           "train.schedule_scope=stage"), control="stage"),
+                    Level(f, "stage-even", _dev("sweep-schedule-stage-even", "DevFT, per-stage cosine, EVEN groups",
+                                                "train.schedule_scope=stage", "devft.grouping=even"), control="stage")]
         else:
             out += [Level(f, "spectral", CENTER), Level(f, "contiguous", V["grouping-contiguous"]),
                     Level(f, "even", V["grouping-even"]),
@@ -141,6 +157,18 @@ def fedit_variant(plan: Plan, schedule: str) -> Variant:
                    _FULL + ("fed.strategy=fedit",) + _FINAL_ONLY + (f"fed.num_rounds={n}",), HOME)
 
 
+def control_variant(plan: Plan, schedule: str, scope: str) -> Variant:
+    """"Final stage only": FedIT for DevFT's last-stage rounds of ``schedule`` at the learning rates
+    DevFT's last stage trains with under lr ``scope`` (``run``: the tail of the run-wide decay)."""
+    _, rounds = schedule_of(plan, schedule)
+    last, total = rounds[-1], sum(rounds)
+    window = (f"train.schedule_rounds={total}", f"train.schedule_start={total - last}") if scope == "run" else ()
+    key = f"sweep-final-only-{scope}" + ("" if schedule == "L/8" else "-" + schedule.replace("/", "").lower())
+    lrs = "the tail of the run-wide decay" if scope == "run" else "one decay over those rounds"
+    return Variant(key, f"FedIT, DevFT's last {last} rounds only ({lrs})",
+                   _FULL + ("fed.strategy=fedit",) + _FINAL_ONLY + (f"fed.num_rounds={last}",) + window, HOME)
+
+
 def sweep_plan(scale: str, results: Path, tag: str = "", runs: Path | None = None,
                extra: Sequence[str] = ()) -> Plan:
     """The reproduce :class:`Plan` of a sweep at ``scale`` (shares reproduce's run folders).
@@ -160,7 +188,8 @@ def sweep_cells(plan: Plan, rows: Sequence[Level], seeds: Sequence[int],
                 only: Sequence[str] = ()) -> tuple[list[Cell], dict[str, Variant]]:
     """The cells of ``rows`` and their matched FedITs (each variant once), and {schedule: FedIT variant}."""
     fedits = {sched: fedit_variant(plan, sched) for sched in dict.fromkeys(r.schedule for r in rows)}
-    variants = list(dict.fromkeys([r.variant for r in rows] + list(fedits.values())))
+    controls = [control_variant(plan, r.schedule, r.control) for r in rows if r.control]
+    variants = list(dict.fromkeys([r.variant for r in rows] + list(fedits.values()) + controls))
     cells = [Cell(v, s) for v in variants for s in seeds]
     if only:
         known = {c.name for c in cells} | {v.key for v in variants}
@@ -196,11 +225,21 @@ def build_report(plan: Plan, rows: Sequence[Level], fedits: dict[str, Variant], 
     fin = collect(plan, cells)
     done = sum(len(f.summaries) for f in fin.values())
     metric, _ = headline([s for f in fin.values() for s in f.summaries.values()])
-    out_rows = []
+    out_rows, ctl_rows = [], {}
     for r in rows:
         f, ref = fin[r.variant.key], fin[fedits[r.schedule].key]
         m = row_metrics(f.summaries) if f.summaries else {}
+        ctl = control_variant(plan, r.schedule, r.control) if r.control else None
+        if ctl is not None:
+            fc = fin[ctl.key]
+            ctl_rows[ctl.key] = {
+                "key": ctl.key, "label": ctl.label, "seeds": sorted(fc.summaries),
+                "metric": row_metrics(fc.summaries).get(metric) if fc.summaries else None,
+                "gain_over_untrained": paired_items(fc.items, fc.initial_items),
+                "gap_vs_fedit": paired_items(fc.items, ref.items)}
         out_rows.append({
+            "control": ctl.key if ctl else None,
+            "gap_vs_control": paired_items(f.items, fin[ctl.key].items) if ctl else None,
             "factor": r.factor, "level": r.level, "key": r.variant.key, "label": r.variant.label,
             "schedule": r.schedule, "fedit": fedits[r.schedule].key, "seeds": sorted(f.summaries),
             "metric": m.get(metric), "gain_over_untrained": paired_items(f.items, f.initial_items),
@@ -211,7 +250,7 @@ def build_report(plan: Plan, rows: Sequence[Level], fedits: dict[str, Variant], 
                  "gain_over_untrained": paired_items(fin[v.key].items, fin[v.key].initial_items)}
                 for sched, v in fedits.items()]
     data = {"scale": plan.scale.name, "tag": plan.tag, "metric": metric, "command": command, "rows": out_rows,
-            "fedit": fed_rows, "status": "complete" if done == len(cells) else f"partial: {done} of {len(cells)} cells",
+            "fedit": fed_rows, "controls": list(ctl_rows.values()), "status": "complete" if done == len(cells) else f"partial: {done} of {len(cells)} cells",
             "seeds": list(seeds), "runs": str(plan.root)}
     data["machine"] = machine()
     data["run_machines"] = sorted({m.get("machine", "?") for f in fin.values() for m in f.metas.values()})
@@ -333,6 +372,18 @@ def to_markdown(d: dict[str, Any]) -> str:
     out += markdown_table(["cell", "what", "seeds", d["metric"], "gain over untrained"],
                           [[f["key"], f["label"], ", ".join(map(str, f["seeds"])) or "-", _fmt_ms(f["metric"]),
                             fmt_ci(f["gain_over_untrained"])] for f in d["fedit"]])
+    ctl = [r for r in d["rows"] if r.get("control")]
+    if ctl:
+        out += ["", "What the fused stages add: DevFT against FedIT trained for DevFT's last-stage rounds only, at "
+                "DevFT's last-stage learning rates (the control), paired item by item:", ""]
+        out += markdown_table(["factor", "level", "cell", d["metric"], "DevFT - final stage only", "control"],
+                              [[r["factor"], r["level"], r["key"], _fmt_ms(r["metric"]), fmt_ci(r["gap_vs_control"]),
+                                r["control"]] for r in ctl])
+        out += ["", "The controls:", ""]
+        out += markdown_table(["cell", "what", "seeds", d["metric"], "gain over untrained", "control - matched FedIT"],
+                              [[c["key"], c["label"], ", ".join(map(str, c["seeds"])) or "-", _fmt_ms(c["metric"]),
+                                fmt_ci(c["gain_over_untrained"]), fmt_ci(c["gap_vs_fedit"])]
+                               for c in d.get("controls", [])])
     out += ["", f"![gaps]({Path(d.get('png', 'sweep.png')).name})", ""]
     if d.get("reading"):
         out += ["## Reading (generated from the numbers above)", "", d["reading"], ""]

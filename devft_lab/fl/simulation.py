@@ -32,7 +32,7 @@ from devft_lab.fl.client import LocalTraining, client_update
 from devft_lab.fl.sampling import sample_clients
 from devft_lab.fl.stages import StageModel, StagePlan, end_stage, stage_eval_state, stage_start_state
 from devft_lab.fl.strategies import State, Strategy, merge_delta, stacked_delta
-from devft_lab.core.train import round_lr
+from devft_lab.core.train import scheduled_lr
 
 Evaluator = Callable[[torch.nn.Module], dict[str, float]]
 
@@ -47,6 +47,9 @@ class SimulationSettings:
     lr: float
     lr_min: float = 0.0
     lr_schedule: str = "cosine"
+    lr_scope: str = "run"  # run: one decay across all rounds | stage: restarted at each stage
+    lr_start: int = 0  # run scope: this run's round 0 is round lr_start of the schedule
+    lr_length: int | None = None  # run scope: the schedule's length in rounds (None: this run's rounds)
     eval_every: int = 0  # rounds; 0: at the end of each stage only
     eval_stage_ends: bool = True  # False: at the end of the run only (and every ``eval_every`` rounds)
     checkpoint_every: int = 1  # rounds; the end of every stage is always saved
@@ -198,7 +201,8 @@ class Simulation:
     def _one_round(self) -> None:
         st, sm, strategy = self.state, self._stage, self.strategy
         t = st.round
-        lr = round_lr(t, self.total_rounds, self.s.lr, self.s.lr_min, self.s.lr_schedule)
+        lr = scheduled_lr(t, st.stage_round, sm.rounds, self.total_rounds, self.s.lr, self.s.lr_min,
+                          self.s.lr_schedule, self.s.lr_scope, self.s.lr_start, self.s.lr_length)
         clients = sample_clients(len(self.data), self.s.clients_per_round, t, self.s.seed)
         training = LocalTraining(**{**self.s.training.__dict__, "lr": lr})
         cost = RoundCost(round=t, stage=st.stage, num_clients=len(clients))

@@ -2,7 +2,7 @@
 
 It drives the same objects as the in-process simulation (:mod:`devft_lab.fl.simulation`):
 the stage plan from :func:`devft_lab.runner.run.build_plan`, the strategy from the config, seeded
-sampling, :func:`devft_lab.core.train.round_lr`, and :func:`devft_lab.fl.client.client_update` for
+sampling, :func:`devft_lab.core.train.scheduled_lr`, and :func:`devft_lab.fl.client.client_update` for
 local training. A run therefore ends with the same adapter as ``Simulation`` given the same
 seeds and the same participating clients (``tests/test_flower_devft.py``).
 
@@ -121,7 +121,7 @@ class DevFTWorkload(Workload):
             self.delivered = set()
 
     def instruction(self, rnd: int, client: int) -> tuple[State, dict[str, Any]]:
-        from devft_lab.core.train import round_lr
+        from devft_lab.core.train import scheduled_lr
 
         self._goto_stage(self.stage_of[rnd])
         p, s = self.parts, self.parts.settings
@@ -134,7 +134,9 @@ class DevFTWorkload(Workload):
             self.account["stage_package_bytes"] += len(json.dumps(self.infos[-1])) + extra
             self.account["dense_submodel_bytes_avoided"] += int(self.sm.delivery_bytes)
         config = {"stage": self.stage, "infos": self.infos, "first_in_stage": first,
-                  "lr": round_lr(rnd, self.num_rounds, s.lr, s.lr_min, s.lr_schedule)}
+                  "lr": scheduled_lr(rnd, rnd - self.stage_of.index(self.stage_of[rnd]), self.rounds[self.stage_of[rnd]],
+                                     self.num_rounds, s.lr, s.lr_min, s.lr_schedule, s.lr_scope, s.lr_start,
+                                     s.lr_length)}
         return tensors, config
 
     def aggregate(self, rnd: int, replies: Mapping[int, ClientReply]) -> dict[str, Any]:

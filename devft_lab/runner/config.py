@@ -54,6 +54,7 @@ import yaml
 from devft_lab.core.attention import KERNELS as ATTENTION_KERNELS
 from devft_lab.core.choices import ConfigError
 from devft_lab.core.choices import closest as _closest
+from devft_lab.core.train import LR_SCOPES
 from devft_lab.fl.strategies import STRATEGY_ALIASES, STRATEGY_PARAMS, canonical_strategy, get_strategy  # noqa: F401
 from devft_lab.method.fusion import ANCHOR_RULES, FUSION_METHODS
 from devft_lab.method.grouping import METHODS as GROUPING_METHODS
@@ -115,6 +116,9 @@ class TrainConfig:
     lr: float = 5e-5
     lr_min: float = 1e-6
     schedule: str = "cosine"  # cosine | linear | constant, across rounds
+    schedule_scope: str = "run"  # run: one decay across all rounds | stage: restarted at each stage (DevFT)
+    schedule_rounds: int | None = None  # run scope: the decay's length in rounds (null: the run's rounds)
+    schedule_start: int = 0  # run scope: the run's first round sits at this round of the decay
     max_grad_norm: float | None = 1.0
     seq_len: int = 512
     packing: bool = True  # lay examples end to end (no padding); false: right-padded batches
@@ -314,6 +318,7 @@ def to_yaml(cfg: RunConfig) -> str:
 # devft keys added after runs were recorded: left out of the hash at these values, so the
 # runs made before they existed keep their hash (a run at another value hashes it in).
 _HASH_DEFAULTS = {"transfer": "copy", "similarity": "parameters"}
+_TRAIN_HASH_DEFAULTS = {"schedule_scope": "run", "schedule_rounds": None, "schedule_start": 0}
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -321,8 +326,9 @@ def config_hash(cfg: RunConfig) -> str:
     the Flower transport settings (fed.min_fit, fed.round_timeout), train.compile and
     train.attention (the same maths by other kernels; recorded in meta.json) and the stage loss probe
     (devft.probe_loss; devft.probe_examples unless devft.similarity=function groups with it).
-    devft.transfer and devft.similarity enter only away from their defaults (copy, parameters),
-    so runs recorded before these keys existed keep their hash."""
+    devft.transfer, devft.similarity and the learning-rate window (train.schedule_scope,
+    schedule_rounds, schedule_start) enter only away from their defaults, so runs recorded before
+    these keys existed keep their hash."""
     d = to_dict(cfg)
     for k in ("name", "out_dir", "device", "eval"):
         d.pop(k, None)
@@ -337,6 +343,9 @@ def config_hash(cfg: RunConfig) -> str:
     for k, v in _HASH_DEFAULTS.items():
         if dv.get(k) == v:
             dv.pop(k)
+    for k, v in _TRAIN_HASH_DEFAULTS.items():
+        if d["train"].get(k) == v:
+            d["train"].pop(k)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -561,6 +570,18 @@ def validate(cfg: RunConfig) -> RunConfig:
     if t.lr_min > t.lr:
         raise ConfigError(f"train.lr_min = {t.lr_min} is larger than train.lr = {t.lr}; lower train.lr_min")
     _one_of("train.schedule", t.schedule, SCHEDULES)
+    _one_of("train.schedule_scope", t.schedule_scope, LR_SCOPES)
+    if t.schedule_start < 0:
+        raise ConfigError(f"train.schedule_start = {t.schedule_start} must be >= 0 (a round of the decay)")
+    if t.schedule_rounds is not None and t.schedule_rounds < 1:
+        raise ConfigError(f"train.schedule_rounds = {t.schedule_rounds} must be >= 1, or null for the run's rounds")
+    if t.schedule_scope == "stage" and (t.schedule_start or t.schedule_rounds is not None):
+        raise ConfigError("train.schedule_start and train.schedule_rounds place a run inside a longer decay "
+                          "(train.schedule_scope=run); with schedule_scope=stage each stage has its own decay: "
+                          "set them to 0 and null")
+    if t.schedule_start + cfg.fed.num_rounds > (t.schedule_rounds or cfg.fed.num_rounds) and t.schedule_start:
+        raise ConfigError(f"train.schedule_start = {t.schedule_start} + fed.num_rounds = {cfg.fed.num_rounds} runs past "
+                          f"the decay's {t.schedule_rounds or cfg.fed.num_rounds} rounds; raise train.schedule_rounds")
     if t.max_grad_norm is not None:
         _positive("train.max_grad_norm", t.max_grad_norm)
 

@@ -297,7 +297,8 @@ def build(cfg: RunConfig, progress: bool = True, compute: dict[str, Any] | None 
                                max_grad_norm=t.max_grad_norm, pad_id=tok.pad_token_id or 0, packing=t.packing,
                                compute_dtype=compute["dtype"], compile=t.compile,
                                attention=compute["attention"]),
-        lr=t.lr, lr_min=t.lr_min, lr_schedule=t.schedule, eval_every=cfg.eval.every_n_rounds,
+        lr=t.lr, lr_min=t.lr_min, lr_schedule=t.schedule, lr_scope=t.schedule_scope, lr_start=t.schedule_start,
+        lr_length=t.schedule_rounds, eval_every=cfg.eval.every_n_rounds,
         eval_stage_ends=cfg.eval.stage_ends,
         config_hash=config_hash(cfg), progress=progress, lora_scaling=cfg.lora.alpha / cfg.lora.r)
     return Parts(cfg, model, tok, plan, strategy, client_data, settings, evaluator, capacities, categories, parts,
