@@ -220,3 +220,11 @@ def test_start_or_reuse_reads_a_finished_run_of_the_same_config_only(tmp_path):
     other = load_config("tiny", [*BASE, f"out_dir={tmp_path}", "name=r", "train.lr=2e-3"])
     _, reused3 = start_or_reuse(other, quiet=True)  # another training config: trained anew
     assert reused3 is False and load_config(tmp_path / "r" / "config.yaml").train.lr == 2e-3
+
+
+def test_a_stage_scoped_decay_logs_a_restart_at_every_stage(tmp_path):
+    _, d = _run(tmp_path, "stage_lr", "devft.enabled=true", "fed.num_rounds=8", "devft.rounds_per_stage=2",
+                "train.schedule_scope=stage", "train.lr=0.001", "train.lr_min=0.0001")
+    lrs = [r["extra"]["lr"] for r in _rows(d)]
+    assert [r["stage"] for r in _rows(d)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert lrs[0::2] == [0.001] * 4 and all(abs(x - 0.0001) < 1e-12 for x in lrs[1::2])

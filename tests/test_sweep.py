@@ -180,3 +180,41 @@ def test_set_overrides_every_cell_in_its_own_tagged_folders_and_needs_a_tag(tmp_
     assert sw.main(["--scale", "smoke", "--set", "model.name=tiny-qwen2", "--tag", "qwen", "--dry-run",
                     "--results", str(tmp_path)]) == 0
     assert "smoke-qwen" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("scale", ["smoke", "lab"])
+def test_the_final_stage_control_trains_at_devfts_last_stage_learning_rates(tmp_path, scale):
+    """'Final stage only' = FedIT for DevFT's last-stage rounds at exactly the learning rates that
+    DevFT's last stage (the full model) trains with, under either lr scope."""
+    from devft_lab.experiments.reproduce.cells import Cell
+    from devft_lab.runner.config import round_lrs, stage_rounds
+
+    plan = sw.sweep_plan(scale, tmp_path)
+    rows = {r.level: r for r in sw.levels(["schedule"])}
+    assert set(rows) == {"run", "stage", "stage-even"} and rows["run"].variant == sw.CENTER
+    for level, row in rows.items():
+        dev = plan.config(Cell(row.variant, 42))
+        ctl = plan.config(Cell(sw.control_variant(plan, row.schedule, row.control), 42))
+        last = stage_rounds(dev)[-1]
+        assert not ctl.devft.enabled and ctl.fed.num_rounds == last
+        assert round_lrs(ctl) == round_lrs(dev)[-last:], level
+    stage = plan.config(Cell(rows["stage"].variant, 42))
+    starts = [sum(stage_rounds(stage)[:s]) for s in range(len(stage_rounds(stage)))]
+    assert all(round_lrs(stage)[i] == stage.train.lr for i in starts)  # every stage restarts at the peak
+
+
+def test_lr_window_settings_are_checked_and_hashed_only_away_from_their_defaults():
+    from devft_lab.core.choices import ConfigError
+    from devft_lab.runner.config import config_hash, load_config
+
+    base = load_config("lab")
+    assert config_hash(base) == config_hash(load_config("lab", ["train.schedule_scope=run", "train.schedule_start=0"]))
+    assert config_hash(base) != config_hash(load_config("lab", ["train.schedule_scope=stage"]))
+    for bad, field in [("train.schedule_scope=epoch", "train.schedule_scope"),
+                       ("train.schedule_start=-1", "train.schedule_start"),
+                       ("train.schedule_start=8", "train.schedule_rounds"),
+                       ("train.schedule_rounds=0", "train.schedule_rounds")]:
+        with pytest.raises(ConfigError, match=field):
+            load_config("lab", [bad])
+    with pytest.raises(ConfigError, match="schedule_scope=stage"):
+        load_config("lab", ["train.schedule_scope=stage", "train.schedule_rounds=20"])

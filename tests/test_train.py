@@ -187,3 +187,22 @@ def test_bf16_autocast_loss_is_close_to_fp32(tiny):
             same, _ = lm_loss(model, batch)
     assert float(same) == float(ref)  # fp32 "autocast" is no autocast
     assert float(low) != float(ref) and math.isclose(float(low) / n, float(ref) / n, rel_tol=0.05)
+
+
+def test_a_stage_scoped_decay_restarts_at_the_peak_and_ends_at_the_floor_in_every_stage():
+    from devft_lab.core.train import scheduled_lr
+
+    lens, lr, lo = [2, 2, 3, 3], 1e-3, 1e-4
+    for n in lens:
+        lrs = [scheduled_lr(0, r, n, sum(lens), lr, lo, scope="stage") for r in range(n)]
+        assert lrs[0] == lr and math.isclose(lrs[-1], lo) and lrs == sorted(lrs, reverse=True)
+
+
+def test_a_run_window_trains_at_the_tail_of_the_longer_decay():
+    from devft_lab.core.train import scheduled_lr
+
+    tail = [scheduled_lr(t, 0, 0, 3, 1e-3, 1e-4, start=7, length=10) for t in range(3)]
+    assert tail == [round_lr(t, 10, 1e-3, 1e-4) for t in (7, 8, 9)]
+    assert [scheduled_lr(t, 0, 0, 10, 1e-3, 1e-4) for t in range(10)] == [round_lr(t, 10, 1e-3, 1e-4) for t in range(10)]
+    with pytest.raises(ValueError, match="train.schedule_scope"):
+        scheduled_lr(0, 0, 1, 1, 1e-3, scope="epoch")

@@ -514,6 +514,17 @@ def stage_rounds(cfg: RunConfig) -> list[int]:
     return list(rps)
 
 
+def round_lrs(cfg: RunConfig) -> list[float]:
+    """The learning rate of every round of the run, stage by stage (:func:`devft_lab.core.train.scheduled_lr`)."""
+    from devft_lab.core.train import scheduled_lr
+
+    t, rounds = cfg.train, stage_rounds(cfg)
+    total = sum(rounds)
+    return [scheduled_lr(sum(rounds[:s]) + r, r, n, total, t.lr, t.lr_min, t.schedule, t.schedule_scope,
+                         t.schedule_start, t.schedule_rounds)
+            for s, n in enumerate(rounds) for r in range(n)]
+
+
 def clients_per_round_count(fed: FedConfig, num_clients: int) -> int:
     """Number of clients sampled per round (a fraction is rounded half up, at least 1)."""
     c = fed.clients_per_round
