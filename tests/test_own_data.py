@@ -155,8 +155,8 @@ def test_bad_suite_file_exits_2_before_anything_is_written(tmp_path, capsys):
     assert "data.source" in capsys.readouterr().err and not out.exists()
 
 
-def test_the_readme_own_data_command_reports_the_file_suite(tmp_path, capsys, monkeypatch):
-    """README, "Your own data": the shipped example files on the tiny model."""
+def test_the_documented_own_data_command_reports_the_file_suite(tmp_path, capsys, monkeypatch):
+    """docs/configuration.md, "Your own model and your own data": the shipped example files on the tiny model."""
     monkeypatch.chdir(ROOT)
     args = ["run", "tiny", "data.source=data/examples/capitals_train.jsonl",
             "eval.suites=[data/examples/capitals_eval.jsonl]", "eval.holdout=8", "name=own_data",
