@@ -21,7 +21,7 @@ Overrides are ``dotted.key=value``; the value is parsed with ``yaml.safe_load`` 
 mistake raises :class:`ConfigError` (a ``ValueError``) whose message names the field and
 the fix; the CLI maps it to exit code 2.
 
-Choices made where the paper is silent (see ``docs``/DEVFT_METHOD.md, "OPEN"):
+Choices made where the paper is silent (see ``docs/method.md``, "open"):
 
 * ``fed.num_rounds`` is the total; with DevFT on, ``devft.rounds_per_stage`` (an int or a
   list, one entry per stage) splits it. Leave ``rounds_per_stage`` null to split

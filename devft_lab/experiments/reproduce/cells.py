@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 
 
 # --------------------------------------------------------------------------- paper values
-# Copied from /work/shared/DEVFT_METHOD.md, section "Published numbers" (arXiv 2508.00041,
+# The paper's published numbers (docs/method.md, "Published numbers"; arXiv 2508.00041,
 # main table of closed-ended average scores: TruthfulQA, MMLU, IFEval, BBH).
 PAPER_MAIN: dict[str, dict[str, float]] = {
     "fedit": {"LLaMA2-7B": 40.27, "LLaMA3.1-8B": 55.35, "LLaMA2-13B": 48.58},
