@@ -63,6 +63,11 @@ def test_headline_sorts_every_level_by_its_interval_and_a_new_factor_counts():
     new = dict(SWEEP, rows=SWEEP["rows"] + [_row("schedule", "final only", _gap(3, 1, 5), [], fedit="f6")])
     h2 = sweep_view.headline(new)
     assert h2["factors"] == 3 and h2["above"] == ["schedule = final only"]
+    assert "FedIT run for 6 rounds" in h2["text"]
+    # a new row whose matched FedIT has no result yet is still drawn (its gap, no accuracies)
+    out = sweep_view.gap_figure(dict(new, rows=new["rows"] + [_row("schedule", "restart", _gap(-1, -3, 1), [],
+                                                                   fedit="f-new")]))
+    assert out["settings"][-1]["fedit"] == {"key": "f-new", "acc": None, "rounds": None}
     below = dict(SWEEP, rows=[CENTER, dict(CENTER, factor="beta", level="0.1")])
     assert "every level of every factor" in sweep_view.headline(below)["text"]
 

@@ -124,10 +124,10 @@ def headline(d: dict[str, Any]) -> dict[str, Any]:
     else:
         parts = [f"{k} FedIT at {len(v)} ({', '.join(v)})" for k, v in sides.items() if v]
         text = f"**At equal client FLOPs, of {len(done)} levels of {nf} factors DevFT is** " + "; ".join(parts) + "."
-    if c:
+    if c and c["fedit"]["acc"] is not None:
         choices = ", ".join(f"{r['factor']} {r['level']}" for r in d["rows"] if r["key"] == c["key"])
         text += (f" The paper's own choices (the center: {choices}) score {c['acc']:.1f} % against "
-                 f"{c['fedit']['acc']:.1f} % for FedIT run for {c['fedit']['rounds']} rounds, the same client FLOPs: "
+                 f"{c['fedit']['acc']:.1f} % for FedIT run for {c['fedit']['rounds'] or 'as many'} rounds, the same client FLOPs: "
                  f"**{_ci(c['gap'])} points** (item-paired, 95% interval).")
     if best and c and best["key"] != c["key"]:
         text += f" The best other setting, {best['name']}, is at {_ci(best['gap'])}."
@@ -175,8 +175,10 @@ def gap_figure(d: dict[str, Any]) -> dict[str, Any]:
         ax.errorbar(g["mean"], j, xerr=[[g["mean"] - lo], [hi - g["mean"]]], fmt="o", capsize=4,
                     color={"below": "tab:red", "above": "tab:green"}.get(side, "tab:grey"))
         f = s["fedit"]
-        tx.text(0, j, f"{_ci(g)}   DevFT {s['acc']:.1f} %, FedIT {f['acc']:.1f} % ({f['rounds']} rounds)",
-                fontsize=8, va="center")
+        accs = ""
+        if s["acc"] is not None and f["acc"] is not None:
+            accs = f"   DevFT {s['acc']:.1f} %, FedIT {f['acc']:.1f} %" + (f" ({f['rounds']} rounds)" if f["rounds"] else "")
+        tx.text(0, j, _ci(g) + accs, fontsize=8, va="center")
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(len(st)), [s["name"] for s in st], fontsize=8)
     ax.set_ylim(len(st) - 0.5, -0.5)
