@@ -55,6 +55,12 @@ def test_run_stages_transfers_on_tiny_model():
         assert r["holds_representative"]
         assert sorted(i for g in r["groups"] for i in g) == list(range(L))
     assert history[-1]["groups"] == [[i] for i in range(L)]
+    from devft_lab.method.transfer import transfer_lora
+
+    for r in history:  # the plan's transfer is the library's copy of the stage's representatives
+        want = transfer_lora(r["before"], r["groups"], r["reps"], "copy")
+        assert all(torch.equal(want[i][n], r["global_lora"][i][n]) for i in want for n in want[i])
+    assert history[1]["before"].keys() == history[0]["global_lora"].keys()  # each stage starts from the last
     v = sv.transfer_view(history, 1)
     assert v["groups"] == history[1]["groups"] and v["figure"].axes
     assert sv.transfer_figure(history).axes
@@ -86,9 +92,28 @@ def test_runs_available_and_bytes(tmp_path):
     assert sv.bytes_per_round_figure([run]).axes
 
 
-def test_train_loss_figure(tmp_path):
+def test_train_loss_figure_marks_the_untrained_model_and_the_uniform_guess(tmp_path):
+    import math
+
     from devft_lab.runner.report import read_run
 
     rows = [{"round": i, "uplink_bytes": 1, "extra": {"loss": 2.0 / (i + 1), "capacity": 8}} for i in range(3)]
     (tmp_path / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    assert sv.train_loss_figure([read_run(tmp_path)]).axes
+    ax = sv.train_loss_figure([read_run(tmp_path)], untrained=0.85, vocab=49152).axes[0]
+    flat = sorted(line.get_ydata()[0] for line in ax.lines if len(set(line.get_ydata())) == 1)
+    assert flat == pytest.approx([0.85, math.log(49152)])
+    assert len(sv.train_loss_figure([read_run(tmp_path)]).axes[0].lines) == 1  # no references asked: none drawn
+
+
+def test_stage_layers_and_runs_table(tmp_path):
+    from devft_lab.runner.report import read_run
+
+    caps = [4, 4, 8, 8, 30, 30]
+    rows = [{"round": i, "uplink_bytes": 1, "extra": {"loss": 1.0, "capacity": c}} for i, c in enumerate(caps)]
+    (tmp_path / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "summary.json").write_text(json.dumps({"flops_estimate": 4.2e13, "paper_bytes": 4.1e8,
+                                                       "initial": {"acc": 35.24}, "final": {"acc": 41.3}}))
+    run = read_run(tmp_path)
+    assert sv.stage_layers(run) == [4, 8, 30]
+    line = sv.runs_table([run]).splitlines()[-1]
+    assert line == f"| {tmp_path.name} | 4 → 8 → 30 | 6 | 42.0 | 410 | 35.2 → 41.3 |"

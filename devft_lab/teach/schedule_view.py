@@ -111,6 +111,10 @@ def holds_representative(global_lora: Mapping[int, Mapping[str, torch.Tensor]], 
                for g, members in enumerate(groups) for i in members)
 
 
+def _snapshot(global_lora: Mapping[int, Mapping[str, torch.Tensor]]) -> dict[int, dict[str, torch.Tensor]]:
+    return {i: {n: v.detach().clone() for n, v in d.items()} for i, d in global_lora.items()}
+
+
 def run_stages(parts, rounds_per_stage: int = 1, clients: Sequence[int] = (0, 1)) -> list[dict]:
     """Drive a run's DevFT plan stage by stage with a minimal federation and record each transfer.
 
@@ -118,8 +122,9 @@ def run_stages(parts, rounds_per_stage: int = 1, clients: Sequence[int] = (0, 1)
     submodel (``plan.begin``), train ``clients`` for ``rounds_per_stage`` rounds with the run's
     strategy (``client_update`` + ``strategy.aggregate``), then transfer (``plan.end``).
     Returns one record per stage: ``capacity``, ``groups``, ``reps`` (the trained
-    representatives' LoRA), ``global_lora`` (a snapshot after the transfer), ``cosine``
-    (:func:`lora_cosine` of the B tensors) and ``holds_representative``.
+    representatives' LoRA), ``before`` and ``global_lora`` (snapshots of the full model's LoRA
+    before and after the transfer), ``cosine`` (:func:`lora_cosine` of the B tensors after it)
+    and ``holds_representative``.
     """
     from devft_lab.fl.client import client_update
     from devft_lab.core.lora import to_layers
@@ -146,10 +151,11 @@ def run_stages(parts, rounds_per_stage: int = 1, clients: Sequence[int] = (0, 1)
             state = strategy.aggregate(state, ups, w)
             t += 1
         reps, _ = to_layers(state)
+        before = _snapshot(plan.global_lora)
         plan.end(stage, state)
-        snap = {i: {n: v.clone() for n, v in d.items()} for i, d in plan.global_lora.items()}
+        snap = _snapshot(plan.global_lora)
         history.append({"stage": stage, "capacity": len(groups), "groups": groups, "reps": reps,
-                        "global_lora": snap, "cosine": lora_cosine(snap),
+                        "before": before, "global_lora": snap, "cosine": lora_cosine(snap),
                         "holds_representative": holds_representative(snap, groups, reps)})
     return history
 
@@ -211,17 +217,46 @@ def bytes_per_round_figure(runs: Sequence) -> Figure:
     return fig
 
 
-def train_loss_figure(runs: Sequence) -> Figure:
-    """Mean client training loss per round (log scale): for DevFT, the loss of each stage's submodel."""
-    fig = Figure(figsize=(9, 3.0), dpi=DPI, layout="constrained")
+def train_loss_figure(runs: Sequence, untrained: float | None = None, vocab: int | None = None) -> Figure:
+    """Mean client training loss per round (log scale): for DevFT, the loss of each stage's submodel.
+    ``untrained``: the untrained model's loss on training examples (dashed); ``vocab``: the
+    vocabulary size, for the uniform guess ln V (dotted): a loss above it is worse than guessing."""
+    from devft_lab.teach.lab_view import loss_references
+
+    fig = Figure(figsize=(9, 3.2), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     for run in runs:
         x = [int(r["round"]) + 1 for r in run.rows]
         ax.plot(x, [float(r["extra"]["loss"]) for r in run.rows], marker="o", ms=3, label=run.name)
+    loss_references(ax, untrained, vocab)
     ax.set_yscale("log")
     ax.set_xlabel("round")
-    ax.set_ylabel("mean client training loss")
+    ax.set_ylabel("mean client training loss\n(nats per token, log scale)")
     ax.set_title("training loss of the model the clients train (DevFT: the stage's submodel)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return fig
+
+
+def stage_layers(run) -> list[int]:
+    """The capacities a run trained, in order (one per stage; FedIT: the full model only), from its rounds."""
+    out: list[int] = []
+    for r in run.rows:
+        c = int(r["extra"]["capacity"])
+        if not out or out[-1] != c:
+            out.append(c)
+    return out
+
+
+def runs_table(runs: Sequence) -> str:
+    """One markdown row per run (:class:`devft_lab.runner.report.RunLog`): its stages, rounds, total
+    client compute (TFLOPs, the ledger's estimate), LoRA uplink (MB, the paper's count) and
+    accuracy before and after training (%)."""
+    lines = ["| run | stage layers | rounds | client TFLOPs | LoRA uplink MB | accuracy before → after (%) |",
+             "|---|---|---|---|---|---|"]
+    for run in runs:
+        s = run.summary
+        lines.append(f"| {run.name} | {' → '.join(map(str, stage_layers(run)))} | {len(run.rows)} | "
+                     f"{s['flops_estimate'] / 1e12:.1f} | {s['paper_bytes'] / 1e6:.0f} | "
+                     f"{s['initial']['acc']:.1f} → {s['final']['acc']:.1f} |")
+    return "\n".join(lines)
