@@ -93,6 +93,7 @@ def test_committed_stage_file_gives_smollm2_groups_and_the_demo_rounds():
 
     stages, num_layers, info = stages_from(ROOT / "results" / "submodels_smollm2.json", "demo")
     assert num_layers == 30 and info["model"] == "smollm2-135m"
+    assert info["source"] == "results/submodels_smollm2.json"  # shown from the repository, no machine path
     assert [st["rounds"] for st in stages] == stage_rounds(load_config("demo"))
     assert [len(st["groups"]) for st in stages] == [st["capacity"] for st in stages]
     assert stages[-1]["groups"] == [[i] for i in range(30)]  # the last stage is the full model

@@ -177,8 +177,17 @@ def stages_from(path: str | Path = DEFAULT_SOURCE, config: str | None = DEFAULT_
             st.setdefault("rounds", int(r))
         source = f"config {config}"
     info = {"model": data.get("model", "?"), "beta": data.get("beta"), "grouping": data.get("grouping"),
-            "rounds_from": source, "source": path.as_posix()}
+            "rounds_from": source, "source": _shown_path(path)}
     return stages, int(data["num_layers"]), info
+
+
+def _shown_path(path: Path) -> str:
+    """``path`` from its repository's top folder when it is inside one (no machine paths in a caption)."""
+    full = path.resolve()
+    for top in full.parents:
+        if (top / "pyproject.toml").is_file():
+            return full.relative_to(top).as_posix()
+    return path.as_posix()
 
 
 def caption(info: Mapping[str, Any]) -> str:
