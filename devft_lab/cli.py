@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+SUMMARY_KEYS = ("rounds", "paper_bytes", "full_bytes", "final", "scored")  # printed when a run ends
 
 
 def _cmd_model_list(args) -> int:
@@ -75,7 +76,7 @@ def _cmd_run(args) -> int:
     cfg = load_config(args.config, args.overrides)
     summary = start(cfg, force=args.force, quiet=args.quiet,
                     command="devft-lab run " + " ".join([args.config, *args.overrides]))
-    print(json.dumps({k: summary[k] for k in ("rounds", "paper_bytes", "full_bytes", "final") if k in summary}))
+    print(json.dumps({k: summary[k] for k in SUMMARY_KEYS if k in summary}))
     return 0
 
 
@@ -83,7 +84,7 @@ def _cmd_resume(args) -> int:
     from devft_lab.runner.run import resume
 
     summary = resume(args.run_dir, quiet=args.quiet)
-    print(json.dumps({k: summary[k] for k in ("rounds", "paper_bytes", "full_bytes", "final") if k in summary}))
+    print(json.dumps({k: summary[k] for k in SUMMARY_KEYS if k in summary}))
     return 0
 
 
@@ -192,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"devft-lab: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyError as e:
+        if args.command != "model":  # not a preset name: a bug, said as one (no traceback)
+            print(f"devft-lab: error: unexpected missing key {e} in `devft-lab {args.command}`; please report "
+                  "it with the command you ran", file=sys.stderr)
+            return 1
         print(f"devft-lab: error: unknown preset {e}; known: {', '.join(presets())}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

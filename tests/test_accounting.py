@@ -66,3 +66,58 @@ def test_ledger_resume_truncates_to_checkpoint_position(tmp_path):
     back.record(RoundCost(round=2, uplink_bytes=5))
     assert back.rows[-1]["cum_uplink_bytes"] == 25
     assert len((tmp_path / "l.csv").read_text().splitlines()) == 4
+
+
+# --------------------------------------------------------------------------- a lost round log (#35)
+def _logged(tmp_path, n=5, after=2):
+    """A ledger of ``n`` rounds (floats with long expansions, NaN, metrics), the checkpoint position
+    after ``n``, then ``after`` rounds logged past it; returns the position and both files' text at it."""
+    led = Ledger(tmp_path / "rounds.jsonl", tmp_path / "rounds.csv")
+    for t in range(n):
+        led.record(RoundCost(round=t, stage=t // 2, num_clients=2, uplink_bytes=1000 + t, downlink_bytes=7 * t,
+                             flops_estimate=1.234567890123e12 * (t + 1), train_s=0.1 + t / 3, peak_rss_mb=1e3 / 7,
+                             extra={"loss": float("nan") if t == 1 else 1 / (t + 3), "clients": [0, t],
+                                    "acc_x": 12.5}))
+    pos = led.position()
+    texts = ((tmp_path / "rounds.jsonl").read_text(), (tmp_path / "rounds.csv").read_text())
+    for t in range(n, n + after):
+        led.record(RoundCost(round=t, uplink_bytes=1))
+    return pos, texts, led.totals()
+
+
+@pytest.mark.parametrize("lost, how", [("rounds.jsonl", "delete"), ("rounds.jsonl", "cut"),
+                                       ("rounds.csv", "delete"), ("rounds.csv", "cut")])
+def test_a_lost_round_log_is_rebuilt_byte_for_byte_from_the_other(tmp_path, lost, how):
+    pos, (jsonl, csv_text), _ = _logged(tmp_path)
+    f = tmp_path / lost
+    if how == "delete":
+        f.unlink()
+    else:
+        f.write_bytes(f.read_bytes()[:40])
+    back = Ledger.resume(tmp_path / "rounds.jsonl", tmp_path / "rounds.csv", pos)
+    assert (tmp_path / "rounds.jsonl").read_text() == jsonl and (tmp_path / "rounds.csv").read_text() == csv_text
+    assert len(back.rows) == pos["rounds"] == 5
+    assert back.totals()["uplink_bytes"] == sum(1000 + t for t in range(5))  # every round counted
+    assert back.rebuilt == [f"{lost} ({'was missing' if how == 'delete' else 'was cut short'}) rebuilt from "
+                            f"{'rounds.csv' if lost == 'rounds.jsonl' else 'rounds.jsonl'}: 5 rounds"]
+
+
+def test_both_round_logs_lost_is_refused_not_totalled(tmp_path):
+    from devft_lab.fl.accounting import LogError
+
+    pos, _, _ = _logged(tmp_path)
+    (tmp_path / "rounds.jsonl").unlink()
+    (tmp_path / "rounds.csv").write_text("")
+    with pytest.raises(LogError, match=r"rounds.jsonl \(missing\) and rounds.csv \(0 bytes, cut short\): the "
+                                       r"checkpoint was saved after 5 logged rounds.*--force"):
+        Ledger.resume(tmp_path / "rounds.jsonl", tmp_path / "rounds.csv", pos)
+
+
+def test_a_round_log_with_rounds_missing_in_the_middle_is_refused(tmp_path):
+    from devft_lab.fl.accounting import LogError
+
+    pos, _, _ = _logged(tmp_path, after=0)
+    lines = (tmp_path / "rounds.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "rounds.jsonl").write_text("".join(lines[:2] + lines[3:]) + "\n" * len(lines[2]))  # same size
+    with pytest.raises(LogError, match=r"rounds.jsonl holds 4 rounds but the checkpoint was saved after 5"):
+        Ledger.resume(tmp_path / "rounds.jsonl", tmp_path / "rounds.csv", pos)

@@ -106,3 +106,70 @@ def test_optimizer_state_round_trip(tmp_path):
     for pid in a["state"]:
         for k, v in a["state"][pid].items():
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(b["state"][pid][k]))
+
+
+# --------------------------------------------------------------------------- a damaged newest checkpoint (#35)
+def _two(tmp_path):
+    """Checkpoints of rounds 1 and 2 (a run keeps two), the RNG draws each one restores."""
+    torch.manual_seed(1)
+    old = save_checkpoint(tmp_path, {"round": 1, "config_hash": "h"}, _tensors(), keep=2)
+    after_old = torch.rand(3).tolist()
+    new = save_checkpoint(tmp_path, {"round": 2, "config_hash": "h"}, _tensors(), keep=2)
+    return old, new, after_old
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "manifest"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_with_a_warning(tmp_path, damage):
+    from devft_lab.fl.checkpoint import load_newest
+
+    old, new, after_old = _two(tmp_path)
+    f = new / ("manifest.json" if damage == "manifest" else "tensors.safetensors")
+    if damage == "truncate":
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    elif damage == "flip":
+        b = bytearray(f.read_bytes()); b[-1] ^= 0xFF; f.write_bytes(bytes(b))
+    else:
+        f.unlink()
+    said = []
+    ck = load_newest(tmp_path, expect_config_hash="h", warn=said.append)
+    assert ck.path == old and ck.meta["round"] == 1
+    assert torch.rand(3).tolist() == after_old  # the older checkpoint's RNG state, not the damaged one's
+    assert len(said) == 1 and new.name in said[0] and f"resuming from the previous complete checkpoint {old.name}" in said[0]
+
+
+def test_every_checkpoint_damaged_says_what_to_do(tmp_path):
+    from devft_lab.fl.checkpoint import load_newest
+
+    for p in _two(tmp_path)[:2]:
+        f = p / "tensors.safetensors"
+        f.write_bytes(f.read_bytes()[:10])
+    with pytest.raises(CheckpointError, match=r"tensors.safetensors is truncated.*No older complete checkpoint "
+                                              r"is left.*delete .* and resume again.*--force"):
+        load_newest(tmp_path)
+    assert load_newest(tmp_path / "none") is None  # no checkpoint at all: the run starts from round 0
+
+
+def test_a_config_mismatch_is_never_passed_over_for_an_older_checkpoint(tmp_path):
+    from devft_lab.fl.checkpoint import load_newest
+
+    _two(tmp_path)
+    with pytest.raises(CheckpointError, match="config hash"):
+        load_newest(tmp_path, expect_config_hash="other")
+
+
+def test_stray_files_in_checkpoint_folders_get_a_warning(tmp_path):
+    from devft_lab.fl.checkpoint import load_newest
+
+    old, new, _ = _two(tmp_path)
+    (tmp_path / "backup.tar").write_bytes(b"x")
+    (new / "tensors.safetensors.orig").write_bytes(b"x")
+    said = []
+    ck = load_newest(tmp_path, restore_rng=False, warn=said.append)
+    assert ck.path == new and ck.stray == ["tensors.safetensors.orig"]
+    assert any("backup.tar" in s and "no checkpoint writes" in s for s in said)
+    assert any(str(new) in s and "tensors.safetensors.orig" in s for s in said)
+    said.clear()
+    (tmp_path / "backup.tar").unlink()
+    (new / "tensors.safetensors.orig").unlink()
+    load_newest(tmp_path, restore_rng=False, warn=said.append)
+    assert said == []  # a clean folder: nothing to say

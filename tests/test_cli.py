@@ -1,6 +1,9 @@
 """The command line: help, exit codes for bad input."""
+import json
 import subprocess
 import sys
+
+import pytest
 
 from devft_lab.cli import main
 
@@ -45,3 +48,29 @@ def test_demo_summary_pairs_before_and_after_on_the_same_items(tmp_path, monkeyp
     assert round(summary["final"]["acc"], 1) == after and round(summary["initial"]["acc"], 1) == before
     assert lo <= gain <= hi and n == 8  # four in-distribution tasks, two items each
     assert "answer loss" in out and " min in all" in out
+
+
+def _log(tmp_path, rows):
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+ROW = {"round": 0, "cum_train_s": 1.0, "cum_aggregate_s": 0.1, "cum_paper_bytes": 10, "cum_full_bytes": 20,
+       "peak_rss_mb": 100.0, "extra": {"loss": 1.0}}
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({k: v for k, v in ROW.items() if k != "extra"} | {"cum_paper_bytes": None}, "cum_paper_bytes = None should be a number"),
+    ({k: v for k, v in ROW.items() if k not in ("cum_train_s", "peak_rss_mb")}, "has no cum_train_s, peak_rss_mb"),
+    (ROW | {"round": "three"}, "round = 'three' should be an integer"),
+    (ROW | {"extra": [1]}, "extra = [1] should be an object of metrics"),
+])
+def test_report_over_a_bad_round_record_names_the_line_and_the_field(tmp_path, capsys, bad, says):
+    d = _log(tmp_path, [ROW, bad])
+    assert main(["report", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert f"{d / 'rounds.jsonl'}:2: " in err and says in err and "preset" not in err
+    assert "devft-lab resume RUN_DIR` to rebuild it from rounds.csv" in err
+    assert not (d / "report.png").exists()

@@ -126,3 +126,86 @@ def test_name_fields_accept_exactly_their_registries():
         load_config("tiny", ["fed.strategy=fedsa", "fed.strategy_params.eval_mode=both"])
     with pytest.raises(ConfigError, match="fed.strategy_params.mu"):
         load_config("tiny", ["fed.strategy=fedprox", "fed.strategy_params.mu=true"])
+
+
+# --------------------------------------------------------------------------- nothing silently wrong (#35)
+def _float_fields():
+    """Every ``section.key`` of a run config that holds a float (alone or in a union)."""
+    import dataclasses
+    import typing
+
+    out = []
+    for sec in dataclasses.fields(RunConfig):
+        if not dataclasses.is_dataclass(sec.default_factory if sec.default_factory is not dataclasses.MISSING
+                                        else None):
+            continue
+        for name, tp in typing.get_type_hints(sec.default_factory).items():
+            if tp is float or float in typing.get_args(tp):
+                out.append(f"{sec.name}.{name}")
+    return out
+
+
+def test_every_float_setting_must_be_finite_and_the_error_names_it():
+    fields = _float_fields()
+    assert {"train.lr", "train.lr_min", "lora.alpha", "lora.dropout", "devft.beta", "train.max_grad_norm",
+            "fed.clients_per_round", "devft.growth"} <= set(fields)
+    for f in fields:
+        for bad in ("inf", "-inf", ".nan", "1e999"):  # YAML strings the float coercion accepts, and .nan
+            with pytest.raises(ConfigError, match=rf"^{f} = -?(inf|nan) is not a finite number"):
+                load_config("tiny", [f"{f}={bad}"])
+
+
+@pytest.mark.parametrize("override", [
+    ["fed.strategy=fedprox", "fed.strategy_params.mu=.inf"],
+    ["data.partitioner=dirichlet", "data.partitioner_params.alpha=.inf"],
+    ["data.partitioner=dirichlet", "data.partitioner_params.alpha=[0.5, .nan]"],
+])
+def test_numbers_inside_parameter_dicts_must_be_finite_too(override):
+    key = override[1].split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{key}(\[1\])? = (inf|nan) is not a finite number"):
+        load_config("tiny", override)
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_seed_out_of_range_names_the_field(seed):
+    with pytest.raises(ConfigError, match=rf"train.seed = {seed} must be an integer from 0 to 4294967295"):
+        load_config("tiny", [f"train.seed={seed}"])
+    assert load_config("tiny", ["train.seed=4294967295"]).train.seed == 4294967295
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n"])
+def test_an_empty_yaml_is_refused_naming_the_file(tmp_path, text):
+    p = tmp_path / "mine.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=r"mine.yaml is empty; .*devft-lab config show tiny"):
+        load_config(p)
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
+    p = tmp_path / "twice.yaml"
+    p.write_text("name: mine\ntrain:\n  lr: 0.001\n  seed: 1\n  lr: 0.01\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: key 'lr' is given twice \(line 3 and line 5\)"):
+        load_config(p)
+    p.write_text("train:\n  lr: 0.001\nfed:\n  num_rounds: 4\ntrain:\n  seed: 1\n")  # a section twice
+    with pytest.raises(ConfigError, match=r"key 'train' is given twice \(line 1 and line 5\)"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"override .*key 'mu' is given twice"):
+        load_config("tiny", ["fed.strategy=fedprox", "fed.strategy_params={mu: 0.1, mu: 0.2}"])
+    p.write_text("name: mine\nmodel:\n  name: tiny-llama\n")  # one key in two mappings: fine
+    assert load_config(p).model.name == "tiny-llama"
+
+
+def test_config_files_are_utf8_with_or_without_a_bom(tmp_path):
+    text = to_yaml(load_config("tiny", ["name=é"]))
+    p = tmp_path / "bom.yaml"
+    p.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert load_config(p).name == "é"
+    p.write_bytes(text.encode("utf-16"))
+    with pytest.raises(ConfigError, match=r"bom.yaml is not UTF-8 text .*save it as UTF-8"):
+        load_config(p)
+
+
+def test_a_folder_that_is_not_a_model_is_refused_before_loading(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ConfigError, match=r"model.name = .* is a folder without config.json or a .gguf file"):
+        load_config("tiny", [f"model.name={tmp_path}"])

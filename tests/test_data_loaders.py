@@ -146,3 +146,26 @@ def test_datasets_name_maps_alpaca_and_chat_columns(monkeypatch):
         load_examples("org/other")
     with pytest.raises(DataError, match=r"split 'test'"):
         load_examples("org/data", split="test")
+
+
+@pytest.mark.parametrize("name", ["alpaca_small.json", "alpaca_small.jsonl", "chat_small.jsonl"])
+def test_a_utf8_byte_order_mark_is_accepted_in_json_and_jsonl(tmp_path, name):
+    src = DATA / name
+    bom = tmp_path / name
+    bom.write_bytes(b"\xef\xbb\xbf" + src.read_bytes())  # as Windows tools write UTF-8
+    assert load_examples(str(bom)) == load_examples(str(src))
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+@pytest.mark.parametrize("encoding, hint", [("latin-1", "LATIN1"), ("utf-16", "UTF-16")])
+def test_another_encoding_names_the_file_and_line_and_how_to_convert(tmp_path, suffix, encoding, hint):
+    recs = [{"instruction": "Capitale ?", "output": "Paris"}, {"instruction": "Été ?", "output": "Oui"}]
+    text = (json.dumps(recs, ensure_ascii=False, indent=1) if suffix == ".json"
+            else "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    p = tmp_path / f"mine{suffix}"
+    p.write_bytes(text.encode(encoding))
+    with pytest.raises(DataError) as e:
+        load_examples(str(p))
+    msg = str(e.value)
+    first_bad = 1 if encoding == "utf-16" else text[: text.index("É")].count("\n") + 1
+    assert msg.startswith(f"{p}:{first_bad}: not UTF-8 text") and f"iconv -f {hint} -t UTF-8" in msg

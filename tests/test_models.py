@@ -133,3 +133,19 @@ def test_base_model_without_chat_template_answers_plainly():
     model, tok = load_model("tiny-llama", device="cpu")
     tok.chat_template = None
     assert isinstance(answer(model, tok, "2+2?", max_new_tokens=4), str)
+
+
+def test_a_local_folder_that_is_not_a_whole_model_names_the_folder_and_what_it_lacks(tmp_path):
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "notes.txt").write_text("not a model")
+    with pytest.raises(ModelLoadError, match=rf"^{d} is not a model folder: it has no config.json"):
+        load_model(str(d), device="cpu")
+    model, tok = models.tiny_model("llama")
+    model.save_pretrained(d)  # weights and config, no tokenizer
+    with pytest.raises(ModelLoadError, match=rf"^{d} has no tokenizer files \(tokenizer.json"):
+        load_model(str(d), device="cpu")
+    tok.save_pretrained(d)
+    (d / "config.json").write_text("{}")  # a config transformers cannot read
+    with pytest.raises(ModelLoadError, match=rf"^{d} could not be loaded as a model \(ValueError: .*model_type"):
+        load_model(str(d), device="cpu")

@@ -120,6 +120,8 @@ def test_user_items_get_defaults_and_are_named_after_the_file(tmp_path):
     ('{"prompt": "Q?", "choices": [], "answer": 0}', r"bad.jsonl:2: 'choices' is empty"),
     ('{"prompt": "Q?", "choices": ["a"], "answer": 0', r"bad.jsonl:2: malformed JSON"),
     ('{"prompt": "Q2", "choices": ["a"], "answer": 0, "id": "x"}', r"bad.jsonl:2: id 'x' repeats line 1"),
+    ('{"prompt": "Q?", "choices": ["Paris", "Rome", "Paris"], "answer": 0}',
+     r"bad.jsonl:2: choices 0 and 2 are the same \('Paris'\)"),
 ])
 def test_bad_user_items_name_file_and_line(tmp_path, line, message):
     f = _write(tmp_path / "bad.jsonl", ['{"prompt": "Q1", "choices": ["a"], "answer": 0, "id": "x"}', line])
@@ -162,11 +164,61 @@ def test_the_documented_own_data_command_reports_the_file_suite(tmp_path, capsys
             "eval.suites=[data/examples/capitals_eval.jsonl]", "eval.holdout=8", "name=own_data",
             f"out_dir={tmp_path}", "--quiet"]
     assert main(args) == 0
-    final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["final"]
-    assert set(final) == {"acc", "acc_capitals_eval", "answer_nll", "eval_loss"}
-    assert final["acc"] == final["acc_capitals_eval"]
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    final = printed["final"]
+    assert set(final) == {"acc", "acc_capitals_eval", "correct_capitals_eval", "answer_nll", "eval_loss"}
+    assert final["acc"] == final["acc_capitals_eval"] == final["correct_capitals_eval"]  # one task: same number
     n = sum(1 for _ in open(EXAMPLE_EVAL))
     assert abs(final["acc"] * n / 100 - round(final["acc"] * n / 100)) < 1e-6  # whole items of 16
+    # the whole file is scored, though the tiny config caps the lab suites (eval.max_per_task: 8)
+    assert load_config("tiny").eval.max_per_task == 8
+    assert len((tmp_path / "own_data" / "final_items.jsonl").read_text().splitlines()) == n == 16
+    assert printed["scored"]["capitals_eval"].startswith(f"scored {n} of {n} items, 1 task, the whole file")
+
+
+def test_a_suite_file_is_scored_whole_unless_capped_and_the_cap_is_said(tmp_path):
+    from devft_lab.runner.run import scoring
+
+    f = _write(tmp_path / "quiz.jsonl", [json.dumps({"prompt": f"Q{i}?", "choices": ["yes", "no"], "answer": i % 2})
+                                         for i in range(300)])  # the minimal format: no task, no id
+    cfg = load_config("tiny", [f"eval.suites=[{f}, indist]"])  # tiny: eval.max_per_task = 8
+    lines = scoring(cfg)
+    assert lines["quiz"].startswith("scored 300 of 300 items, 1 task, the whole file; acc_quiz = ")
+    assert "correct_quiz = % of its scored items answered correctly" in lines["quiz"]
+    assert lines["indist"].endswith(": eval.max_per_task=8")  # a lab suite's cap is said too
+    capped = scoring(load_config("tiny", [f"eval.suites=[{f}]", "eval.max_per_file=8"]))
+    assert capped["quiz"].startswith("scored 8 of 300 items, 1 task: eval.max_per_file=8")
+    with pytest.raises(ConfigError, match="eval.max_per_file = 0 must be >= 1"):
+        load_config("tiny", [f"eval.suites=[{f}]", "eval.max_per_file=0"])
+
+
+def test_a_suite_file_reports_the_task_mean_and_the_share_correct_under_their_names(tmp_path):
+    """acc_<file> averages the accuracies of the file's tasks (as for a lab suite); correct_<file>
+    is the share of its items answered correctly; with unequal tasks they differ."""
+    from devft_lab.runner.run import make_evaluator
+
+    rows = [{"prompt": "Say it.", "choices": ["a long answer, not the short one", "no"], "answer": 0, "task": "one"}]
+    rows += [{"prompt": f"Say {w}.", "choices": [w, "zzzzzzzzzzzz"], "answer": 0, "task": "many"}
+             for w in ["cat", "dog", "sun", "sea", "map", "pen"]]  # the untrained model picks the shorter choice
+    f = _write(tmp_path / "mixed.jsonl", [json.dumps(r) for r in rows])
+    cfg = load_config("tiny", [f"eval.suites=[{f}]", "eval.max_per_task=1"])  # a lab cap leaves files whole
+    model, tok = load_model("tiny-llama", device="cpu")
+    evaluate = make_evaluator(cfg, tok, [], "float32")
+    out = evaluate(model)
+    items = evaluate.last_items
+    assert len(items) == 7
+    by_task = {t: [r["correct"] for r in items if r["task"] == t] for t in ("one", "many")}
+    assert out["acc_mixed"] == pytest.approx(sum(100 * sum(v) / len(v) for v in by_task.values()) / 2)
+    assert out["correct_mixed"] == pytest.approx(100 * sum(r["correct"] for r in items) / 7)
+    assert by_task == {"one": [False], "many": [True] * 6}  # so the two differ: 50 % of tasks, 6 of 7 items
+    assert (out["acc_mixed"], out["correct_mixed"]) == (pytest.approx(50.0), pytest.approx(600 / 7))
+
+
+def test_a_suite_file_with_a_byte_order_mark_reads_like_one_without(tmp_path):
+    plain = EXAMPLE_EVAL.read_bytes()
+    bom = tmp_path / "capitals_eval.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain)
+    assert [dict(i, id=None) for i in read_user_items(bom)] == [dict(i, id=None) for i in read_user_items(EXAMPLE_EVAL)]
 
 
 # --------------------------------------------------------------------------- schedule sizing, splits

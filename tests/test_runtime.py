@@ -97,6 +97,9 @@ def _cli(*args, **kw):
     ("fed.strategy=fedavgx", "fed.strategy"),
     ("train.lr=-1", "train.lr"),
     ("train.nonsense=1", "nonsense"),
+    ("train.lr=inf", "train.lr = inf is not a finite number"),  # would train NaN rounds, then fail
+    ("lora.alpha=inf", "lora.alpha = inf is not a finite number"),  # would train NaN and export it
+    ("train.seed=-1", "train.seed = -1 must be an integer"),
 ])
 def test_bad_config_exit_2_and_no_run_folder(tmp_path, capsys, override, field):
     from devft_lab.cli import main
@@ -228,3 +231,65 @@ def test_a_stage_scoped_decay_logs_a_restart_at_every_stage(tmp_path):
     lrs = [r["extra"]["lr"] for r in _rows(d)]
     assert [r["stage"] for r in _rows(d)] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert lrs[0::2] == [0.001] * 4 and all(abs(x - 0.0001) < 1e-12 for x in lrs[1::2])
+
+
+def _cut(tmp_path, name, until_round):
+    """A run folder as a kill leaves it: config saved, rounds logged and checkpointed to ``until_round``."""
+    from devft_lab.fl.simulation import Simulation
+    from devft_lab.runner.config import to_yaml
+    from devft_lab.runner.run import build
+
+    cfg = load_config("tiny", [*BASE, f"out_dir={tmp_path}", f"name={name}"])
+    parts = build(cfg, progress=False)
+    d = tmp_path / name
+    d.mkdir()
+    (d / "config.yaml").write_text(to_yaml(cfg))
+    Simulation(parts.plan, parts.strategy, parts.client_data, parts.settings, d, parts.evaluator).run(until_round)
+    return d
+
+
+def test_resume_rebuilds_a_deleted_log_and_falls_back_past_a_damaged_checkpoint(tmp_path):
+    """Nothing lost, nothing under-counted: rounds.jsonl deleted and the newest checkpoint truncated,
+    the resumed run still ends bit for bit as the uninterrupted one, with every round counted."""
+    from devft_lab.runner.run import resume
+
+    whole, ref = _run(tmp_path, "whole")
+    d = _cut(tmp_path, "cut", 3)
+    ckpts = d / "checkpoints"
+    kept = sorted(p.name for p in ckpts.iterdir() if p.is_dir())
+    assert kept == ["round-000002", "round-000003"]  # the previous complete checkpoint is kept
+    (d / "rounds.jsonl").unlink()
+    t = ckpts / "round-000003" / "tensors.safetensors"
+    t.write_bytes(t.read_bytes()[: t.stat().st_size // 2])
+    summary = resume(d, quiet=True)
+    a, b = load_adapter(ref), load_adapter(d)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for k in ("rounds", "paper_bytes", "full_bytes", "flops_estimate"):
+        assert summary[k] == whole[k], k  # 4 rounds counted, not the 1 logged after the resume
+    assert [r["round"] for r in _rows(d)] == [0, 1, 2, 3]
+    assert [r["extra"]["loss"] for r in _rows(d)] == [r["extra"]["loss"] for r in _rows(ref)]
+    warnings = [line for line in (d / "run.log").read_text().splitlines() if "warning:" in line]
+    assert any("round-000003/tensors.safetensors is truncated" in w and "previous complete checkpoint "
+               "round-000002" in w for w in warnings)
+    assert any("rounds.jsonl (was missing) rebuilt from rounds.csv: 2 rounds" in w for w in warnings)
+
+
+def test_resume_refuses_when_every_log_of_the_rounds_is_gone(tmp_path):
+    d = _cut(tmp_path, "cut", 2)
+    (d / "rounds.jsonl").unlink()
+    (d / "rounds.csv").unlink()
+    res = _cli("resume", str(d), "--quiet")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "rounds.jsonl (missing) and rounds.csv (missing)" in res.stderr and "--force" in res.stderr
+    assert not (d / "summary.json").exists() and not (d / "adapter").exists()
+
+
+def test_resume_names_the_run_folders_config_when_it_was_edited(tmp_path, capsys):
+    from devft_lab.cli import main
+
+    d = tmp_path / "edited"
+    d.mkdir()
+    (d / "config.yaml").write_text("name: edited\nfed:\n  num_rounds: three\n")
+    assert main(["resume", str(d), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{d / 'config.yaml'}: fed.num_rounds = 'three' should be int" in err

@@ -60,3 +60,10 @@ def test_export_matches_the_log_and_reexport_replaces(tmp_path):
 def test_export_of_a_folder_without_a_log_says_what_it_needs(tmp_path):
     with pytest.raises(FileNotFoundError, match="rounds.jsonl"):
         export(tmp_path)
+
+
+def test_export_of_a_round_that_is_not_an_integer_names_the_line(tmp_path):
+    pytest.importorskip("tensorboard")
+    d = _run_dir(tmp_path, [_row(0, 3.0), {**_row(1, 2.0), "round": "three"}])
+    with pytest.raises(ValueError, match=r"rounds.jsonl:2: round = 'three' should be an integer"):
+        export(d)

@@ -475,26 +475,30 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate_suites(model, tokenizer, suites: Sequence[str] = ("lab",), max_per_task: int | None = None,
-                    seed: int = 0, template: str = "chat", batch_size: int = 16) -> dict[str, Any]:
-    """Score ``model`` on lab suites (see :data:`devft_lab.data.lab.SUITES`; ``"lab"`` = all).
+                    seed: int = 0, template: str = "chat", batch_size: int = 16,
+                    max_per_file: int | None = None) -> dict[str, Any]:
+    """Score ``model`` on lab suites (see :data:`devft_lab.data.lab.SUITES`; ``"lab"`` = all) and
+    your own ``.jsonl`` files.
 
+    ``max_per_task`` caps the items per task of the lab suites, ``max_per_file`` those of your
+    files (None: the whole file; :func:`devft_lab.data.lab.suite_cap`).
     Returns ``{"avg", "avg_norm", "n", "suites": {suite: {"acc", "acc_norm", "n", "tasks": {...}}},
     "items": [per-item rows], "seconds", "cpu_seconds", "template", "max_per_task", "seed"}``; accuracies in
     percent; ``avg`` is the macro average over suites of the macro average over their tasks.
     """
-    from devft_lab.data.lab import expand_suites, load_suite
+    from devft_lab.data.lab import expand_suites, load_suite, suite_cap
 
     t0, c0 = time.perf_counter(), time.process_time()
     rows = []
     for name in expand_suites(suites):
-        items = load_suite(name, max_per_task=max_per_task, seed=seed)
+        items = load_suite(name, max_per_task=suite_cap(name, max_per_task, max_per_file), seed=seed)
         for r in score_multiple_choice(model, tokenizer, items, template, batch_size):
             r["suite"] = name
             rows.append(r)
     out = summarise(rows)
     out.update(items=rows, seconds=round(time.perf_counter() - t0, 2),
                cpu_seconds=round(time.process_time() - c0, 2), template=template,
-               max_per_task=max_per_task, seed=seed)
+               max_per_task=max_per_task, max_per_file=max_per_file, seed=seed)
     return out
 
 

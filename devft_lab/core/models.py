@@ -44,6 +44,11 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says why and what to do."""
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+MODEL_FOLDER = ("A model folder holds config.json, the weights (*.safetensors) and the tokenizer files "
+                "(tokenizer.json, tokenizer_config.json), as save_pretrained writes them")
+
+
 @dataclass(frozen=True)
 class GGUFPreset:
     name: str
@@ -440,11 +445,24 @@ def load_model(
                 f"Unknown model {name!r}: not a preset ({', '.join(presets())}), "
                 "not a local folder, and not a hub id of the form 'org/name'."
             )
+        if looks_like_path and not (local / "config.json").is_file():
+            raise ModelLoadError(f"{local} is not a model folder: it has no config.json (and no .gguf file). "
+                                 f"{MODEL_FOLDER}; or pass a .gguf file or a preset: {', '.join(presets())}.")
+        if looks_like_path and not any((local / f).is_file() for f in TOKENIZER_FILES):
+            raise ModelLoadError(f"{local} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): save the "
+                                 "tokenizer beside the model (tokenizer.save_pretrained(DIR)) or copy its files "
+                                 "from where the model came from.")
         try:
             tok = AutoTokenizer.from_pretrained(str(local) if looks_like_path else name)
             model = AutoModelForCausalLM.from_pretrained(str(local) if looks_like_path else name, dtype=dtype,
                                                          **extra)
-        except OSError as e:
+        except (OSError, ValueError, KeyError) as e:
+            if looks_like_path:  # the files are there but transformers cannot read them as a model
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise ModelLoadError(f"{local} could not be loaded as a model ({type(e).__name__}: {first}). "
+                                     f"{MODEL_FOLDER}.") from e
+            if not isinstance(e, OSError):
+                raise
             raise ModelLoadError(
                 f"Could not load {name!r}: {e}\nIf this machine has no network, download the model "
                 "elsewhere (e.g. `hf download ORG/NAME --local-dir DIR`), copy DIR here and pass its "

@@ -7,7 +7,10 @@
 A suite is a lab suite's name or **your own JSONL file** of multiple-choice items, one a
 line, ``{"prompt": str, "choices": [str, ...], "answer": int}`` (optional ``id``, ``task``;
 ``task`` defaults to the file's stem). A file suite is reported under its stem:
-``eval.suites=[data/examples/capitals_eval.jsonl]`` gives ``acc_capitals_eval``.
+``eval.suites=[data/examples/capitals_eval.jsonl]`` gives ``acc_capitals_eval`` (the mean of
+the accuracies of its ``task`` values, as for a lab suite) and ``correct_capitals_eval`` (the
+percentage of its items answered correctly). A run scores a file whole unless
+``eval.max_per_file`` caps it (:func:`suite_cap`); ``eval.max_per_task`` caps the lab suites.
 
 Every record is validated on load; a bad one raises :class:`DataError` naming file:line.
 """
@@ -113,6 +116,23 @@ def expand_suites(names: str | Sequence[str]) -> list[str]:
                                 f"{suite_name(p)!r}; rename one of the files.")
         out += [p for p in parts if p not in out]
     return out
+
+
+def suite_cap(spec: str, max_per_task: int | None, max_per_file: int | None) -> int | None:
+    """The per-task cap a suite is scored with: ``max_per_file`` for your own ``.jsonl`` file
+    (None: the whole file), ``max_per_task`` for a lab suite (``eval.max_per_file`` and
+    ``eval.max_per_task`` of a run config)."""
+    return max_per_file if is_suite_file(spec) else max_per_task
+
+
+def coverage(spec: str, cap: int | None, seed: int = 0) -> dict[str, Any]:
+    """How much of one suite a cap scores: ``{"items", "of", "tasks", "cap"}`` (items scored, items
+    in the suite, its tasks, and the config key that capped it, or None when nothing was left out)."""
+    whole = load_suite(spec)
+    scored = load_suite(spec, max_per_task=cap, seed=seed) if cap is not None else whole
+    key = "eval.max_per_file" if is_suite_file(spec) else "eval.max_per_task"
+    return {"items": len(scored), "of": len(whole), "tasks": len({r["task"] for r in whole}),
+            "cap": f"{key}={cap}" if len(scored) < len(whole) else None}
 
 
 def load_suite(name: str, max_per_task: int | None = None, seed: int = 0) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from devft_lab.data.records import DataError, check_instruction, iter_jsonl, where
+from devft_lab.data.records import DataError, check_instruction, iter_jsonl, read_text, where
 
 BUILTINS = ("lab", "tiny")
 DEFAULT_CATEGORY = "default"
@@ -65,7 +65,7 @@ def _read_file(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         for n, obj in iter_jsonl(path):
             yield where(path, n), obj
         return
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -33,14 +33,50 @@ def where(path: str | Path, line: int | None = None) -> str:
     return f"{path}:{line}" if line is not None else str(path)
 
 
+def not_utf8(path: str | Path, err: UnicodeDecodeError | None = None) -> DataError:
+    """The error for a data file that is not UTF-8 (Latin-1, UTF-16, ...): file, line, byte, fix."""
+    raw = Path(path).read_bytes()
+    try:
+        raw.decode("utf-8-sig")
+        start = err.start if err is not None else 0
+    except UnicodeDecodeError as e:
+        start = e.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+    line = raw.count(b"\n", 0, start) + 1
+    utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff")
+    source = "UTF-16" if utf16 else "LATIN1"
+    return DataError(f"{where(path, line)}: not UTF-8 text (byte {raw[start]:#04x} at offset {start}"
+                     f"{'; the file is UTF-16' if utf16 else ''}). Save the file as UTF-8 "
+                     f"(iconv -f {source} -t UTF-8 FILE > NEW, or 'Save as UTF-8' in an editor) and run again.")
+
+
+def read_text(path: str | Path) -> str:
+    """A data file's text: UTF-8, with or without a byte-order mark (Windows tools write one);
+    another encoding raises :class:`DataError` (:func:`not_utf8`)."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, e) from None
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for each non-blank line of a JSONL file."""
+    """Yield ``(line_number, object)`` for each non-blank line of a JSONL file (UTF-8, a
+    byte-order mark allowed; :func:`not_utf8` names the line of a byte that is not)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file. Check the path, or build the lab data: "
                         "python -m devft_lab.data.build")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; give a .jsonl file (one JSON object a line).")
+    with open(path, encoding="utf-8-sig") as f:
+        n = 0
+        while True:
+            try:
+                line = f.readline()
+            except UnicodeDecodeError as e:
+                raise not_utf8(path, e) from None
+            if not line:
+                return
+            n += 1
             if not line.strip():
                 continue
             try:
@@ -83,6 +119,12 @@ def check_mc_item(item: dict[str, Any], at: str) -> dict[str, Any]:
                         "(exact-match items list their accepted answers here).")
     if not all(isinstance(c, str) and c for c in choices):
         raise DataError(f"{at}: every entry of 'choices' must be a non-empty string.")
+    seen: dict[str, int] = {}
+    for i, c in enumerate(choices):
+        if c in seen:
+            raise DataError(f"{at}: choices {seen[c]} and {i} are the same ({c!r}); the model could not tell "
+                            "them apart. Make every choice different (or drop the repeat and fix 'answer').")
+        seen[c] = i
     ans = item["answer"]
     if isinstance(ans, bool) or not isinstance(ans, int) or not 0 <= ans < len(choices):
         raise DataError(f"{at}: 'answer' = {ans!r} is out of range; it must be an index "

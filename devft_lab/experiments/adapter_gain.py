@@ -38,6 +38,7 @@ def score_run(run_dir: Path, write_items: bool = False) -> dict[str, Any]:
         raise SystemExit(f"{run_dir}/adapter is missing: the run has not finished (devft-lab resume {run_dir}).")
     model, tok = load_model(cfg.model.name, device="cpu")
     kw = dict(suites=list(cfg.eval.suites), max_per_task=cfg.eval.max_per_task, seed=cfg.train.seed,
+              max_per_file=cfg.eval.max_per_file,
               template=cfg.data.template)
     t0 = time.perf_counter()
     with autocast_context("cpu", dtype):

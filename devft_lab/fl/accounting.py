@@ -26,6 +26,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import resource
 import sys
 import time
@@ -157,6 +158,7 @@ class Ledger:
         self.csv_path = Path(csv_path) if csv_path else None
         self.rows: list[dict[str, Any]] = []
         self.cum = {k: 0.0 for k in SUMMED}
+        self.rebuilt: list[str] = []  # what Ledger.resume rebuilt (a log that was missing or cut short)
         for p in (self.jsonl_path, self.csv_path):
             if p is not None:
                 p.parent.mkdir(parents=True, exist_ok=True)
@@ -180,18 +182,12 @@ class Ledger:
     def _append(self, row: dict[str, Any]) -> None:
         if self.jsonl_path is not None:
             with open(self.jsonl_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row, default=str) + "\n")
+                f.write(jsonl_line(row))
                 f.flush()
         if self.csv_path is not None:
             new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-            if new:
-                w.writeheader()
-            w.writerow({**{k: row[k] for k in CSV_FIELDS if k != "extra"},
-                        "extra": json.dumps(row["extra"], default=str)})
             with open(self.csv_path, "a", encoding="utf-8") as f:
-                f.write(buf.getvalue())
+                f.write(csv_lines([row], header=new))
                 f.flush()
 
     # reporting ------------------------------------------------------------------
@@ -237,27 +233,121 @@ class Ledger:
 
     @classmethod
     def resume(cls, jsonl_path, csv_path=None, position: Mapping[str, int] | None = None) -> "Ledger":
-        """Reopen the logs of a run, truncated to ``position`` (from a checkpoint) if given."""
+        """Reopen the logs of a run, truncated to ``position`` (from a checkpoint) if given.
+
+        A log that is missing or shorter than the checkpoint recorded is rebuilt from the other
+        one (``rounds.csv`` holds every field of ``rounds.jsonl``, and back), so the totals count
+        every round; when neither holds the checkpoint's rounds, :class:`LogError` says so and
+        nothing is totalled."""
         led = cls(jsonl_path, csv_path)
-        for name, p in (("jsonl", led.jsonl_path), ("csv", led.csv_path)):
-            if p is None or not p.exists() or position is None:
-                continue
-            size = int(position.get(f"{name}_bytes", p.stat().st_size))
-            if p.stat().st_size < size:
-                raise ValueError(f"{p} is shorter ({p.stat().st_size} bytes) than the checkpoint "
-                                 f"recorded ({size} bytes); the log was truncated or replaced")
-            with open(p, "r+b") as f:
-                f.truncate(size)
+        if position is not None:
+            led._restore(position)
         if led.jsonl_path is not None and led.jsonl_path.exists():
-            with open(led.jsonl_path, encoding="utf-8") as f:
-                for i, line in enumerate(f):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        raise ValueError(f"{led.jsonl_path}: line {i + 1} is not valid JSON") from None
-                    led.rows.append(row)
-                    for k in SUMMED:
-                        led.cum[k] += row.get(k, 0)
+            led.rows = read_jsonl_log(led.jsonl_path)
+            for row in led.rows:
+                for k in SUMMED:
+                    led.cum[k] += row.get(k, 0)
+        rounds = (position or {}).get("rounds")
+        if rounds is not None and led.jsonl_path is not None and len(led.rows) != int(rounds):
+            raise LogError(f"{led.jsonl_path} holds {len(led.rows)} rounds but the checkpoint was saved after "
+                           f"{int(rounds)}; totals over it would be wrong. Restore the file, or start the run "
+                           "again (devft-lab run CONFIG --force).")
         return led
+
+    def _restore(self, position: Mapping[str, int]) -> None:
+        """Truncate each log to the checkpoint's byte offset; rebuild one that is missing or short."""
+        files = {name: p for name, p in (("jsonl", self.jsonl_path), ("csv", self.csv_path)) if p is not None}
+        whole, lost = {}, {}
+        for name, p in files.items():
+            size = int(position.get(f"{name}_bytes", p.stat().st_size if p.exists() else 0))
+            have = p.stat().st_size if p.exists() else 0
+            (whole if have >= size else lost)[name] = size
+        for name, size in whole.items():
+            with open(files[name], "r+b") if files[name].exists() else open(files[name], "wb") as f:
+                f.truncate(size)
+        if not lost:
+            return
+        rounds = position.get("rounds")
+        if not whole or rounds is None:
+            what = " and ".join(f"{files[n].name} ({_state(files[n])})" for n in lost)
+            raise LogError(f"{what}: the checkpoint was saved after {position.get('rounds', '?')} logged rounds and "
+                           "no log of the run still holds them, so its totals cannot be rebuilt. Restore the "
+                           "file(s) from a backup, or start the run again (devft-lab run CONFIG --force).")
+        rows = (read_jsonl_log(files["jsonl"]) if "jsonl" in whole else read_csv_log(files["csv"]))[: int(rounds)]
+        if len(rows) != int(rounds):
+            src = files["jsonl" if "jsonl" in whole else "csv"]
+            raise LogError(f"{src} holds {len(rows)} rounds but the checkpoint was saved after {int(rounds)}, and "
+                           f"{', '.join(files[n].name for n in lost)} is incomplete; start the run again "
+                           "(devft-lab run CONFIG --force).")
+        was = {name: "was missing" if not files[name].exists() else "was cut short" for name in lost}
+        for name in lost:
+            try:
+                text = "".join(jsonl_line(r) for r in rows) if name == "jsonl" else csv_lines(rows, header=True)
+            except KeyError as e:
+                raise LogError(f"{files['jsonl'].name} has a round without the field {e}, so {files[name].name} "
+                               "cannot be rebuilt from it; start the run again (devft-lab run CONFIG --force).") from None
+            tmp = files[name].with_name("." + files[name].name + ".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, files[name])
+            self.rebuilt.append(f"{files[name].name} ({was[name]}) rebuilt from "
+                                f"{files['csv' if name == 'jsonl' else 'jsonl'].name}: {len(rows)} rounds")
+
+
+class LogError(ValueError):
+    """A run's round log cannot be trusted (missing, cut short, edited); the message names the file."""
+
+
+def _state(path: Path) -> str:
+    return "missing" if not path.exists() else f"{path.stat().st_size} bytes, cut short"
+
+
+def jsonl_line(row: Mapping[str, Any]) -> str:
+    """One ledger row as a line of ``rounds.jsonl``."""
+    return json.dumps(row, default=str) + "\n"
+
+
+def csv_lines(rows: Iterable[Mapping[str, Any]], header: bool = False) -> str:
+    """Ledger rows as lines of ``rounds.csv`` (``extra`` as JSON), the header first if asked."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    if header:
+        w.writeheader()
+    for row in rows:
+        w.writerow({**{k: row[k] for k in CSV_FIELDS if k != "extra"}, "extra": json.dumps(row["extra"], default=str)})
+    return buf.getvalue()
+
+
+def read_jsonl_log(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``rounds.jsonl``; a line that is not JSON raises :class:`LogError`."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise LogError(f"{path}: line {i + 1} is not valid JSON; delete {path.name} and resume again to "
+                               "rebuild it from rounds.csv, or restore it") from None
+    return rows
+
+
+_INT = re.compile(r"-?\d+")
+
+
+def read_csv_log(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``rounds.csv`` as ``rounds.jsonl`` holds them (same keys, order and values:
+    a number without a point or exponent is an int, as JSON wrote it)."""
+    order = [f.name for f in dataclasses.fields(RoundCost)] + [f"cum_{k}" for k in SUMMED] + [
+        "cum_paper_bytes", "cum_full_bytes"]
+    rows = []
+    with open(path, encoding="utf-8", newline="") as f:
+        for i, rec in enumerate(csv.DictReader(f), start=2):
+            try:
+                row = {k: (json.loads(rec[k]) if k == "extra" else
+                           int(rec[k]) if _INT.fullmatch(rec[k]) else float(rec[k])) for k in order}
+            except (KeyError, TypeError, ValueError):
+                raise LogError(f"{path}: line {i} is not a complete round record; restore the file, or start "
+                               "the run again (devft-lab run CONFIG --force)") from None
+            rows.append(row)
+    return rows

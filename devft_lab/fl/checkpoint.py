@@ -16,8 +16,9 @@ Saving writes everything into a temporary folder in the same parent, fsyncs it, 
 it to ``round-NNNNNN`` (``os.replace``, atomic on one filesystem), then atomically replaces
 ``LATEST``. Older checkpoints are removed only after that, so a crash at any point leaves
 the previous complete checkpoint loadable. Loading verifies sizes and hashes and names the
-file that is truncated or corrupt. Nothing is pickled: tensors go through safetensors,
-the rest through JSON.
+file that is truncated or corrupt; :func:`load_newest` then falls back to the previous
+complete checkpoint (a run keeps two) and says so. Nothing is pickled: tensors go through
+safetensors, the rest through JSON.
 """
 from __future__ import annotations
 
@@ -50,12 +51,17 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt or incompatible; the message names the file."""
 
 
+class ConfigMismatchError(CheckpointError):
+    """A checkpoint was saved by a run with another training config (see ``expect_config_hash``)."""
+
+
 @dataclass
 class Checkpoint:
     meta: dict[str, Any]  # round, stage, groups, config_hash, log_position, ... (JSON)
     tensors: dict[str, dict[str, torch.Tensor]]  # group -> state, e.g. "global", "client/3"
     path: Path | None = None
     rng: dict[str, Any] = field(default_factory=dict)
+    stray: list[str] = field(default_factory=list)  # files in the folder that no checkpoint writes
 
 
 # --------------------------------------------------------------------------- RNG
@@ -302,7 +308,7 @@ def load_checkpoint(path: str | os.PathLike, *, restore_rng: bool = True,
         raise CheckpointError(f"{path / STATE}: checkpoint format {state.get('format')} is not {FORMAT}")
     meta = state.get("meta", {})
     if expect_config_hash is not None and meta.get("config_hash") not in (None, expect_config_hash):
-        raise CheckpointError(
+        raise ConfigMismatchError(
             f"{path}: saved with config hash {meta.get('config_hash')}, the current config has "
             f"{expect_config_hash}; resume with the same config or start a new run (out_dir)"
         )
@@ -315,4 +321,65 @@ def load_checkpoint(path: str | os.PathLike, *, restore_rng: bool = True,
     rng = {"json": state.get("rng", {}), "tensors": rng_ts}
     if restore_rng:
         restore_rng_state(rng["json"], rng_ts)
-    return Checkpoint(meta=meta, tensors=groups, path=path, rng=rng)
+    return Checkpoint(meta=meta, tensors=groups, path=path, rng=rng, stray=stray_files(path))
+
+
+def stray_files(path: str | os.PathLike) -> list[str]:
+    """Entries of a checkpoint folder that no save writes (names, sorted): copied in or edited by
+    hand. They are not loaded; :func:`load_newest` warns about them."""
+    path = Path(path)
+    return sorted(p.name for p in path.iterdir() if p.name not in (TENSORS, RNG, STATE, MANIFEST))
+
+
+def _own(name: str) -> bool:
+    """Whether ``name`` in a checkpoint root is something :func:`save_checkpoint` writes."""
+    return (name == LATEST or name.startswith("round-") or name.startswith(".round-")
+            or name.startswith(f".{LATEST}.tmp-"))
+
+
+def candidates(root: str | os.PathLike) -> list[Path]:
+    """The checkpoint folders under ``root``, the one ``LATEST`` names first, then newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("round-")), reverse=True)
+    ptr = root / LATEST
+    first = root / ptr.read_text(encoding="utf-8").strip() if ptr.is_file() else None
+    return ([first] if first in found else []) + [p for p in found if p != first]
+
+
+def load_newest(root: str | os.PathLike, *, restore_rng: bool = True, expect_config_hash: str | None = None,
+                warn=None) -> Checkpoint | None:
+    """The newest checkpoint under ``root`` that loads intact, or None if there is none at all.
+
+    A damaged newest checkpoint (a file truncated, corrupt or missing) is passed over for the
+    previous complete one (runs keep two, see ``save_checkpoint(keep=2)``) and ``warn`` (a
+    callable taking a message) is told which and why; files that no checkpoint writes are
+    reported the same way. When every checkpoint is damaged the :class:`CheckpointError` says
+    what to do. A config mismatch is never passed over."""
+    warn = warn or (lambda msg: None)
+    root = Path(root)
+    stray = sorted(p.name for p in root.iterdir() if not _own(p.name)) if root.is_dir() else []
+    if stray:
+        warn(f"{root} holds {', '.join(stray)}, which no checkpoint writes; ignored (move them elsewhere)")
+    damaged: list[str] = []
+    for path in candidates(root):
+        try:
+            ck = load_checkpoint(path, restore_rng=restore_rng, expect_config_hash=expect_config_hash)
+        except ConfigMismatchError:
+            raise
+        except CheckpointError as e:
+            damaged.append(str(e))
+            continue
+        if damaged:
+            warn(f"{damaged[0]}; resuming from the previous complete checkpoint {path.name} instead (the rounds "
+                 "after it run again, with the same result)")
+        if ck.stray:
+            warn(f"{path} holds {', '.join(ck.stray)}, which no checkpoint writes; ignored")
+        return ck
+    if damaged:
+        raise CheckpointError(
+            f"{damaged[0]}. No older complete checkpoint is left to fall back to. To continue from round 0 "
+            f"delete {root} and resume again (the round log is rebuilt from the start), or start over: "
+            "devft-lab run CONFIG --force")
+    return None

@@ -11,7 +11,8 @@ Per round t (global index across stages):
 
 Memory: the base model exists once; a client costs only the LoRA tensors it keeps between
 rounds (FedSA-LoRA's B; nothing for FedIT). Resume: :meth:`Simulation.resume` reloads the
-newest checkpoint and continues bit for bit (client seeds depend only on (seed, round,
+newest intact checkpoint (two are kept: a damaged newest one is passed over, with a warning,
+for the previous one) and continues bit for bit (client seeds depend only on (seed, round,
 client), so nothing depends on how often the process was restarted).
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 
 from devft_lab.fl.accounting import (Ledger, RoundCost, cuda_peak_mb, num_params, peak_rss_mb, tensor_bytes,
                                      training_flops)
-from devft_lab.fl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from devft_lab.fl.checkpoint import CheckpointError, load_newest, save_checkpoint
 from devft_lab.fl.client import LocalTraining, client_update
 from devft_lab.fl.sampling import sample_clients
 from devft_lab.fl.stages import StageModel, StagePlan, end_stage, stage_eval_state, stage_start_state
@@ -35,6 +36,7 @@ from devft_lab.fl.strategies import State, Strategy, merge_delta, stacked_delta
 from devft_lab.core.train import scheduled_lr
 
 Evaluator = Callable[[torch.nn.Module], dict[str, float]]
+KEEP_CHECKPOINTS = 2  # the newest and the previous one, to fall back to if the newest is damaged
 
 
 @dataclass
@@ -103,25 +105,33 @@ class Simulation:
                run_dir, evaluator: Evaluator | None = None, log=None) -> "Simulation":
         """A simulation positioned after the newest checkpoint under ``run_dir``."""
         sim = cls(plan, strategy, client_data, settings, run_dir, evaluator, log)
-        path = latest_checkpoint(sim.ckpt_dir)
-        if path is None:  # killed before the first checkpoint: start from scratch
+        ck = load_newest(sim.ckpt_dir, restore_rng=True, expect_config_hash=settings.config_hash,
+                         warn=lambda msg: sim.log(f"warning: {msg}"))
+        if ck is None:  # killed before the first checkpoint: start from scratch
             for p in (sim.run_dir / "rounds.jsonl", sim.run_dir / "rounds.csv"):
                 p.unlink(missing_ok=True)
             sim.ledger = Ledger(sim.run_dir / "rounds.jsonl", sim.run_dir / "rounds.csv")
             return sim
-        ck = load_checkpoint(path, restore_rng=True, expect_config_hash=settings.config_hash)
+        path = ck.path
         m = ck.meta
         st = sim.state
-        st.round, st.stage, st.stage_round = int(m["round"]), int(m["stage"]), int(m["stage_round"])
-        st.done, st.delivered = bool(m.get("done", False)), list(m.get("delivered", []))
-        st.stage_info = dict(m.get("stage_info", {}))
-        st.samples = {int(k): int(v) for k, v in m.get("samples", {}).items()}
+        try:
+            st.round, st.stage, st.stage_round = int(m["round"]), int(m["stage"]), int(m["stage_round"])
+            st.done, st.delivered = bool(m.get("done", False)), [int(c) for c in m.get("delivered", [])]
+            st.stage_info = dict(m.get("stage_info", {}))
+            st.samples = {int(k): int(v) for k, v in m.get("samples", {}).items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path / 'state.json'}: its record is not what a checkpoint writes "
+                                  f"({type(e).__name__}: {e}); it was edited. Restore it, or delete {path} to "
+                                  "resume from the previous checkpoint.") from None
         st.global_state = dict(ck.tensors.get("global", {}))
         st.kept = {int(g.split("/", 1)[1]): dict(t) for g, t in ck.tensors.items() if g.startswith("client/")}
         st.merged = dict(ck.tensors.get("merged", {}))
         plan.restore(m.get("plan", {}), ck.tensors.get("plan", {}))
         sim.ledger = Ledger.resume(sim.run_dir / "rounds.jsonl", sim.run_dir / "rounds.csv",
                                    m.get("log_position"))
+        for note in sim.ledger.rebuilt:  # a round log that was deleted or cut short
+            sim.log(f"warning: {note}")
         sim._resumed_stage = st.stage_round > 0  # mid-stage: rebuild the stage exactly as recorded
         sim.log(f"resumed from {path.name}: round {st.round}, stage {st.stage}")
         return sim
@@ -136,7 +146,9 @@ class Simulation:
                 "total_rounds": self.total_rounds}
         tensors = {"global": st.global_state, "plan": plan_tensors, "merged": st.merged}
         tensors.update({f"client/{c}": t for c, t in st.kept.items() if t})
-        save_checkpoint(self.ckpt_dir, meta, {k: v for k, v in tensors.items() if v}, keep=1)
+        # keep=2: the previous complete checkpoint stays until this one is written, so a resume
+        # can fall back to it if this one is damaged later (load_newest)
+        save_checkpoint(self.ckpt_dir, meta, {k: v for k, v in tensors.items() if v}, keep=KEEP_CHECKPOINTS)
 
     # ------------------------------------------------------------------ helpers
     def _eval_state(self) -> State:

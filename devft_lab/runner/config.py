@@ -19,7 +19,9 @@ Load one with :func:`load_config`::
 Overrides are ``dotted.key=value``; the value is parsed with ``yaml.safe_load`` (so
 ``true``, ``0.1``, ``[q_proj, v_proj]`` and ``null`` mean what they look like). Every
 mistake raises :class:`ConfigError` (a ``ValueError``) whose message names the field and
-the fix; the CLI maps it to exit code 2.
+the fix; the CLI maps it to exit code 2. Nothing is taken silently: a YAML key given twice
+(:class:`UniqueKeyLoader`), an empty file, a file that is not UTF-8 and a float that is not
+finite (``inf``, ``nan``; :func:`check_finite`) are all refused.
 
 Choices made where the paper is silent (see ``docs/method.md``, "open"):
 
@@ -161,7 +163,8 @@ class EvalConfig:
     every_n_rounds: int = 0  # 0: only at the end of each stage and of the run
     stage_ends: bool = True  # false: skip the evaluations at the ends of the stages before the last
     suites: list[str] = field(default_factory=list)  # lab suite names and/or your own .jsonl files
-    max_per_task: int | None = None
+    max_per_task: int | None = None  # lab suites: at most this many items per task (None: all)
+    max_per_file: int | None = None  # your own .jsonl suites: at most this many items per task (None: the whole file)
     holdout: int = 0  # pool examples kept out of training for a held-out loss (0: none)
 
 
@@ -361,7 +364,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"override {item!r} has an empty key; write it as dotted.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {item!r}: the value is not valid YAML ({e})") from None
     return key.split("."), value
@@ -422,16 +425,64 @@ def shipped_configs() -> list[str]:
     return sorted(n for n in names if n not in OTHER_JOB_CONFIGS)
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping gives one key twice (YAML itself keeps the last silently)."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with a repeated key, naming both lines."""
+
+
+def _construct_unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: construct_mapping says so
+            break
+        line = key_node.start_mark.line + 1
+        if first is not None:
+            raise DuplicateKeyError(f"key {key!r} is given twice (line {first} and line {line}); "
+                                    "keep one of them (YAML would silently use the last)")
+        seen[key] = line
+    return loader.construct_mapping(node, deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` that refuses repeated keys (:class:`DuplicateKeyError`)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def _read_yaml(text: str, origin: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load(text)
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{origin}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{origin} is not valid YAML: {e}") from None
-    if data is None:
-        return {}
+    if data is None or data == {}:
+        raise ConfigError(f"{origin} is empty; a run config lists its sections (model:, data:, fed:, ...). "
+                          "Start from a shipped one: devft-lab config show tiny > my_run.yaml")
     if not isinstance(data, dict):
         raise ConfigError(f"{origin} must hold a mapping of sections (model:, lora:, ...)")
     return data
+
+
+def _read_text(path: Path) -> str:
+    """A config file's text: UTF-8 (a byte-order mark is allowed), else a :class:`ConfigError`."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                          "save it as UTF-8 and run again") from None
+    except OSError as e:
+        raise ConfigError(f"{path} cannot be read ({e.strerror}); check the path and its permissions") from None
 
 
 def load_raw(name_or_path: str | Path) -> dict[str, Any]:
@@ -441,7 +492,7 @@ def load_raw(name_or_path: str | Path) -> dict[str, Any]:
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist; pass a YAML path or one of: "
                               f"{', '.join(shipped_configs())}")
-        return _read_yaml(p.read_text(), str(p))
+        return _read_yaml(_read_text(p), str(p))
     name = str(name_or_path)
     res = resources.files("devft_lab.runner") / "configs" / f"{name}.yaml"
     if not res.is_file():
@@ -500,6 +551,37 @@ def _positive(where: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{where} = {value!r} must be {need}; set {where} to a {'non-negative' if allow_zero else 'positive'} value")
 
 
+def _non_finite(value: Any, where: str) -> Iterable[tuple[str, float]]:
+    """``(field, value)`` of every NaN or infinite float in a config (dataclasses, dicts, lists)."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            yield where, value
+    elif dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            yield from _non_finite(getattr(value, f.name), f"{where}.{f.name}" if where else f.name)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _non_finite(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _non_finite(v, f"{where}[{i}]")
+
+
+def check_finite(cfg: RunConfig) -> None:
+    """Every float of the config is a finite number (``inf``/``nan`` train NaN or nothing at all):
+    a :class:`ConfigError` names the first field that is not, and its default."""
+    for where, value in _non_finite(cfg, ""):
+        default: Any = RunConfig()
+        for part in where.split("."):
+            default = getattr(default, part, None) if dataclasses.is_dataclass(default) else None
+        hint = f" (default {default})" if isinstance(default, (int, float)) and not isinstance(default, bool) else ""
+        off = "; null turns clipping off" if where == "train.max_grad_norm" else ""
+        raise ConfigError(f"{where} = {value} is not a finite number; set {where} to a finite value{hint}{off}")
+
+
+SEED_MAX = 2**32 - 1  # numpy's seeds: 0 .. 2**32 - 1
+
+
 def stage_rounds(cfg: RunConfig) -> list[int]:
     """Rounds of each stage (one entry when DevFT is off)."""
     f, d = cfg.fed, cfg.devft
@@ -537,6 +619,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Check a config without a model; raises :class:`ConfigError` naming the field and the fix."""
     if not cfg.name.strip():
         raise ConfigError("name is empty; give the run a name, e.g. name=my_run")
+    check_finite(cfg)
     if not cfg.model.name.strip():
         raise ConfigError("model.name is empty; set a preset (e.g. tiny-llama, smollm2-135m) or a hub id")
     _one_of("model.dtype", cfg.model.dtype, DTYPES)
@@ -580,6 +663,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("train.lr_min", t.lr_min, allow_zero=True)
     if t.lr_min > t.lr:
         raise ConfigError(f"train.lr_min = {t.lr_min} is larger than train.lr = {t.lr}; lower train.lr_min")
+    if not 0 <= t.seed <= SEED_MAX:
+        raise ConfigError(f"train.seed = {t.seed} must be an integer from 0 to {SEED_MAX}; e.g. train.seed=42")
     _one_of("train.schedule", t.schedule, SCHEDULES)
     _one_of("train.schedule_scope", t.schedule_scope, LR_SCOPES)
     if t.schedule_start < 0:
@@ -680,6 +765,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"eval.holdout = {e.holdout} must be >= 0 (examples held out for the loss)")
     if e.max_per_task is not None and e.max_per_task < 1:
         raise ConfigError(f"eval.max_per_task = {e.max_per_task} must be >= 1 or null (all)")
+    if e.max_per_file is not None and e.max_per_file < 1:
+        raise ConfigError(f"eval.max_per_file = {e.max_per_file} must be >= 1 or null (the whole file)")
     validate_paths(cfg)
     return cfg
 
@@ -703,9 +790,15 @@ def validate_paths(cfg: RunConfig) -> None:
         raise ConfigError(f"data.source = {src!r}: no such file; give an existing .json/.jsonl file "
                           "(Alpaca or chat records), lab, tiny, or a Hugging Face dataset name")
     name = cfg.model.name
-    if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+    local = Path(name).expanduser()
+    if name.startswith((".", "/", "~")) and not local.exists():
         raise ConfigError(f"model.name = {name!r}: no such file or folder; give a .gguf file, a folder "
                           "with config.json (or one .gguf), a preset (devft-lab model list) or a hub id org/name")
+    if (local.is_dir() and not (local / "config.json").is_file()
+            and not any(f.suffix.lower() == ".gguf" for f in local.iterdir())):
+        raise ConfigError(f"model.name = {name!r} is a folder without config.json or a .gguf file, so not a "
+                          "model; give the folder save_pretrained wrote (config.json, *.safetensors, tokenizer "
+                          "files), a .gguf file, a preset (devft-lab model list) or a hub id org/name")
 
 
 def default_capacities(num_layers: int, stages: int, growth: float) -> list[int]:

@@ -41,8 +41,11 @@ class RunLog:
         return t, pb, fb, v
 
 
-def read_run(path: str | Path) -> RunLog:
-    """Load a run folder written by :mod:`devft_lab.runner.run` (rounds.jsonl is required)."""
+def read_run(path: str | Path, require: Sequence[str] = ()) -> RunLog:
+    """Load a run folder written by :mod:`devft_lab.runner.run` (rounds.jsonl is required).
+
+    ``require``: the numeric fields every round must hold (see :func:`check_row`; ``round`` an
+    integer), checked with ``file:line`` errors; ``extra``, where present, must be an object."""
     path = Path(path)
     log = path / "rounds.jsonl"
     if not log.exists():
@@ -51,16 +54,51 @@ def read_run(path: str | Path) -> RunLog:
     for i, line in enumerate(log.read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 raise ValueError(f"{log}:{i}: not valid JSON (a crash mid-write? `devft-lab resume` "
                                  "truncates the log back to the last checkpoint)") from None
+            rows.append(check_row(row, f"{log}:{i}", require))
 
     def _json(name: str) -> dict:
         p = path / name
-        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+        if not p.exists():
+            return {}
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{p} is not valid JSON ({e}); restore it or delete it (the report then "
+                             "leaves out what it held)") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{p} should hold a JSON object, not {type(data).__name__}; restore it or delete it")
+        return data
 
     return RunLog(path, path.name, rows, _json("initial_eval.json"), _json("summary.json"), _json("meta.json"))
+
+
+# what `devft-lab report` reads from each round of rounds.jsonl (devft_lab.fl.accounting.Ledger writes them)
+REPORT_FIELDS = ("round", "cum_train_s", "cum_aggregate_s", "cum_paper_bytes", "cum_full_bytes", "peak_rss_mb")
+
+
+def check_row(row: object, at: str, require: Sequence[str] = ()) -> dict:
+    """One round of ``rounds.jsonl``: an object whose ``require`` fields are numbers (``round`` an
+    integer) and whose ``extra`` is an object; else a ``ValueError`` naming ``file:line``, the field
+    and the fix. ``extra`` defaults to ``{}``."""
+    fix = ("the line was edited or written by another tool; restore it, or delete rounds.jsonl and run "
+           "`devft-lab resume RUN_DIR` to rebuild it from rounds.csv")
+    if not isinstance(row, dict):
+        raise ValueError(f"{at}: a round record must be a JSON object, not {type(row).__name__}; {fix}")
+    missing = [k for k in require if k not in row]
+    if missing:
+        raise ValueError(f"{at}: the round record has no {', '.join(missing)}; {fix}")
+    for k in require:
+        v = row[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (k == "round" and not isinstance(v, int)):
+            raise ValueError(f"{at}: {k} = {v!r} should be {'an integer' if k == 'round' else 'a number'}; {fix}")
+    row.setdefault("extra", {})
+    if not isinstance(row["extra"], dict):
+        raise ValueError(f"{at}: extra = {row['extra']!r} should be an object of metrics; {fix}")
+    return row
 
 
 def metric_of(run: RunLog) -> str:
@@ -116,7 +154,7 @@ def plot(runs: Sequence[RunLog], out: str | Path | None = None, metric: str | No
 
 def main(paths: Sequence[str], out: str | None = None) -> str:
     """Report on run folders; returns (and the CLI prints) the Markdown table."""
-    runs = [read_run(p) for p in paths]
+    runs = [read_run(p, require=REPORT_FIELDS) for p in paths]
     text = table(runs)
     target = Path(out) if out else Path(paths[0]) / "report.png"
     plot(runs, target)

@@ -8,7 +8,8 @@ newest checkpoint with the config saved in the folder. A run folder holds::
     meta.json        config hash, model, stage capacities, machine, command
     rounds.jsonl     one row per round: bytes, FLOPs, time, memory, loss, evaluations
     rounds.csv       the same as a table
-    checkpoints/     the newest complete state (atomic; safetensors + JSON)
+    checkpoints/     the two newest complete states (atomic; safetensors + JSON; resume falls back
+                     to the older one, with a warning, if the newest is damaged)
     summary.json     totals and final metrics, written when the run ends
     stages.jsonl     devft.probe_loss: sub/full model probe loss at each stage's start and end
     initial_items.jsonl, final_items.jsonl   every scored item before / after training (pairs runs)
@@ -189,15 +190,19 @@ def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict], compute_dtype
             from devft_lab.core.evaluate import evaluate_suites
 
             res = evaluate_suites(model, tokenizer, list(cfg.eval.suites), max_per_task=cfg.eval.max_per_task,
-                                  seed=cfg.train.seed, template=cfg.data.template)
-            from devft_lab.data.lab import suite_name
+                                  max_per_file=cfg.eval.max_per_file, seed=cfg.train.seed,
+                                  template=cfg.data.template)
+            from devft_lab.data.lab import is_suite_file, suite_name
 
             evaluate.last_items = [item_row(r) for r in res["items"]]  # kept by _run beside the summary
             out["acc"] = float(res["avg"])
             if "answer_nll" in res:  # the correct answers' loss per token, on the same items
                 out["answer_nll"] = float(res["answer_nll"])
             for spec, v in res.get("suites", {}).items():  # a file suite under its stem
-                out[f"acc_{suite_name(spec)}"] = float(v["acc"])
+                out[f"acc_{suite_name(spec)}"] = float(v["acc"])  # mean over tasks (lab suites: as committed)
+                if is_suite_file(spec):  # your file: the plain share of its items answered correctly too
+                    hits = [r["correct"] for r in res["items"] if r["suite"] == spec]
+                    out[f"correct_{suite_name(spec)}"] = 100.0 * sum(hits) / len(hits)
         model.train(was)
         return out
 
@@ -231,13 +236,35 @@ def _eval_fingerprint(cfg: RunConfig, holdout: list[dict]) -> str:
     """SHA-256 of the held-out examples' tokens and of every evaluation item."""
     import hashlib
 
-    from devft_lab.data.lab import expand_suites, load_suite
+    from devft_lab.data.lab import expand_suites, is_suite_file, load_suite, suite_cap
 
     h = hashlib.sha256(json.dumps([[e["input_ids"], e["labels"]] for e in holdout]).encode())
     for name in expand_suites(list(cfg.eval.suites)) if cfg.eval.suites else []:
-        items = load_suite(name, max_per_task=cfg.eval.max_per_task, seed=cfg.train.seed)
-        h.update(json.dumps([name, items], sort_keys=True, default=str).encode())
+        cap = suite_cap(name, cfg.eval.max_per_task, cfg.eval.max_per_file)
+        items = load_suite(name, max_per_task=cap, seed=cfg.train.seed)
+        # a file suite also reports correct_<name>: keyed apart from caches made before it did
+        extra = ["correct"] if is_suite_file(name) else []
+        h.update(json.dumps([name, items, *extra], sort_keys=True, default=str).encode())
     return h.hexdigest()
+
+
+def scoring(cfg: RunConfig) -> dict[str, str]:
+    """One line per evaluation suite: how many of its items a run scores, the config key that
+    capped it (nothing is left out silently), and for your own file what its two scores mean."""
+    from devft_lab.data.lab import coverage, expand_suites, is_suite_file, suite_cap, suite_name
+
+    out = {}
+    for spec in expand_suites(list(cfg.eval.suites)) if cfg.eval.suites else []:
+        c = coverage(spec, suite_cap(spec, cfg.eval.max_per_task, cfg.eval.max_per_file), cfg.train.seed)
+        tasks = f"{c['tasks']} task{'s' if c['tasks'] != 1 else ''}"
+        line = f"scored {c['items']} of {c['of']} items, {tasks}"
+        line += f": {c['cap']}" if c["cap"] else (", the whole file" if is_suite_file(spec) else "")
+        if is_suite_file(spec):
+            n = suite_name(spec)
+            line += (f"; acc_{n} = mean of the accuracies of its {tasks}, "
+                     f"correct_{n} = % of its scored items answered correctly")
+        out[suite_name(spec)] = line
+    return out
 
 
 def _device_of_model(model: torch.nn.Module) -> torch.device:
@@ -407,10 +434,27 @@ def resume(run_dir: str | os.PathLike, quiet: bool = False) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise RunError(f"{run_dir} is not a run folder (no config.yaml); start one with `devft-lab run CONFIG`.")
-    cfg = load_config(run_dir / "config.yaml")
-    meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").exists() else {}
+    try:
+        cfg = load_config(run_dir / "config.yaml")
+    except ConfigError as e:
+        msg = str(e)
+        raise ConfigError(msg if str(run_dir) in msg else f"{run_dir / 'config.yaml'}: {msg}") from None
+    meta = read_json_record(run_dir / "meta.json") if (run_dir / "meta.json").exists() else {}
     parts = build(cfg, progress=not quiet, compute=meta.get("compute_dtype"))
     return _run(parts, run_dir, quiet, resume=True)
+
+
+def read_json_record(path: Path) -> dict[str, Any]:
+    """A JSON object a run folder keeps (meta.json, summary.json), or a :class:`RunError` naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RunError(f"{path} is not valid JSON ({e}); it was edited or cut short. Restore it, or start "
+                       "the run again (devft-lab run CONFIG --force).") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path} should hold a JSON object, not {type(data).__name__}; restore it, or start "
+                       "the run again (devft-lab run CONFIG --force).")
+    return data
 
 
 def base_eval_cache(cfg: RunConfig, compute_dtype: str, fingerprint: str) -> Path:
@@ -446,6 +490,8 @@ def _run(parts: Parts, run_dir: Path, quiet: bool, resume: bool) -> dict[str, An
     elif not resume or sim.state.round == 0:
         log(f"{parts.cfg.model.name}: {len(parts.client_data)} clients, stages {parts.capacities} layers, "
             f"rounds {parts.plan.stage_rounds()}, strategy {parts.strategy.name}")
+        for suite, line in scoring(parts.cfg).items():
+            log(f"evaluation {suite}: {line}")
         if parts.evaluator is not None and sim.ledger.position().get("rounds", 0) == 0:
             t0 = time.perf_counter()
             cached = base_eval_cache(parts.cfg, parts.compute.get("dtype", "float32"), getattr(parts.evaluator, "fingerprint", ""))
@@ -473,8 +519,12 @@ def _run(parts: Parts, run_dir: Path, quiet: bool, resume: bool) -> dict[str, An
         write_items(run_dir / "stages.jsonl", probes)
     last = {}
     for row in sim.ledger.rows:
-        last.update({k: v for k, v in row["extra"].items() if k in ("eval_loss", "answer_nll") or k.startswith("acc")})
+        last.update({k: v for k, v in row["extra"].items()
+                     if k in ("eval_loss", "answer_nll") or k.startswith(("acc", "correct_"))})
     summary["final"] = last
+    scored = scoring(parts.cfg)
+    if scored:  # how much of each suite was scored, and what a file's two scores mean
+        summary["scored"] = scored
     summary["capacities"] = parts.capacities
     if probes:
         summary["stage_probes"] = probes

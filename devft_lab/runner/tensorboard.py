@@ -36,7 +36,7 @@ TAGS: dict[str, str] = {
     "peak_rss_mb": "memory/peak_rss_mb",
     "cuda_peak_mb": "memory/cuda_peak_mb",
 }
-EVAL_PREFIXES = ("acc", "eval_")
+EVAL_PREFIXES = ("acc", "correct_", "eval_")
 
 
 def scalars(row: dict[str, Any]) -> Iterator[tuple[str, float]]:
@@ -62,7 +62,7 @@ def export(run_dir: str | os.PathLike, logdir: str | os.PathLike | None = None) 
     except ImportError:
         raise ImportError("TensorBoard export needs the tensorboard package: "
                           "pip install 'devft-lab[tensorboard]' (or pip install tensorboard).") from None
-    run = read_run(run_dir)
+    run = read_run(run_dir, require=("round",))
     out = Path(logdir) if logdir else Path(run_dir) / "tensorboard"
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("events.out.tfevents.*"):
