@@ -146,7 +146,8 @@ def _fake_point(made):
         made.append(p.name)
         L = 8
         return {"name": p.name, "kind": p.kind, "size": p.size, "seed": p.seed, "steps": p.steps,
-                "groups": [[i] for i in range(L)] if p.kind in ("full", "untrained") else si.stand_in_groups(p.kind, L, p.size),
+                "groups": ([[i] for i in range(L)] if p.kind in ("full", "untrained")
+                           else si.stand_in_groups(p.kind, L, p.size)),
                 "probe_gap": 0.0 if p.kind in ("full", "untrained") else 0.1, "heldout_loss": 5.0 - 0.1 * p.steps,
                 "acc": 50.0, "answer_nll": 1.0, "seconds": {"build_probe": 1, "train_transfer_probe": 2, "evaluate": 3,
                                                           "total": 6}, "settings": lab.settings, "machine": "test"}

@@ -297,9 +297,9 @@ def grid(num_layers: int, counts, sizes: Sequence[int], kinds: Sequence[str], se
          steps: int) -> tuple[list[Point], list[str]]:
     """(the points, notes on what was left out), in the order they are made: per seed, per size the
     stand-ins and then the full model of the same FLOPs (once per step count), then the full model at
-    the whole budget; the untrained model after the first seed. A stand-in with the same groups and fusion as an earlier one of the
-    same seed (``pairs`` at L/2 is ``dblf`` at L/2: all adjacent pairs) is marked ``same_as`` it and
-    copied, not trained again."""
+    the whole budget; the untrained model after the first seed. A stand-in with the same groups and
+    fusion as an earlier one of the same seed (``pairs`` at L/2 is ``dblf`` at L/2: all adjacent pairs)
+    is marked ``same_as`` it and copied, not trained again."""
     for s in sizes:
         if not 1 <= s < num_layers:
             raise ValueError(f"--sizes: {s} is outside 1..{num_layers - 1}; a stand-in has fewer layers than the "
@@ -454,7 +454,8 @@ def summarise_points(recs: dict[str, dict[str, Any]], counts, steps: int) -> dic
                 "loss_minus_matched": _mean_sd([by[s]["heldout_loss"] - ref[s]["heldout_loss"] for s in paired]),
                 "acc_minus_matched": _mean_sd([by[s]["acc"] - ref[s]["acc"] for s in paired
                                                if by[s].get("acc") is not None and ref[s].get("acc") is not None]),
-                "beats_matched_loss": f"{sum(by[s]['heldout_loss'] < ref[s]['heldout_loss'] for s in paired)} of {len(paired)}",
+                "beats_matched_loss": f"{sum(by[s]['heldout_loss'] < ref[s]['heldout_loss'] for s in paired)} "
+                                      f"of {len(paired)}",
             })
         kinds[kind] = rows
     fulls = {k: {"seeds": sorted(by), "heldout_loss": _ms(list(by.values()), "heldout_loss"),
@@ -568,7 +569,8 @@ def markdown(data: dict[str, Any]) -> str:
                   f"train, copy back and probe {t['parts_s']['train_transfer_probe']:.0f} s, evaluation "
                   f"{t['parts_s']['evaluate']:.0f} s), measured on {t['machine']} (busy machine: "
                   f"{t['cpus']} CPU threads shared with other jobs"
-                  + (f", 1-minute load average {t['load_avg']:.1f} at the start of a point" if t.get("load_avg") else "")
+                  + (f", 1-minute load average {t['load_avg']:.1f} at the start of a point"
+                     if t.get("load_avg") else "")
                   + f").{first} The grid of the command ({t['grid_points']} "
                   f"trained points, in one invocation) projects to {hrs:.1f} h; smaller stand-ins train faster, so a "
                   "projection from large ones overestimates.", ""]
@@ -595,11 +597,11 @@ def markdown(data: dict[str, Any]) -> str:
     u = s["untrained"]
     rows = []
     if u:
-        rows.append(["untrained", L, "-", f"{u['heldout_loss']:.3f}", "-" if u.get("acc") is None else f"{u['acc']:.1f}",
-                     "-", "-", "-", "-", "-"])
+        rows.append(["untrained", L, "-", f"{u['heldout_loss']:.3f}",
+                     "-" if u.get("acc") is None else f"{u['acc']:.1f}", "-", "-", "-", "-", "-"])
     for k, f in s["full"].items():
-        rows.append([f"full, {k} step{'s' if k != 1 else ''}", L, "0", _f(f["heldout_loss"]), _f(f["acc"], 1), len(f["seeds"]), "-", "-",
-                     "-", "-"])
+        rows.append([f"full, {k} step{'s' if k != 1 else ''}", L, "0", _f(f["heldout_loss"]), _f(f["acc"], 1),
+                     len(f["seeds"]), "-", "-", "-", "-"])
     for kind, krows in s["kinds"].items():
         for r in krows:
             rows.append([kind, r["size"], _f(r["probe_gap"]), _f(r["heldout_loss"]), _f(r["acc"], 1), len(r["seeds"]),
@@ -655,7 +657,8 @@ def plot(data: dict[str, Any], out: str | Path | None = None):
                 pts = [(x, f) for x, f in pts if f and f[key]["mean"] is not None]
                 if pts:
                     ax.errorbar([x for x, _ in pts], [f[key]["mean"] for _, f in pts],
-                                yerr=[f[key]["sd"] or 0 for _, f in pts], color="k", ls="--", marker="s", ms=4, capsize=3,
+                                yerr=[f[key]["sd"] or 0 for _, f in pts], color="k", ls="--", marker="s", ms=4,
+                                capsize=3,
                                 label="full model, same FLOPs (central FedIT)")
             if whole and whole[key]["mean"] is not None:
                 ax.errorbar([0.0 if xkey == "probe_gap" else L], [whole[key]["mean"]], yerr=[whole[key]["sd"] or 0],
@@ -691,7 +694,8 @@ def report(out: Path, recs: dict[str, dict[str, Any]], planned: Sequence[Point],
     """Write ``OUT.json``, ``OUT.md`` and ``OUT.png`` from the point files ``recs``."""
     summary = summarise_points(recs, counts, steps)
     summary["full"] = {int(k): v for k, v in summary["full"].items()}
-    data = {"command": command, "invocation": invocation or command, "out": str(out), "settings": settings, "summary": summary,
+    data = {"command": command, "invocation": invocation or command, "out": str(out), "settings": settings,
+            "summary": summary,
             "timing": timing(recs, planned), "notes": list(notes), "points_planned": len(planned),
             "points_present": sum(p.name in recs for p in planned),
             "missing": [p.name for p in planned if p.name not in recs],
@@ -750,7 +754,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 g = stand_in_groups(q.kind, L, q.size)
                 extra = (f"F(L_s)/F(L) {flops_per_token(counts, q.size) / flops_per_token(counts, L):.3f}, "
                          f"equal-FLOPs full steps {matched_steps(counts, q.size, args.steps)}; groups "
-                         + ("DGLG" if g is None else " ".join(f"{x[0]}-{x[-1]}" if len(x) > 1 else str(x[0]) for x in g)))
+                         + ("DGLG" if g is None
+                            else " ".join(f"{x[0]}-{x[-1]}" if len(x) > 1 else str(x[0]) for x in g)))
             same = f" (same stand-in as {q.same_as}: copied)" if q.same_as else ""
             print(f"  {'present' if q.name in recs else 'to make':8s} {q.name:22s} {q.steps} steps{same}  {extra}")
         for n in notes:
