@@ -34,7 +34,7 @@ from devft_lab.core.files import sha256_file
 from devft_lab.data.records import DataError, check_instruction, check_mc_item, normalise_text, write_jsonl
 
 VERSION = 1  # of data/general (MANIFEST "version")
-POOL_CAP = 60  # pool examples per task at most (the pool has ~90 tasks: no task is over ~1.3 %)
+POOL_CAP = 100  # pool examples per task at most (94 tasks: no task is over 1.3 % of the pool)
 N_HELDOUT = 20  # held-out items per task (12 tasks: 240 items)
 MAX_CHARS = 1000  # instruction + response characters of a pool example (~250 SmolLM2 tokens)
 MAX_PROMPT_CHARS = 1000  # task text of a held-out item (system + question, options excluded)
