@@ -2,7 +2,6 @@
 question shared with any evaluation suite, per-task cap, determinism of the build, the paper-regime config."""
 from __future__ import annotations
 
-import io
 import json
 import zipfile
 from collections import Counter

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from devft_lab.core.files import sha256_file
+from devft_lab.data.build import EVALS, SEED, _rng, render_prompt
 from devft_lab.data.records import DataError, check_instruction, check_mc_item, normalise_text, write_jsonl
 
 VERSION = 1  # of data/general (MANIFEST "version")
@@ -324,8 +325,6 @@ def is_english(texts: Iterable[str], threshold: float = 0.97) -> bool:
 
 def seeded_pick(n: int, k: int, *key: Any) -> list[int]:
     """``k`` of ``range(n)`` in ascending order, drawn with the build's seed and ``key``."""
-    from devft_lab.data.build import _rng
-
     order = list(range(n))
     _rng(*key).shuffle(order)
     return sorted(order[:k])
@@ -376,8 +375,6 @@ def split_options(text: str) -> tuple[str, list[str], str] | None:
 
 def heldout_item(task: HeldoutTask, k: int, rec: dict[str, Any], at: str) -> dict[str, Any] | None:
     """A closed-ended item in the lab's prompt format (``None`` where unusable)."""
-    from devft_lab.data.build import render_prompt
-
     answer = ideal_text(rec.get("ideal"))
     turns = chat_turns(rec.get("input"), at)
     if answer is None or turns[-1]["role"] != "user":
@@ -437,12 +434,8 @@ def leaks(pool: list[dict[str, Any]], items: Iterable[dict[str, Any]], min_chars
     return [it["id"] for it in items if len(b := prompt_body(it["prompt"])) >= min_chars and b in hay]
 
 
-def eval_tasks(items: Iterable[dict[str, Any]]) -> set[str]:
-    """Task names of evaluation items (MMLU items count as the task ``mmlu``)."""
-    return {it["task"] for it in items}
-
-
 def folder(member: str) -> str:
+    """The registry data folder of a member path (a task's identity: both sides never share one)."""
     return member.split("/")[0]
 
 
@@ -457,8 +450,6 @@ def build_general(evals_wheel: Path, out: Path, other_suites: dict[str, list[dic
     ``mmlu``); the build fails if a pool task is one of their tasks or a pool example contains
     one of their questions.
     """
-    from devft_lab.data.build import EVALS, SEED
-
     names = [t.name for t in pool_tasks] + [t.name for t in heldout_tasks]
     if len(set(names)) != len(names):
         raise DataError(f"task names repeat: {sorted(n for n in set(names) if names.count(n) > 1)}.")
