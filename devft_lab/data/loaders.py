@@ -9,6 +9,8 @@
   turn must be the assistant's and is the response, the last user turn is the instruction, and
   the whole conversation is kept under ``"messages"`` for the ``chat`` template.
 * ``"lab"``: the lab benchmark's fine-tuning pool (:func:`devft_lab.data.lab.load_pool`).
+* ``"general"``: the general instruction pool (``data/general/train.jsonl``, chat form,
+  ``category`` = task; :mod:`devft_lab.data.general`).
 * ``"tiny"``: 64 synthetic examples (copy, reverse, add, upper), generated in code, for tests.
 * anything else: a Hugging Face ``datasets.load_dataset`` name (needs ``pip install datasets``
   and a network), with Alpaca or ``messages`` columns.
@@ -26,7 +28,7 @@ from typing import Any, Iterable, Iterator
 
 from devft_lab.data.records import DataError, check_instruction, iter_jsonl, read_text, where
 
-BUILTINS = ("lab", "tiny")
+BUILTINS = ("lab", "general", "tiny")
 DEFAULT_CATEGORY = "default"
 ROLES = ("system", "user", "assistant")
 
@@ -168,6 +170,11 @@ def _load_builtin(name: str, split: str) -> list[dict[str, Any]]:
     except ImportError as e:
         raise DataError(f"the builtin 'lab' pool is unavailable ({e}); update devft_lab, "
                         "or pass a local .json/.jsonl file or 'tiny'.") from None
+    if name == "general":
+        path = lab.general_dir() / lab.POOL_FILE
+        if not path.is_file():
+            raise DataError(f"{path}: no such file; build it with python -m devft_lab.data.build --pool general.")
+        return [dict(ex) for ex in lab.load_pool(path)]
     return [dict(ex) for ex in lab.load_pool()]
 
 
