@@ -10,7 +10,7 @@
     devft-lab reproduce TABLE [--scale]  the paper's tables at lab scale (resumable)
     devft-lab sweep [--factors ...]      DevFT's open choices vs FLOP-matched FedIT (resumable)
     devft-lab flower sim|local ...       the same runs on Flower (devft_lab/flower/README.md)
-    devft-lab data build                 rebuild data/lab from the bigbench sdist and evals wheel
+    devft-lab data build [--pool general] rebuild data/lab (bigbench sdist, evals wheel) or data/general
     devft-lab config list|show NAME      the shipped configs
 """
 from __future__ import annotations
