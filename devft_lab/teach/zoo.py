@@ -369,12 +369,12 @@ def short_runs_figure(runs: Mapping[str, object], uniform_nats: float, metric: s
     near = uniform_nats <= hi + 0.5 * (hi - lo)  # close enough to the runs to show on the zoomed scale
     for ax, what in zip(axes[1:], ("zoomed", "zoomed, against the bytes sent")):
         reference_lines(ax, refs if near else {n: v for n, v in refs.items() if n != uniform})
-        ax.set_title(what if near else f"{what} (uniform guessing, {uniform_nats:.2f}, is far above)", fontsize=10)
+        ax.set_title(what if near else f"{what}\n(uniform guessing, {uniform_nats:.2f}, is far above)", fontsize=10)
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.set_ylabel(f"{metric} (nats per token)")
     for ax in axes[:2]:
-        ax.set_xlabel("round (0 = before training)")
+        ax.set_xlabel("round (one per stage here; 0 = before training)")
     axes[2].set_xlabel("cumulative LoRA uplink (MB)")
     axes[0].legend(fontsize=8, loc="center right")
     if title:
