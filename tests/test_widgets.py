@@ -160,6 +160,7 @@ def test_execute_stores_outputs_with_nbclient(tmp_path):
 
     from devft_lab.teach.notebooks import execute
 
+    (tmp_path / "pyproject.toml").write_text("")  # the executor records input hashes from the repository root
     nb = new_notebook(cells=[new_code_cell("import os\nprint(os.environ['DEVFT_NB_TEST'])"),
                              new_code_cell("print(1)\nprint(2)"), new_code_cell("6 * 7")])
     path = tmp_path / "t.ipynb"
