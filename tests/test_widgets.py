@@ -160,6 +160,7 @@ def test_execute_stores_outputs_with_nbclient(tmp_path):
 
     from devft_lab.teach.notebooks import execute
 
+    (tmp_path / "pyproject.toml").write_text("")  # the executor records input hashes from the repository root
     nb = new_notebook(cells=[new_code_cell("import os\nprint(os.environ['DEVFT_NB_TEST'])"),
                              new_code_cell("print(1)\nprint(2)"), new_code_cell("6 * 7")])
     path = tmp_path / "t.ipynb"
@@ -227,3 +228,43 @@ def test_interact_controls():
     assert p.value == [8, 9]
     with pytest.raises(TypeError, match="control"):
         _control("x", 3)
+
+
+def test_uniform_guess_is_the_loss_of_equal_logits():
+    """A model whose logits are all equal guesses uniformly: perplexity V, loss ln V nats."""
+    import math
+
+    from devft_lab.core.evaluate import perplexity
+
+    model, tok = load_model("tiny-llama", device="cpu")
+    u = explore.uniform_guess(tok)
+    assert u.vocab_size == len(tok) and u.nats == pytest.approx(math.log(len(tok)))
+    assert math.exp(u.nats) == pytest.approx(u.perplexity)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.zero_()  # every logit 0: a uniform next-token guess
+    assert perplexity(model, tok, TEXTS) == pytest.approx(u.perplexity, rel=1e-5)
+    assert explore.uniform_guess(49152).nats == pytest.approx(10.80, abs=0.005)  # SmolLM2's vocabulary
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        explore.uniform_guess(1)
+
+
+def _labels(fig):
+    return fig.axes[0].get_legend_handles_labels()[1]
+
+
+def test_beta_sweep_draws_the_reference_lines(tiny):
+    model, tok, _ = tiny
+    refs = {"full model": 10.0, "uniform guess": 259.0}
+    out = widgets.beta_sweep(model, tok, TEXTS, [[0, 1, 2, 3], [4, 5, 6, 7]], [0.0, 0.1], refs=refs, title="t")
+    labels = _labels(out["figure"])
+    assert {"DBLF", "R-ONE", "MEAN", "full model", "uniform guess"} <= set(labels)
+    assert out["figure"].axes[0].get_yscale() == "log" and out["figure"].axes[0].get_title() == "t"
+    assert set(out["references"]) == {"r-one", "mean"}  # the rules' perplexities, not the reference lines
+
+
+def test_lines_reference_lines_are_drawn_at_their_values():
+    fig = viz.lines({"a": ([0, 1], [3.0, 2.0])}, refs={"full model": 1.5, "uniform guess": 10.8}, logy=True)
+    ax = fig.axes[0]
+    drawn = {l.get_label(): l.get_ydata()[0] for l in ax.get_lines()}
+    assert drawn["full model"] == 1.5 and drawn["uniform guess"] == 10.8
+    assert ax.get_ylim()[1] >= 10.8  # the references stay in view

@@ -111,3 +111,40 @@ def test_real_round_on_tiny_model():
             assert row["relative error of ΣpBA"] < 1e-6
         else:
             assert row["relative error of ΣpBA"] > 0
+
+
+def test_factor_bytes_follow_the_shapes():
+    """A is r x d_in and B is d_out x r: their bytes are r d_in and d_out r numbers."""
+    state = zoo.synthetic_clients(1, 0.0, rank=3, out_dim=8, in_dim=20)[0]  # float64
+    assert zoo.factor_bytes(state) == {"A": 3 * 20 * 8, "B": 8 * 3 * 8}
+    assert get_strategy("ffa-lora").uplink(state).keys() == {k for k in state if "lora_B" in k}
+
+
+def _fake_run(initial, losses, step_bytes=1000):
+    from pathlib import Path
+
+    from devft_lab.runner.report import RunLog
+
+    rows = [{"round": i, "extra": {"eval_loss": v}, "cum_train_s": 1.0 + i, "cum_aggregate_s": 0.0,
+             "cum_paper_bytes": step_bytes * (i + 1), "cum_full_bytes": 3 * step_bytes * (i + 1)}
+            for i, v in enumerate(losses)]
+    return RunLog(Path("."), "x", rows, {"eval_loss": initial}, {"done": True}, {})
+
+
+def test_runs_rows_and_short_runs_figure():
+    runs = {"fedit": _fake_run(1.2, [1.1, 1.0]), "ffa-lora": _fake_run(1.2, [1.15, 1.05], step_bytes=400)}
+    rows = {r["strategy"]: r for r in zoo.runs_rows(runs)}
+    assert rows["fedit"]["eval_loss before"] == 1.2 and rows["fedit"]["eval_loss after"] == 1.0
+    assert rows["fedit"]["change"] == pytest.approx(-0.2)
+    assert rows["ffa-lora"]["LoRA uplink (MB)"] == pytest.approx(800 / 1e6)
+    assert rows["ffa-lora"]["all bytes (MB)"] == pytest.approx(2400 / 1e6)
+    fig = zoo.short_runs_figure(runs, uniform_nats=10.8, title="one seed")
+    full, zoomed, by_bytes = fig.axes[:3]
+    labels = {l.get_label(): l.get_ydata()[0] for l in full.get_lines() if not l.get_label().startswith("_")}
+    assert labels["untrained model"] == 1.2 and labels["uniform guess, ln V = 10.80"] == 10.8
+    assert full.get_ylim() == (0, pytest.approx(10.8 * 1.08))
+    # far from the runs, the uniform line is named in the zoomed titles instead of squashing them
+    assert all("uniform guess" not in l.get_label() for ax in (zoomed, by_bytes) for l in ax.get_lines())
+    assert "far above" in zoomed.get_title()
+    near = zoo.short_runs_figure({"a": _fake_run(5.5, [5.4, 5.3])}, uniform_nats=5.56)
+    assert any("uniform guess" in l.get_label() for l in near.axes[1].get_lines())

@@ -7,6 +7,7 @@ look at the *starting point* of each stage (LoRA B = 0), which is what DGLG and 
 """
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from collections.abc import Mapping, Sequence
@@ -99,6 +100,37 @@ def split_clients(categories: Mapping[str, Sequence[str]] = TEXT_CATEGORIES, num
     texts = all_texts(categories)
     random.Random(seed).shuffle(texts)
     return [texts[c::k] for c in range(k)]
+
+
+# --------------------------------------------------------------------------- reference losses
+@dataclass(frozen=True)
+class UniformGuess:
+    """The model that guesses every next token uniformly from a vocabulary of V tokens.
+
+    The reference a language-model loss is read against: its loss is ln V nats per token
+    and its perplexity is V. A loss above ln V is *worse* than guessing: the model is
+    confidently wrong.
+    """
+
+    vocab_size: int
+
+    @property
+    def nats(self) -> float:
+        """Loss per token, ln V."""
+        return math.log(self.vocab_size)
+
+    @property
+    def perplexity(self) -> float:
+        """exp(ln V) = V."""
+        return float(self.vocab_size)
+
+
+def uniform_guess(vocab) -> UniformGuess:
+    """:class:`UniformGuess` for a tokenizer (its ``len``, special tokens included) or a vocabulary size."""
+    size = vocab if isinstance(vocab, (int, np.integer)) else len(vocab)
+    if int(size) < 2:
+        raise ValueError(f"a vocabulary needs at least 2 tokens for a uniform guess, got {size}.")
+    return UniformGuess(int(size))
 
 
 # --------------------------------------------------------------------------- stage costs

@@ -185,16 +185,32 @@ def relative_bars(rows: Mapping[str, Sequence[float]], labels: Sequence[str], ti
     return fig
 
 
+# Reference lines a reader judges a loss or perplexity against (the full model, uniform guessing):
+# black and grey, so they stand apart from the coloured curves and their dashed companions.
+REFERENCE_STYLES = ({"color": "0.35", "ls": "-", "lw": 1.2}, {"color": "k", "ls": "-.", "lw": 1.2},
+                    {"color": "0.6", "ls": ":", "lw": 1.5})
+
+
+def reference_lines(ax, refs: Mapping[str, float] | None) -> None:
+    """Draw labelled horizontal reference lines (e.g. ``{"full model": 45, "uniform guess": 49152}``)."""
+    for k, (name, v) in enumerate((refs or {}).items()):
+        ax.axhline(v, label=name, **REFERENCE_STYLES[k % len(REFERENCE_STYLES)])
+
+
 def lines(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: str = "", xlabel: str = "",
           ylabel: str = "", logy: bool = False, hlines: Mapping[str, float] | None = None,
-          vlines: Mapping[str, float] | None = None, markers: bool = True) -> Figure:
-    """Curves ``{name: (x, y)}`` with optional labelled reference lines."""
+          vlines: Mapping[str, float] | None = None, markers: bool = True,
+          refs: Mapping[str, float] | None = None) -> Figure:
+    """Curves ``{name: (x, y)}`` with optional labelled lines: ``hlines`` (dashed, coloured),
+    ``vlines`` (dotted) and ``refs``, the references to judge the curves by (black and grey, see
+    :func:`reference_lines`)."""
     fig, axes = _fig(5.6, 3.4)
     ax = axes[0, 0]
     for name, (x, y) in series.items():
         ax.plot(x, y, marker="o" if markers else None, ms=4, label=name)
     for k, (name, v) in enumerate((hlines or {}).items()):
         ax.axhline(v, ls="--", lw=1, color=f"C{k + len(series)}", label=name)
+    reference_lines(ax, refs)
     for k, (name, v) in enumerate((vlines or {}).items()):
         ax.axvline(v, ls=":", lw=1, color="gray")
         ax.text(v, 0.97, name, transform=ax.get_xaxis_transform(), fontsize=7, ha="right", va="top",

@@ -78,20 +78,23 @@ def grouping_view(similarities: Mapping[str, object], option: str, capacity: int
 
 # --------------------------------------------------------------------------- notebook 03
 def beta_sweep(model: nn.Module, tokenizer, texts: Sequence[str], groups: Groups,
-               betas: Sequence[float], references: Sequence[str] = ("r-one", "mean")) -> dict:
+               betas: Sequence[float], references: Sequence[str] = ("r-one", "mean"),
+               refs: Mapping[str, float] | None = None, title: str | None = None) -> dict:
     """Perplexity of one stage's untrained submodel against beta (beta = 0 is R-ONE).
 
     Returns ``betas``, ``perplexity`` (one per beta), ``references`` ({method: perplexity}
-    for the fixed-weight rules, drawn as dashed lines) and ``figure``.
+    for the fixed-weight rules, drawn as dashed lines) and ``figure`` (log axis). ``refs`` adds
+    the lines to judge the curve by, e.g. ``{"full model": 45.0, "uniform guess": 49152}``.
     """
     ppl = explore.beta_sweep(model, tokenizer, texts, groups, betas)
-    refs = {m: explore.submodel_perplexity(model, tokenizer, texts, groups, method=m) for m in references}
+    rule_ppl = {m: explore.submodel_perplexity(model, tokenizer, texts, groups, method=m) for m in references}
     sizes = sorted({len(g) for g in groups})
     vlines = {f"anchor weight 0 (m={m})": 1 / (m - 1) for m in sizes if m > 1 and 1 / (m - 1) <= max(betas)}
-    fig = viz.lines({"DBLF": (list(betas), ppl)}, title=f"β sweep, {len(groups)} groups (sizes {sizes})",
-                    xlabel="β", ylabel="perplexity (untrained submodel)", logy=True,
-                    hlines={m.upper(): v for m, v in refs.items()}, vlines=vlines)
-    return {"betas": list(betas), "perplexity": ppl, "references": refs, "figure": fig}
+    fig = viz.lines({"DBLF": (list(betas), ppl)},
+                    title=title or f"untrained submodel of {len(groups)} fused layers (group sizes {sizes})",
+                    xlabel="β", ylabel="perplexity (log scale)", logy=True,
+                    hlines={m.upper(): v for m, v in rule_ppl.items()}, vlines=vlines, refs=refs)
+    return {"betas": list(betas), "perplexity": ppl, "references": rule_ppl, "figure": fig}
 
 
 def fusion_view(model: nn.Module, group: Sequence[int], beta: float = DEFAULT_BETA, method: str = "dblf") -> dict:

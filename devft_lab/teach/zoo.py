@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from devft_lab.fl.accounting import tensor_bytes
 from devft_lab.fl.strategies import (FedSALoRA, FLoRA, State, Strategy, get_strategy, is_lora_a,
                                      is_lora_b, lora_pairs, normalise_weights, stacked_delta)
+from devft_lab.teach.viz import reference_lines
 
 DPI = 80
 ZOO = ("fedit", "ffa-lora", "fedsa-lora", "flora")
@@ -307,4 +308,75 @@ def gap_by_layer_figure(gaps: Mapping[str, float], title: str = "") -> Figure:
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
+    return fig
+
+
+# --------------------------------------------------------------------------- what each factor weighs
+def factor_bytes(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Bytes of all LoRA ``A`` factors and of all ``B`` factors of a state.
+
+    ``A`` is ``r x d_in`` and ``B`` is ``d_out x r``, so which one is heavier depends on whether
+    the adapted modules widen or narrow their input: this decides whether sending ``B`` only
+    (FFA-LoRA) or ``A`` only (FedSA-LoRA) is cheaper.
+    """
+    return {"A": tensor_bytes({k: v for k, v in state.items() if is_lora_a(k)}),
+            "B": tensor_bytes({k: v for k, v in state.items() if is_lora_b(k)})}
+
+
+# --------------------------------------------------------------------------- short runs, side by side
+def runs_rows(runs: Mapping[str, object], metric: str = "eval_loss") -> list[dict]:
+    """One row per run (:class:`devft_lab.runner.report.RunLog`): ``metric`` before and after,
+    its change, and the bytes sent (LoRA uplink; in full: both directions and the fused layers)."""
+    rows = []
+    for name, r in runs.items():
+        _, _, _, v = r.curve(metric)
+        last = r.rows[-1] if r.rows else {}
+        rows.append({"strategy": name, "rounds": len(r.rows), f"{metric} before": v[0] if v else math.nan,
+                     f"{metric} after": v[-1] if v else math.nan,
+                     "change": (v[-1] - v[0]) if v else math.nan,
+                     "LoRA uplink (MB)": last.get("cum_paper_bytes", 0) / 1e6,
+                     "all bytes (MB)": last.get("cum_full_bytes", 0) / 1e6})
+    return rows
+
+
+def short_runs_figure(runs: Mapping[str, object], uniform_nats: float, metric: str = "eval_loss",
+                      title: str = "") -> Figure:
+    """Held-out loss of short runs (:class:`devft_lab.runner.report.RunLog`, one per strategy).
+
+    Left: every evaluation against the round, on the full scale from 0 to the loss of uniform
+    guessing (``uniform_nats`` = ln V) with the untrained model's loss (the runs' shared
+    starting point, round 0) as a reference. Middle: the same, zoomed on the runs. Right: the
+    loss against the cumulative LoRA uplink (MB), zoomed.
+    """
+    fig = Figure(figsize=(12.5, 3.5), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, 3)
+    untrained, values = None, []
+    for name, r in runs.items():
+        _, pb, _, v = r.curve(metric)
+        values += list(v)
+        rounds = ([0] if metric in r.initial else []) + [row["round"] + 1 for row in r.rows if metric in row["extra"]]
+        for ax in axes[:2]:
+            ax.plot(rounds, v, marker="o", ms=4, label=name)
+        axes[2].plot([b / 1e6 for b in pb], v, marker="o", ms=4, label=name)
+        if untrained is None and metric in r.initial:
+            untrained = float(r.initial[metric])
+    uniform = f"uniform guess, ln V = {uniform_nats:.2f}"
+    refs = {"untrained model": untrained, uniform: uniform_nats} if untrained is not None else {uniform: uniform_nats}
+    reference_lines(axes[0], refs)
+    axes[0].set_ylim(0, uniform_nats * 1.08)
+    axes[0].set_title("full scale: 0 to uniform guessing", fontsize=10)
+    lo, hi = (min(values), max(values)) if values else (0.0, uniform_nats)
+    near = uniform_nats <= hi + 0.5 * (hi - lo)  # close enough to the runs to show on the zoomed scale
+    for ax, what in zip(axes[1:], ("zoomed", "zoomed, against the bytes sent")):
+        reference_lines(ax, refs if near else {n: v for n, v in refs.items() if n != uniform})
+        ax.set_title(what if near else f"{what}\n(uniform guessing, {uniform_nats:.2f}, is far above)", fontsize=10)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.set_ylabel(f"{metric} (nats per token)")
+    for ax in axes[:2]:
+        ax.set_xlabel("round (one per stage here; 0 = before training)")
+    axes[2].set_xlabel("cumulative LoRA uplink (MB)")
+    axes[0].legend(fontsize=8, loc="center right")
+    if title:
+        fig.suptitle(title, fontsize=11)
     return fig
