@@ -11,10 +11,12 @@ v_proj, ...), with the client's label distribution ``p`` and context ``x``::
     B(l,k) = V_B[k] (t . U_B)^T        U_B: (d, r, c), V_B[k]: (out_k, c)   -> (out_k, r)
 
 (``t . U`` contracts the embedding axis, leaving an ``r x c`` matrix.) The adapted layer
-computes ``W x + s B A x`` as any LoRA. On the client the generated A and B are functions of
-the hypernetwork's tensors (:func:`torch.nn.utils.parametrize`), so the local step
-back-propagates through the generated LoRA into the hypernetwork and optimises it; the model's
-own LoRA tensors are not trained (:meth:`C2A.local_model`).
+computes ``W x + s B A x`` as any LoRA. On the client every local step generates A and B from
+the hypernetwork, runs the model with them, and carries the LoRA gradients on into the
+hypernetwork (the chain rule, ``dL/dphi = dL/dA dA/dphi + dL/dB dB/dphi``); the optimiser steps
+the hypernetwork, never the LoRA tensors themselves (:meth:`C2A.local_model`, :class:`HyperLoRA`,
+:class:`devft_lab.core.train.Reparametrization`). The model's forward pass is plain LoRA, so
+compiled layers and kernels work as for FedIT.
 
 What the paper (and its official code) states, and what the lab chooses:
 
@@ -62,11 +64,9 @@ import math
 from typing import Iterator, Mapping, Sequence
 
 import torch
-from torch.nn.utils import parametrize
-
 from devft_lab.core.choices import ConfigError
 from devft_lab.core.lora import canonical_key, is_lora_a, layer_key_pattern, lora_parameters, to_layers
-from devft_lab.fl.strategies import ClientProfile, State, Strategy, register
+from devft_lab.fl.strategies import ClientProfile, LocalRound, State, Strategy, register
 
 PREFIX = "c2a/"
 _LAYERS = layer_key_pattern()
@@ -181,38 +181,40 @@ def generate(hyper: Mapping[str, torch.Tensor], label: torch.Tensor, context: to
     return {k: generate_module(hyper, code, p, i, w).to(dtype) for k, p, i, w in lora_keys(hyper)}
 
 
-class HyperLoRA(torch.nn.Module):
-    """The hypernetwork as trainable parameters, with one client's embedding inputs."""
+class HyperLoRA:
+    """One client's round of C2A training: the hypernetwork's tensors as trainable leaves, the
+    client's embedding inputs, and the model's LoRA tensors they generate.
+
+    A :class:`~devft_lab.core.train.Reparametrization`: each step :meth:`load` generates the
+    LoRA (keeping the graph back to the hypernetwork) and writes it into the model; after the
+    step's backward passes :meth:`backward` sends the LoRA tensors' gradients on into the
+    hypernetwork, so the optimiser steps the hypernetwork and never the LoRA itself.
+    """
 
     def __init__(self, state: Mapping[str, torch.Tensor], label: torch.Tensor, context: torch.Tensor | None,
-                 device: torch.device | str = "cpu"):
-        super().__init__()
-        self.keys = list(state)
-        self.params = torch.nn.ParameterList(
-            [torch.nn.Parameter(state[k].detach().to(device).clone()) for k in self.keys])
-        self.register_buffer("label", label.to(device))
-        self.context = None if context is None else context.to(device)
+                 lora: Mapping[str, torch.Tensor]):
+        dev = next(iter(lora.values())).device
+        self.hyper = {k: v.detach().to(dev).clone().requires_grad_(True) for k, v in state.items()}
+        self.params = list(self.hyper.values())
+        self.label, self.context = label.to(dev), None if context is None else context.to(dev)
+        self.lora, self.keys = lora, lora_keys(state)
+        self._generated: dict[str, torch.Tensor] = {}
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return dict(zip(self.keys, self.params))
+    def load(self) -> None:
+        code = client_code(self.hyper, self.label, self.context)
+        self._generated = {k: generate_module(self.hyper, code, p, i, w) for k, p, i, w in self.keys}
+        with torch.no_grad():
+            for k, g in self._generated.items():
+                self.lora[k].copy_(g)
+                self.lora[k].grad = None
 
-    def weight(self, pattern: str, layer: int, which: str) -> torch.Tensor:
-        h = self.tensors()
-        return generate_module(h, client_code(h, self.label, self.context), pattern, layer, which)
+    def backward(self) -> None:
+        pairs = [(g, self.lora[k].grad) for k, g in self._generated.items() if self.lora[k].grad is not None]
+        if pairs:
+            torch.autograd.backward([g for g, _ in pairs], [d.to(g.dtype) for g, d in pairs])
 
     def state(self) -> State:
-        return {k: p.detach().to("cpu", copy=True) for k, p in zip(self.keys, self.params)}
-
-
-class _Generated(torch.nn.Module):
-    """A parametrization: the LoRA weight of one module is what the hypernetwork generates."""
-
-    def __init__(self, hyper: HyperLoRA, pattern: str, layer: int, which: str):
-        super().__init__()
-        self.hyper, self.pattern, self.layer, self.which = hyper, pattern, layer, which
-
-    def forward(self, original: torch.Tensor) -> torch.Tensor:
-        return self.hyper.weight(self.pattern, self.layer, self.which).to(original.dtype)
+        return {k: p.detach().to("cpu", copy=True) for k, p in self.hyper.items()}
 
 
 # --------------------------------------------------------------------------- the strategy
@@ -283,38 +285,28 @@ class C2A(Strategy):
 
     @contextlib.contextmanager
     def local_model(self, model: torch.nn.Module, start: Mapping[str, torch.Tensor], *,
-                    client: int | None = None) -> Iterator:
-        """The model's LoRA weights become the hypernetwork's output for ``client`` while the body
-        runs (parametrizations; the hypernetwork's tensors are the model's trainable parameters).
-        Yields a function returning the trained hypernetwork; afterwards the model keeps the
-        client's generated adapter as plain tensors."""
+                    client: int | None = None) -> Iterator[LocalRound]:
+        """The model's LoRA tensors are generated from ``start`` (the hypernetwork) and the
+        client's embedding at every step; the optimiser steps the hypernetwork through them
+        (:class:`HyperLoRA`). The trained state is the hypernetwork; afterwards the model holds
+        the client's last generated adapter."""
         if client is None:
             raise ValueError("c2a: local_model needs the client (its embedding generates the adapter)")
-        label, ctx = self.embedding_inputs(client)
         lora = lora_parameters(model)
-        device = next(iter(lora.values())).device
-        hyper = HyperLoRA(start, label, ctx, device)
         want = {k for k, *_ in lora_keys(start)}
         if want != set(lora):
             raise ValueError(f"c2a: the hypernetwork generates {len(want)} LoRA tensors, the model has {len(lora)} "
                              "(was it built for another model or stage?)")
         for p in lora.values():
-            p.requires_grad_(False)
-        targets = [(mod, *module_pattern(f"{name}.weight"), which) for name, mod in model.named_modules()
-                   for which in ("A", "B") if f".lora_{which}." in f"{name}.weight"
-                   and isinstance(mod.__dict__.get("_parameters", {}).get("weight"), torch.Tensor)]
-        if len(targets) != len(lora):
-            raise ValueError(f"c2a: found {len(targets)} LoRA weights to generate among the model's modules, "
-                             f"expected {len(lora)}")
-        done = []
+            p.requires_grad_(True)  # they carry the gradient on to the hypernetwork; never stepped themselves
+        round_ = HyperLoRA(start, *self.embedding_inputs(client), lora)
+        round_.load()
         try:
-            for mod, pattern, layer, which in targets:
-                parametrize.register_parametrization(mod, "weight", _Generated(hyper, pattern, layer, which))
-                done.append(mod)
-            yield hyper.state
+            yield LocalRound(round_.state, round_)
         finally:
-            for mod in done:
-                parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
+            for p in lora.values():
+                p.grad = None
+                p.requires_grad_(False)
 
     def eval_state(self, global_state, client_states=None, weights=None) -> State:
         """The adapter generated from the pool's embedding (OPEN, module doc)."""

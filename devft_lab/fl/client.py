@@ -61,7 +61,7 @@ def client_update(model: torch.nn.Module, start: Mapping[str, torch.Tensor], dat
     (dropout) and the batch order are seeded from ``(seed, round, client)``.
     ``global_state`` feeds a strategy's local penalty (FedProx).
     """
-    with strategy.local_model(model, start, client=client) as trained_state:
+    with strategy.local_model(model, start, client=client) as local:
         s = client_seed(seed, round_idx, client)
         torch.manual_seed(s)
         ref = dict(global_state if global_state is not None else start)
@@ -73,6 +73,6 @@ def client_update(model: torch.nn.Module, start: Mapping[str, torch.Tensor], dat
                             grad_accum=training.grad_accum, max_grad_norm=training.max_grad_norm, seed=s,
                             pad_id=training.pad_id, penalty=penalty, packing=training.packing,
                             compute_dtype=training.compute_dtype, compile=training.compile,
-                            attention=training.attention)
-        trained = trained_state()
+                            attention=training.attention, reparam=local.reparam)
+        trained = local.state()
     return ClientResult(client, strategy.uplink(trained), strategy.persist(trained), len(data), stats)

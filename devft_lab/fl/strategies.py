@@ -57,13 +57,16 @@ import contextlib
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
 from devft_lab.core.choices import ConfigError, closest
 from devft_lab.core.lora import (State, canonical_key, get_lora_state, is_lora_a, is_lora_b,  # noqa: F401
                                  lora_pairs, lora_parameters, module_name, seeded_lora_init, set_lora_state)
+
+if TYPE_CHECKING:
+    from devft_lab.core.train import Reparametrization
 
 
 # --------------------------------------------------------------------------- averaging
@@ -160,6 +163,14 @@ def client_profiles(parts: Sequence[Sequence[int]], categories: Sequence[str],
     return out
 
 
+@dataclass
+class LocalRound:
+    """What :meth:`Strategy.local_model` hands the client's training loop."""
+
+    state: Callable[[], State]  # the trained state, read after training
+    reparam: Reparametrization | None = None  # what the optimiser steps instead of the model's LoRA (C2A)
+
+
 def set_trainable(model: torch.nn.Module, strategy: "Strategy") -> int:
     """``requires_grad`` on exactly the LoRA tensors the strategy trains; returns their count."""
     n = 0
@@ -242,16 +253,17 @@ class Strategy:
 
     @contextlib.contextmanager
     def local_model(self, model: torch.nn.Module, start: Mapping[str, torch.Tensor], *,
-                    client: int | None = None) -> Iterator[Callable[[], State]]:
-        """``model`` made ready to train one client round from ``start``; yields a function that
-        returns the trained state (what :meth:`uplink` and :meth:`persist` cut from).
+                    client: int | None = None) -> Iterator[LocalRound]:
+        """``model`` made ready to train one client round from ``start``; yields a
+        :class:`LocalRound`: how to read the trained state (what :meth:`uplink` and :meth:`persist`
+        cut from), and what the optimiser steps if not the model's own tensors.
 
         Default: ``start`` is a LoRA adapter, copied into the model's LoRA tensors; those of
         :meth:`trainable` train; the trained state is the model's adapter.
         """
         set_lora_state(model, start)
         set_trainable(model, self)
-        yield lambda: get_lora_state(model)
+        yield LocalRound(lambda: get_lora_state(model))
 
     # round ---------------------------------------------------------------------
     def client_init(self, global_state: Mapping[str, torch.Tensor],
