@@ -140,23 +140,29 @@ def init_hypernetwork(template: Mapping[str, torch.Tensor], categories: int, con
 
 
 def client_code(hyper: Mapping[str, torch.Tensor], label: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-    """The client's part of the embedding, ``E_label^T p + E_context^T x`` (float32)."""
-    z = label.float() @ hyper[f"{PREFIX}label"].float()
+    """The client's part of the embedding, ``E_label^T p + E_context^T x`` (float64, see :func:`generate_module`)."""
+    z = label.double() @ hyper[f"{PREFIX}label"].double()
     if f"{PREFIX}context" in hyper:
         if context is None:
             raise ValueError("c2a: this hypernetwork has a context map; give the client's context")
-        z = z + context.float() @ hyper[f"{PREFIX}context"].float()
+        z = z + context.double() @ hyper[f"{PREFIX}context"].double()
     return z
 
 
 def generate_module(hyper: Mapping[str, torch.Tensor], code: torch.Tensor, pattern: str, layer: int,
                     which: str) -> torch.Tensor:
-    """A (``which="A"``) or B of one module, differentiable in the hypernetwork's tensors (float32)."""
-    t = hyper[f"{PREFIX}layer"][layer].float() + code
-    low = hyper[f"{PREFIX}lower_{which}"].float()
+    """A (``which="A"``) or B of one module, differentiable in the hypernetwork's tensors.
+
+    Computed in float64: in float32 a run resumed from a checkpoint was seen to end an ulp away
+    from the uninterrupted run (these small CPU matrix products did not always round alike); the
+    float64 differences vanish when the result is cast back to the LoRA's dtype, and the resumed
+    run ends bit for bit where the other ends. The tensors are small; the cost is negligible.
+    """
+    t = hyper[f"{PREFIX}layer"][layer].double() + code
+    low = hyper[f"{PREFIX}lower_{which}"].double()
     d, r, c = low.shape
     m = (t @ low.reshape(d, r * c)).reshape(r, c)
-    upper = hyper[f"{PREFIX}{which}/{pattern}"].float()
+    upper = hyper[f"{PREFIX}{which}/{pattern}"].double()
     return m @ upper if which == "A" else upper @ m.T
 
 
