@@ -49,10 +49,18 @@ What the paper (and its official code) states, and what the lab chooses:
   embedding: the pool's category shares and the sample-weighted mean of the clients' contexts
   (the held-out set is a random part of the same pool; on a balanced test set this is the
   official code's uniform label shares).
-* Communication: the whole hypernetwork both ways (its tensors' bytes, counted as sent).
+* OPEN -- what else is federated. The official code also trains and averages the classifier
+  head; a language model has none to train (its LM head stays frozen, as in every lab
+  strategy), so the hypernetwork is all that is trained and sent.
+* Where the STATED items come from: the paper's description and its official code
+  (github.com/yeachan-kr/c2a: ``HyperAdapterNetworks``, ``HyperFedAvgSolver``).
+* Communication: the whole hypernetwork both ways (its tensors' bytes, counted as sent). It is
+  far smaller than the LoRA it generates on a wide model (SmolLM2-135M, r=16 on every linear
+  layer: about 0.67M numbers against 4.9M); on the tiny test model (hidden size 64, the factor
+  width) it is larger than the LoRA.
 * Not supported: DevFT's stages. A stage after the first starts from the adapter that DevFT's
-  transfer built, and a hypernetwork cannot start from a given adapter; the DevFT paper runs
-  C2A as a full-model baseline.
+  transfer built, and a hypernetwork cannot start from a given adapter. (The DevFT paper
+  combines DevFT with FedSA-LoRA, not with C2A.)
 
 The global state is the hypernetwork, ``{c2a/<name>: tensor}``; an upper factor's key names
 its modules: ``c2a/A/<prefix>.*.<kind>`` with ``*`` for the layer index.
@@ -64,6 +72,7 @@ import math
 from typing import Iterator, Mapping, Sequence
 
 import torch
+
 from devft_lab.core.choices import ConfigError
 from devft_lab.core.lora import canonical_key, is_lora_a, layer_key_pattern, lora_parameters, to_layers
 from devft_lab.fl.strategies import ClientProfile, LocalRound, State, Strategy, register
@@ -231,8 +240,8 @@ class C2A(Strategy):
 
     name = "c2a"
     single_stage = ("generates the adapter with a hypernetwork, which cannot start from the adapter DevFT's "
-                    "knowledge transfer hands to the next stage (the DevFT paper runs C2A as a full-model "
-                    "baseline)")
+                    "knowledge transfer hands to the next stage (the DevFT paper compares with C2A as a "
+                    "full-model baseline and does not combine the two)")
 
     def __init__(self, embed_dim: int = 8, hidden: int = 64, seed: int = 0):
         for name, v in (("embed_dim", embed_dim), ("hidden", hidden)):

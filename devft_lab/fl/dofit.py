@@ -21,9 +21,11 @@ What the paper states and what the lab chooses (OPEN: the paper leaves it open, 
 could not check the paper's exact form; the lab's choice is said):
 
 * STATED: two tiers (intra-domain FedAvg, inter-domain aggregation of the overlap of the
-  domains' top-k modules); a "module" is one adapted linear layer's LoRA pair (A, B); the
-  next round's domain adapter takes the inter-domain values on the overlap and keeps its own
-  elsewhere (DoFIT-base); LoRA A and B averaged as conventional FIT does.
+  domains' top-k modules); the next round's domain adapter takes the inter-domain values on
+  the overlap and keeps its own elsewhere (DoFIT-base), with a proximal perturbation in DoFIT.
+* OPEN -- what a module is and how it is averaged. The lab reads a module as one adapted
+  linear layer's LoRA pair (A, B) (the paper's settings adapt q and v, or other projections,
+  of every layer), and averages A and B each on its own, as FedIT does.
 * OPEN -- what a domain is in the lab. The paper's domains are datasets (FinGPT vs
   Alpaca-GPT4); the lab has one pool of task categories split over clients (Dirichlet). Lab:
   a client's domain is the category that dominates its data (:func:`domain_of`; ties: the
@@ -53,7 +55,11 @@ could not check the paper's exact form; the lab's choice is said):
   "S-Comm"); in the lab both tiers run in the one server process. Client traffic is one
   domain adapter each way, the size of FedIT's.
 * Not supported: DevFT's stages. DoFIT keeps one adapter per domain and DevFT's transfer
-  hands one adapter to the next stage; the DevFT paper runs DoFIT as a full-model baseline.
+  hands one adapter to the next stage. (The DevFT paper combines DevFT with FedSA-LoRA, not
+  with DoFIT.)
+* Where the STATED items come from: the paper's abstract and its Figure 1 caption (the lab
+  could not consult the full text or code while writing this; the OPEN items say where that
+  matters).
 
 The global state holds every domain's adapter under ``dofit/<domain>/<LoRA key>``.
 """
@@ -141,7 +147,8 @@ class DoFIT(Strategy):
 
     name = "dofit"
     single_stage = ("keeps one adapter per domain, while DevFT's knowledge transfer hands one adapter to the "
-                    "next stage (the DevFT paper runs DoFIT as a full-model baseline)")
+                    "next stage (the DevFT paper compares with DoFIT as a full-model baseline and does not "
+                    "combine the two)")
 
     def __init__(self, top_k: int | float = 0.5, proximal: float = 0.5):
         ok_int = isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1
