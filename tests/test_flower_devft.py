@@ -110,3 +110,29 @@ def test_fedsa_lora_devft_on_flower_simulation_engine_equals_simulation(tmp_path
     assert [r["collected"] for r in rounds] == [r["aggregated"] for r in rounds] == [[0, 1], [0, 1]]
     assert report["bytes_collected"] > 0 and report["collect_misses"] == []
     assert any("lora_B" in k and float(v.abs().sum()) > 0 for k, v in ref.items())  # trained Bs, averaged
+
+
+#: one stage (the full model), 2 rounds, 3 clients, 2 sampled per round
+ONE_STAGE = ["devft.enabled=false", "fed.num_rounds=2", "data.num_clients=3", "fed.clients_per_round=2",
+             "eval.holdout=0"]
+
+
+@pytest.mark.parametrize("strategy", ["dofit", "c2a"])
+def test_dofit_and_c2a_on_flower_simulation_engine_equal_simulation(strategy, tmp_path):
+    """DoFIT sends each client its domain's adapter and aggregates by domain; C2A's clients
+    generate their adapters from their own embeddings and send the hypernetwork back. Both need
+    the client's identity, which Flower carries as the partition id: the replay and the
+    simulation engine end where the simulation ends, with the same bytes each way."""
+    pytest.importorskip("ray", reason="the simulation engine needs flwr[simulation]")
+    from devft_lab.flower.simulate import run_simulation
+
+    cfg = load_config("tiny", [*ONE_STAGE, f"fed.strategy={strategy}", f"out_dir={tmp_path}", "name=ref"])
+    start(cfg, quiet=True)
+    ref, totals = load_adapter(tmp_path / "ref"), json.loads((tmp_path / "ref" / "summary.json").read_text())
+    assert any("lora_B" in k and float(v.abs().sum()) > 0 for k, v in ref.items())  # it trained
+    assert _equal(run_in_process(WorkloadSpec("devft", {"config": to_dict(cfg)})), ref)
+    report = run_simulation(ServerOptions(WorkloadSpec("devft", {"config": to_dict(cfg)}),
+                                          str(tmp_path / "flower"), round_timeout=300))
+    assert _equal(load_file(str(tmp_path / "flower" / "final_state.safetensors")), ref)
+    assert report["bytes_up"] == totals["uplink_bytes"] and report["bytes_down"] == totals["downlink_bytes"]
+    assert [r["sampled"] for r in report["rounds"]] == [r["aggregated"] for r in report["rounds"]]

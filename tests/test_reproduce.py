@@ -176,21 +176,22 @@ def test_main_table_reports_gap_spread_paper_values_and_partial_status(tmp_path)
     _fake_run(plan, "fedsa-lora", 0, _fedit(35.0, 41.0))
     js, md = rp.write_table(plan, "main", [0, 1], "devft-lab reproduce main --scale smoke --seeds 2")
     t = json.loads(js.read_text())
-    assert t["status"] == "partial: 5 of 8 cells" and t["cells_done"] == 5 and t["cells_total"] == 8
+    assert t["status"] == "partial: 5 of 10 cells" and t["cells_done"] == 5 and t["cells_total"] == 10
     assert t["command"] == "devft-lab reproduce main --scale smoke --seeds 2" and t["machine"]
     rows = {r["key"]: r for r in t["rows"]}
     assert rows["devft"]["metrics"]["acc"]["mean"] == 44.5 and rows["devft"]["seeds"] == [0, 1]
     assert math.isclose(rows["devft"]["metrics"]["acc"]["std"], math.sqrt(4.5))
     assert rows["fedsa-lora"]["cells"] == "1 of 2" and rows["progfed"]["metrics"] == {}
     assert rows["devft"]["paper"]["LLaMA2-7B"] == 42.33 and rows["fedit"]["paper"]["LLaMA3.1-8B"] == 55.35
-    assert rows["dofit"]["status"] == "not implemented" and rows["c2a"]["status"] == "not implemented"
+    assert rows["dofit"]["status"] == rows["progfed"]["status"] == "not run yet" and "c2a" not in rows
+    assert rows["dofit"]["paper"]["LLaMA2-13B"] == 49.74 and "status" not in rows["fedsa-lora"]  # 1 of 2 is run
     assert set(rows["devft"]["config_hashes"]) == {"devft-s0", "devft-s1"}
     gap = t["devft_minus_fedit"]
     assert gap["mean"] == 3.5 and math.isclose(gap["std"], math.sqrt(0.5))
     assert {3.5, 0.71, 2.0} <= _numbers(t["reading"]) and "paper's direction" in t["reading"]  # gap, std, seeds
     text = md.read_text()
-    assert "partial: 5 of 8 cells" in text and "| DevFT | - | 44.50 ± 2.12 |" in text and "42.33" in text
-    assert "not implemented" in text and t["reading"] in text
+    assert "partial: 5 of 10 cells" in text and "| DevFT | - | 44.50 ± 2.12 |" in text and "42.33" in text
+    assert "| DoFIT | - | not run yet |" in text and "| 0 of 2 | 40.89 |" in text and t["reading"] in text
 
 
 def test_reading_follows_the_numbers_when_devft_loses(tmp_path):
@@ -265,6 +266,18 @@ def _efficiency_case(plan, machines=("fake", "fake")):
     assert r["devft_last_stage"]["time_s_x_less_than_full"]["mean"] == 1.25
     assert "ProgFed did not reach" in t["reading"] and {10.0, 10.3} <= _numbers(t["reading"])  # first stage, paper
     assert "| DevFT | 1 of 1 | 10.0 |" in rp.to_markdown(t)
+    assert "| C2A | not run yet |" in rp.to_markdown(t) and "C2A cells are not run yet" in t["reading"]
+
+
+def test_efficiency_compares_devft_with_c2a_once_c2a_has_run(tmp_path):
+    plan = _plan(tmp_path)
+    _fake_run(plan, "fedit", 0, _fedit(35.0, 40.0))  # reaches 40 at t = 20 s
+    _fake_run(plan, "devft", 0, _devft(38.0, 41.0))  # at t = 10 s
+    _fake_run(plan, "c2a", 0, _fedit(35.0, 40.0))  # as FedIT: at t = 20 s
+    t = rp.build_table(plan, "efficiency", [0], "cmd")
+    assert t["devft_vs"]["c2a"]["time_s"]["mean"] == 2.0
+    assert "less LoRA uplink than C2A" in t["reading"] and "compared above" in t["reading"]
+    assert plan.cell_dir(rp.Cell(rp.V["c2a"], 0)).parent.name == "efficiency"
 
 
 def test_ablation_drop_is_devft_minus_variant(tmp_path):

@@ -33,7 +33,8 @@ def test_key_helpers():
 
 def test_parameter_table_is_derived_from_the_classes():
     assert STRATEGY_PARAMS == {"fedit": (), "ffa-lora": ("a_seed",), "fedsa-lora": ("eval_mode",),
-                               "flora": ("a_seed",), "fedprox": ("mu",)}
+                               "flora": ("a_seed",), "fedprox": ("mu",), "dofit": ("top_k", "proximal"),
+                               "c2a": ("embed_dim", "hidden", "seed")}
     assert STRATEGY_PARAMS is S.STRATEGY_PARAMS  # runner.config re-exports fl's table, no copy
     assert get_strategy("FedSA").name == "fedsa-lora"
     assert get_strategy("ffa_lora").name == "ffa-lora"

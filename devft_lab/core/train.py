@@ -15,6 +15,8 @@ Three pieces, each small:
                     clipping; a fixed learning rate (the federated runtime sets it per round
                     from a cosine across rounds, :func:`round_lr`); packed batches and the
                     compute dtype the device probe chose (:mod:`devft_lab.core.device`).
+                    With a :class:`Reparametrization` (C2A) the optimiser steps tensors that
+                    *generate* the model's trainable ones, by the chain rule.
 
 No TRL, no Trainer: nothing here breaks when those APIs move.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -218,6 +220,23 @@ def scheduled_lr(round_idx: int, stage_round: int, stage_len: int, num_rounds: i
     return round_lr(start + round_idx, length or num_rounds, lr, lr_min, schedule)
 
 
+class Reparametrization(Protocol):
+    """Tensors that generate the model's trainable tensors (C2A: a hypernetwork generating the LoRA).
+
+    :func:`train_local` then steps ``params`` instead of the model's tensors. Each step:
+    :meth:`load` writes the generated tensors into the model (and clears their gradients), the
+    micro-batches run forward and backward through the model as usual, and :meth:`backward`
+    carries the model tensors' gradients on into ``params`` (``dL/dphi = dL/dW . dW/dphi``).
+    The model itself is untouched, so compiled layers and kernels work as for plain LoRA.
+    """
+
+    params: Sequence[torch.Tensor]
+
+    def load(self) -> None: ...
+
+    def backward(self) -> None: ...
+
+
 def batch_order(n: int, steps: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
     """``steps`` batches of indices: epochs of a seeded shuffle, concatenated."""
     if n == 0:
@@ -233,7 +252,8 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
                 weight_decay: float = 0.0, seed: int = 0, pad_id: int = 0,
                 penalty: Callable[[], torch.Tensor] | None = None, device: str | torch.device | None = None,
                 progress: Callable[[int, float], None] | None = None, packing: bool = True,
-                compute_dtype: str = "auto", compile: bool = False, attention: str | None = None) -> TrainStats:
+                compute_dtype: str = "auto", compile: bool = False, attention: str | None = None,
+                reparam: Reparametrization | None = None) -> TrainStats:
     """Train the parameters with ``requires_grad`` for ``steps`` optimizer steps (AdamW).
 
     Each step accumulates ``grad_accum`` micro-batches of ``batch_size`` examples; the loss
@@ -251,8 +271,10 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
     (:func:`~devft_lab.core.compiled.compiled_layers`), eager again afterwards.
     ``attention``: the attention kernel of these steps (``sdpa`` | ``eager``,
     :func:`~devft_lab.core.attention.attention_kernel`); ``None``: the model's own.
+    ``reparam``: step its ``params``, which generate the model's trainable tensors
+    (:class:`Reparametrization`); the model ends holding what the final ``params`` generate.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = list(reparam.params) if reparam is not None else [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("train_local: the model has no trainable parameters (is the LoRA attached?).")
     device = torch.device(device) if device is not None else params[0].device
@@ -268,6 +290,8 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
     with bits_dropout(model, mask_sampler(device) == SAMPLER), attention_kernel(model, attention, rows=packing), compiled_layers(model, compile):
         for step in range(steps):
             opt.zero_grad(set_to_none=True)
+            if reparam is not None:
+                reparam.load()
             step_loss = 0.0
             for micro in range(grad_accum):
                 idx = batches[step * grad_accum + micro]
@@ -283,6 +307,8 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
                 n_tok += sum(len(e["input_ids"]) for e in chunk)
                 n_target += n
                 seen += len(idx)
+            if reparam is not None:
+                reparam.backward()
             if max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             opt.step()
@@ -291,5 +317,7 @@ def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]
                 progress(step, step_loss)
     model.train(was_training)
     opt.zero_grad(set_to_none=True)
+    if reparam is not None:
+        reparam.load()
     return TrainStats(loss=total / max(steps, 1), steps=steps, samples=seen, tokens=n_tok,
                       target_tokens=n_target, seconds=time.perf_counter() - t0)

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import torch
 
 from devft_lab.core.lora import get_lora_state, lora_parameters, set_lora_state  # noqa: F401 (re-exported)
-from devft_lab.fl.strategies import State, Strategy
+from devft_lab.fl.strategies import State, Strategy, set_trainable  # noqa: F401 (set_trainable re-exported)
 from devft_lab.core.train import TrainStats, train_local
 
 
@@ -45,15 +45,6 @@ class ClientResult:
     stats: TrainStats
 
 
-def set_trainable(model: torch.nn.Module, strategy: Strategy) -> int:
-    """``requires_grad`` on exactly the LoRA tensors the strategy trains; returns their count."""
-    n = 0
-    for k, p in lora_parameters(model).items():
-        p.requires_grad_(strategy.trainable(k))
-        n += p.numel() if p.requires_grad else 0
-    return n
-
-
 def client_seed(seed: int, round_idx: int, client: int) -> int:
     """The seed of one client's round: depends on nothing else, so reruns and resumes agree."""
     return zlib.crc32(f"{seed}/{round_idx}/{client}".encode())
@@ -64,24 +55,24 @@ def client_update(model: torch.nn.Module, start: Mapping[str, torch.Tensor], dat
                   global_state: Mapping[str, torch.Tensor] | None = None) -> ClientResult:
     """One client round on the shared ``model``.
 
-    ``start`` is the adapter the client begins from (``strategy.client_init``), ``data``
+    ``start`` is the state the client begins from (``strategy.client_init``: a LoRA adapter, or
+    what the strategy turns into one in ``strategy.local_model``, C2A's hypernetwork), ``data``
     its encoded examples (:func:`devft_lab.core.train.encode_example`). The global torch RNG
     (dropout) and the batch order are seeded from ``(seed, round, client)``.
     ``global_state`` feeds a strategy's local penalty (FedProx).
     """
-    set_lora_state(model, start)
-    set_trainable(model, strategy)
-    s = client_seed(seed, round_idx, client)
-    torch.manual_seed(s)
-    ref = dict(global_state if global_state is not None else start)
-    params = {k: p for k, p in lora_parameters(model).items() if p.requires_grad}
-    with torch.no_grad():
-        penalised = strategy.local_penalty(params, ref) is not None  # the default hook: None
-    penalty = (lambda: strategy.local_penalty(params, ref)) if penalised else None  # noqa: E731
-    stats = train_local(model, data, steps=training.steps, batch_size=training.batch_size, lr=training.lr,
-                        grad_accum=training.grad_accum, max_grad_norm=training.max_grad_norm, seed=s,
-                        pad_id=training.pad_id, penalty=penalty, packing=training.packing,
-                        compute_dtype=training.compute_dtype, compile=training.compile,
-                        attention=training.attention)
-    trained = get_lora_state(model)
+    with strategy.local_model(model, start, client=client) as local:
+        s = client_seed(seed, round_idx, client)
+        torch.manual_seed(s)
+        ref = dict(global_state if global_state is not None else start)
+        params = {k: p for k, p in lora_parameters(model).items() if p.requires_grad}
+        with torch.no_grad():
+            penalised = strategy.local_penalty(params, ref) is not None  # the default hook: None
+        penalty = (lambda: strategy.local_penalty(params, ref)) if penalised else None  # noqa: E731
+        stats = train_local(model, data, steps=training.steps, batch_size=training.batch_size, lr=training.lr,
+                            grad_accum=training.grad_accum, max_grad_norm=training.max_grad_norm, seed=s,
+                            pad_id=training.pad_id, penalty=penalty, packing=training.packing,
+                            compute_dtype=training.compute_dtype, compile=training.compile,
+                            attention=training.attention, reparam=local.reparam)
+        trained = local.state()
     return ClientResult(client, strategy.uplink(trained), strategy.persist(trained), len(data), stats)

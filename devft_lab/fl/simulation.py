@@ -85,9 +85,9 @@ class Simulation:
         if not client_data or any(len(d) == 0 for d in client_data):
             empty = [i for i, d in enumerate(client_data) if len(d) == 0]
             raise ValueError(f"every client needs data; clients {empty[:10]} have none.")
-        if strategy.requires_merge and len(plan.stage_rounds()) != 1:
-            raise ValueError(f"strategy {strategy.name} merges into the base weights every round, which "
-                             "only a one-stage (full-model) plan supports; set devft.enabled=false.")
+        if strategy.single_stage and len(plan.stage_rounds()) != 1:
+            raise ValueError(f"strategy {strategy.name} {strategy.single_stage}; it runs only a one-stage "
+                             "(full-model) plan: set devft.enabled=false.")
         self.plan, self.strategy, self.data = plan, strategy, client_data
         self.s, self.evaluator = settings, evaluator
         self.run_dir = Path(run_dir)
@@ -221,12 +221,12 @@ class Simulation:
         uploads, weights, losses, tokens = [], [], [], 0
         t0 = time.perf_counter()
         for c in clients:
-            down = strategy.downlink(st.global_state)
+            down = strategy.downlink(st.global_state, client=c)
             cost.downlink_bytes += tensor_bytes(down)
             if c not in st.delivered:
                 cost.submodel_delivery_bytes += sm.delivery_bytes
                 st.delivered.append(c)
-            start = strategy.client_init(st.global_state, st.kept.get(c))
+            start = strategy.client_init(st.global_state, st.kept.get(c), client=c)
             res = client_update(sm.model, start, self.data[c], strategy, training, client=c, round_idx=t,
                                 seed=self.s.seed, global_state=st.global_state)
             cost.uplink_bytes += tensor_bytes(res.upload)
@@ -239,13 +239,13 @@ class Simulation:
                 st.kept[c] = res.keep
         cost.train_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        st.global_state = strategy.aggregate(st.global_state, uploads, weights)
+        st.global_state = strategy.aggregate(st.global_state, uploads, weights, clients=clients)
         if strategy.requires_merge:
             # the participants receive the stacked adapter to merge it (its size grows with K)
             cost.downlink_bytes += tensor_bytes(st.global_state) * len(clients)
             st.global_state = self._merge_round(st.global_state, t)
         cost.aggregate_s = time.perf_counter() - t1
-        lora_n = num_params(st.global_state)
+        lora_n = num_params(sm.start)  # the stage's LoRA (the global state may be more: DoFIT, C2A)
         cost.flops_estimate = training_flops(num_params(sm.model) - lora_n, tokens, lora_n, lora_only=True)
         st.round += 1
         st.stage_round += 1

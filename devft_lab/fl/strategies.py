@@ -10,13 +10,24 @@ run the same code:
 
 ===================  ========================================================================
 ``trainable(key)``   is this tensor trained on the client?
-``client_init``      the adapter a client starts a round from (global + its own local state)
+``client_init``      the state a client starts a round from (global + its own local state)
 ``uplink_keys``      what a client sends; :meth:`Strategy.uplink` cuts a state down to it
 ``downlink_keys``    what the server sends; :meth:`Strategy.downlink`
 ``local_keys``       what a client keeps between rounds (FedSA-LoRA's B); :meth:`Strategy.persist`
 ``aggregate``        new global state from the clients' uploads and weights (sample counts)
 ``eval_state``       the one adapter to evaluate as "the global model"
+``bind_clients``     what the strategy may know of each client (:class:`ClientProfile`:
+                     its examples per category; DoFIT's domains, C2A's client embeddings)
+``local_model``      load a client's start state into the model, train, read the state back
+                     (default: the LoRA tensors themselves; C2A: a hypernetwork generates them)
 ===================  ========================================================================
+
+``client_init``, ``downlink`` and ``aggregate`` are also told which client(s) they serve
+(``client=`` / ``clients=``); only strategies that depend on who the client is (DoFIT) read it.
+Usually the global state *is* a LoRA adapter; DoFIT's holds one adapter per domain and C2A's
+holds the hypernetwork, and both turn it into a LoRA adapter in ``client_init`` /
+``local_model`` / ``eval_state``. A strategy that cannot run a staged plan (DevFT, ProgFed)
+says why in :attr:`Strategy.single_stage`.
 
 Implemented (``get_strategy(name, **params)``):
 
@@ -31,20 +42,31 @@ Implemented (``get_strategy(name, **params)``):
                  weights every round and clients restart from a fresh adapter.
 * ``fedprox``    FedProx (Li et al. 2020): FedIT aggregation plus the proximal term
                  ``mu/2 ||w - w_global||^2`` (:func:`proximal_term`) added to the local loss.
+* ``dofit``      DoFIT (Xu et al. 2024): FedAvg within each domain; across domains only the
+                 modules in every domain's top-k are averaged, and each domain restarts from
+                 (near) that result on them (:mod:`devft_lab.fl.dofit`).
+* ``c2a``        C2A (Kim et al. 2023): a factorised hypernetwork generates each client's LoRA
+                 from its client embedding; the hypernetwork is what is sent and averaged
+                 (:mod:`devft_lab.fl.c2a`).
 
 All averaging is accumulated in float64 and cast back to the tensors' dtype.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
-from typing import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
 from devft_lab.core.choices import ConfigError, closest
-from devft_lab.core.lora import (State, canonical_key, is_lora_a, is_lora_b, lora_pairs,  # noqa: F401
-                                 module_name, seeded_lora_init)
+from devft_lab.core.lora import (State, canonical_key, get_lora_state, is_lora_a, is_lora_b,  # noqa: F401
+                                 lora_pairs, lora_parameters, module_name, seeded_lora_init, set_lora_state)
+
+if TYPE_CHECKING:
+    from devft_lab.core.train import Reparametrization
 
 
 # --------------------------------------------------------------------------- averaging
@@ -110,6 +132,54 @@ def proximal_term(params: Mapping[str, torch.Tensor], global_state: Mapping[str,
     return 0.5 * float(mu) * total
 
 
+# --------------------------------------------------------------------------- what a strategy knows of a client
+@dataclass(frozen=True)
+class ClientProfile:
+    """What a strategy may know of one client: its examples per category, and the examples.
+
+    The category is the example's ``category`` field (the lab's task). DoFIT reads the counts
+    (a client's domain), C2A the counts (its label distribution) and the examples (its
+    context); the other strategies ignore profiles.
+    """
+
+    counts: Mapping[str, int]
+    examples: Sequence[Mapping] = ()  # encoded examples (input_ids, labels)
+
+    @property
+    def size(self) -> int:
+        return int(sum(self.counts.values()))
+
+
+def client_profiles(parts: Sequence[Sequence[int]], categories: Sequence[str],
+                    examples: Sequence[Sequence[Mapping]] | None = None) -> list[ClientProfile]:
+    """One :class:`ClientProfile` per client of a partition: ``parts[c]`` indexes ``categories``
+    (the pool's); ``examples[c]`` are client c's encoded examples, if given."""
+    out = []
+    for c, idx in enumerate(parts):
+        counts: dict[str, int] = {}
+        for i in idx:
+            counts[str(categories[i])] = counts.get(str(categories[i]), 0) + 1
+        out.append(ClientProfile(dict(sorted(counts.items())), tuple(examples[c]) if examples is not None else ()))
+    return out
+
+
+@dataclass
+class LocalRound:
+    """What :meth:`Strategy.local_model` hands the client's training loop."""
+
+    state: Callable[[], State]  # the trained state, read after training
+    reparam: Reparametrization | None = None  # what the optimiser steps instead of the model's LoRA (C2A)
+
+
+def set_trainable(model: torch.nn.Module, strategy: "Strategy") -> int:
+    """``requires_grad`` on exactly the LoRA tensors the strategy trains; returns their count."""
+    n = 0
+    for k, p in lora_parameters(model).items():
+        p.requires_grad_(strategy.trainable(k))
+        n += p.numel() if p.requires_grad else 0
+    return n
+
+
 # --------------------------------------------------------------------------- strategies
 class Strategy:
     """Base class: FedAvg of everything that is uploaded. Subclasses change the key rules."""
@@ -117,6 +187,7 @@ class Strategy:
     name = "base"
     exact = False  # does aggregate() reproduce sum_k p_k B_k A_k exactly?
     requires_merge = False  # FLoRA: the runtime merges the aggregate into the base weights
+    single_stage = ""  # non-empty: why this strategy runs only one-stage (full-model) plans
 
     def __init__(self, **params):
         if params:
@@ -156,8 +227,8 @@ class Strategy:
         """The part of a trained client state that goes to the server."""
         return {k: client_state[k] for k in self.uplink_keys(client_state)}
 
-    def downlink(self, global_state: Mapping[str, torch.Tensor]) -> State:
-        """The part of the global state that goes to a client."""
+    def downlink(self, global_state: Mapping[str, torch.Tensor], client: int | None = None) -> State:
+        """The part of the global state that goes to a client (``client``: which one, for DoFIT)."""
         return {k: global_state[k] for k in self.downlink_keys(global_state)}
 
     def persist(self, client_state: Mapping[str, torch.Tensor]) -> State:
@@ -176,10 +247,28 @@ class Strategy:
         returns its proximal term)."""
         return None
 
+    def bind_clients(self, profiles: Sequence[ClientProfile], embedding: torch.nn.Module | None = None) -> None:
+        """Tell the strategy about the clients (client ``c`` is ``profiles[c]``); ``embedding`` is the
+        base model's input embedding. Called once by the runtime before the run (default: ignored)."""
+
+    @contextlib.contextmanager
+    def local_model(self, model: torch.nn.Module, start: Mapping[str, torch.Tensor], *,
+                    client: int | None = None) -> Iterator[LocalRound]:
+        """``model`` made ready to train one client round from ``start``; yields a
+        :class:`LocalRound`: how to read the trained state (what :meth:`uplink` and :meth:`persist`
+        cut from), and what the optimiser steps if not the model's own tensors.
+
+        Default: ``start`` is a LoRA adapter, copied into the model's LoRA tensors; those of
+        :meth:`trainable` train; the trained state is the model's adapter.
+        """
+        set_lora_state(model, start)
+        set_trainable(model, self)
+        yield LocalRound(lambda: get_lora_state(model))
+
     # round ---------------------------------------------------------------------
     def client_init(self, global_state: Mapping[str, torch.Tensor],
-                    client_state: Mapping[str, torch.Tensor] | None = None) -> State:
-        """The adapter a client starts from: the global state, with its local keys if it has any."""
+                    client_state: Mapping[str, torch.Tensor] | None = None, client: int | None = None) -> State:
+        """The state a client starts from: the global state, with its local keys if it has any."""
         out = clone_state(global_state)
         if client_state:
             for k in self.local_keys(global_state):
@@ -189,8 +278,9 @@ class Strategy:
 
     def aggregate(self, global_state: Mapping[str, torch.Tensor],
                   client_states: Sequence[Mapping[str, torch.Tensor]],
-                  weights: Sequence[float]) -> State:
-        """New global state: sample-weighted mean of the uploaded keys; other keys kept from global."""
+                  weights: Sequence[float], clients: Sequence[int] | None = None) -> State:
+        """New global state: sample-weighted mean of the uploaded keys; other keys kept from global.
+        ``clients``: who sent each upload (read only by strategies that need it, DoFIT)."""
         if not client_states:
             raise ValueError("aggregate() needs at least one client state")
         ups = [self.uplink(s) for s in client_states]
@@ -259,7 +349,7 @@ class FFALoRA(Strategy):
 
     _downloads = _uploads
 
-    def aggregate(self, global_state, client_states, weights) -> State:
+    def aggregate(self, global_state, client_states, weights, clients=None) -> State:
         out = super().aggregate(global_state, client_states, weights)
         for k in global_state:  # A is the global one, whatever a client holds
             if is_lora_a(k):
@@ -347,6 +437,7 @@ class FLoRA(Strategy):
     name = "flora"
     exact = True
     requires_merge = True
+    single_stage = "merges adapters into the base weights every round"
 
     def __init__(self, a_seed: int = 0):
         self.a_seed = int(a_seed)
@@ -357,7 +448,7 @@ class FLoRA(Strategy):
     def fresh_adapter(self, template: Mapping[str, torch.Tensor], round_idx: int) -> State:
         return seeded_lora_init(template, self.a_seed * 1_000_033 + int(round_idx))
 
-    def aggregate(self, global_state, client_states, weights) -> State:
+    def aggregate(self, global_state, client_states, weights, clients=None) -> State:
         if not client_states:
             raise ValueError("aggregate() needs at least one client state")
         p = normalise_weights(weights, len(client_states))
@@ -453,6 +544,18 @@ def init_params(cls: type[Strategy]) -> tuple[str, ...]:
 
 # name -> accepted parameters, derived from the classes (the one table runner.config checks against)
 STRATEGY_PARAMS: dict[str, tuple[str, ...]] = {n: init_params(c) for n, c in STRATEGIES.items()}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: make a strategy defined in another module known by its ``name``."""
+    STRATEGIES[cls.name] = cls
+    STRATEGY_PARAMS[cls.name] = init_params(cls)
+    return cls
+
+
+# DoFIT and C2A live in their own modules (they build on the classes above) and register there.
+import devft_lab.fl.c2a  # noqa: E402,F401
+import devft_lab.fl.dofit  # noqa: E402,F401
 
 
 def canonical_strategy(name: str) -> str:

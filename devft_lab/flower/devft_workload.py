@@ -28,6 +28,11 @@ Each process (server, every client) resolves its own compute: ``model.dtype: aut
 should. The same maths, but other kernels round differently: for a run that must end bit for bit
 where the simulation ends, name both (the ``tiny`` config does).
 
+Strategies that depend on who the client is get its partition id, as in the simulation: DoFIT
+sends each client its domain's adapter (``strategy.downlink(global, client=...)``) and aggregates
+by domain; C2A's client generates its adapter from its own embedding (its profile, which every
+process derives from the same partition in ``build``) and sends the hypernetwork back.
+
 Not covered: FLoRA (it merges into the base weights every round, which the simulation does not
 support with DevFT either) and evaluation during the run (``eval.*``). To evaluate, load the final
 adapter (``final_state.safetensors``) with :func:`devft_lab.runner.run.export_adapter`'s format.
@@ -125,7 +130,7 @@ class DevFTWorkload(Workload):
 
         self._goto_stage(self.stage_of[rnd])
         p, s = self.parts, self.parts.settings
-        tensors = {f"down/{k}": v for k, v in p.strategy.downlink(self.global_state).items()}
+        tensors = {f"down/{k}": v for k, v in p.strategy.downlink(self.global_state, client=client).items()}
         first = client not in self.delivered
         if first:
             tensors.update({f"stage/{k}": v for k, v in self.stage_start.items()})
@@ -143,7 +148,7 @@ class DevFTWorkload(Workload):
         p = self.parts
         order = sorted(replies)
         self.global_state = p.strategy.aggregate(self.global_state, [replies[c].state for c in order],
-                                                 [replies[c].num_examples for c in order])
+                                                 [replies[c].num_examples for c in order], clients=order)
         for c in order:
             self.delivered.add(c)
             self.samples[c] = replies[c].num_examples
@@ -202,7 +207,7 @@ class DevFTWorkload(Workload):
         global_state.update(down)
         kept = self._carried(local, stage, infos)
         sm = p.plan.begin(stage, infos[stage])          # the fused submodel, built here
-        start = p.strategy.client_init(global_state, kept or None)
+        start = p.strategy.client_init(global_state, kept or None, client=client)
         training = LocalTraining(**{**p.settings.training.__dict__, "lr": float(config["lr"])})
         res = client_update(sm.model, start, p.client_data[client], p.strategy, training, client=client,
                             round_idx=rnd, seed=p.settings.seed, global_state=global_state)

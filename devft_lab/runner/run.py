@@ -36,7 +36,7 @@ from devft_lab.core.lora import to_flat, to_layers
 from devft_lab.core.dropout import mask_sampler
 from devft_lab.core.train import PACK_LAYOUT
 from devft_lab.fl.stages import FullModelPlan, StagePlan
-from devft_lab.fl.strategies import Strategy, from_config
+from devft_lab.fl.strategies import Strategy, client_profiles, from_config
 
 LOG_NAME = "run.log"
 
@@ -288,11 +288,13 @@ def build(cfg: RunConfig, progress: bool = True, compute: dict[str, Any] | None 
     model, tok = load_model(cfg.model.name, device=device_of(cfg), dtype=_dtype(cfg),
                             quantization=cfg.model.quantization)
     capacities = validate_against_model(cfg, num_layers(model))
-    if cfg.devft.enabled and from_config(cfg.fed).requires_merge:
-        raise ConfigError("fed.strategy = flora merges adapters into the base weights every round, which "
-                          "staged plans (DevFT, ProgFed) do not support; set devft.enabled=false, or use "
-                          "fedit, fedprox, ffa-lora or fedsa-lora.")
     strategy = from_config(cfg.fed)
+    if cfg.devft.enabled and strategy.single_stage:
+        from devft_lab.fl.strategies import STRATEGIES
+
+        staged = ", ".join(n for n, c in STRATEGIES.items() if not c.single_stage)
+        raise ConfigError(f"fed.strategy = {strategy.name} {strategy.single_stage}, so staged plans (DevFT, "
+                          f"ProgFed) cannot run it; set devft.enabled=false, or use {staged}.")
     examples = load_examples(cfg.data.source, cfg.data.split, cfg.data.max_samples, cfg.train.seed)
     holdout_n = cfg.eval.holdout
     if holdout_n >= len(examples):
@@ -310,6 +312,8 @@ def build(cfg: RunConfig, progress: bool = True, compute: dict[str, Any] | None 
         raise ConfigError(f"data: {e}{split_suggestion(categories, cfg)}") from None
     encoded = encode_examples(tok, pool, cfg.data.template, cfg.train.seq_len)
     client_data = [[encoded[i] for i in p] for p in parts]
+    # what DoFIT (domains) and C2A (client embeddings) know of each client; the others ignore it
+    strategy.bind_clients(client_profiles(parts, categories, client_data), model.get_input_embeddings())
     compute = resolve_compute(cfg, model, compute)
     held_encoded = encode_examples(tok, held, cfg.data.template, cfg.train.seq_len)
     evaluator = make_evaluator(cfg, tok, held_encoded, compute["dtype"])

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from devft_lab.core.tables import markdown_table
-from devft_lab.experiments.reproduce.cells import (Cell, NOT_IMPLEMENTED, PAPER_ABLATION, PAPER_COLUMNS,
+from devft_lab.experiments.reproduce.cells import (Cell, PAPER_ABLATION, PAPER_COLUMNS,
                                                    PAPER_COLUMN_OF_BASE, PAPER_COMPAT, PAPER_EFFICIENCY,
                                                    PAPER_GROWTH, PAPER_MAIN, Plan, ROW_LABELS, TABLES, V,
                                                    cells_of)
@@ -15,6 +15,8 @@ from devft_lab.experiments.reproduce.readings import reading
 from devft_lab.experiments.reproduce.stats import (Finished, _wall, collect, efficiency, fmt, fmt_ci, headline,
                                                    paired, paired_items, ratio, row_metrics)
 
+# What a row without a finished cell says (its cells are listed by the reproduce command).
+NOT_RUN = "not run yet"
 # The row each table's item-paired gaps are taken against.
 REFERENCE = {"main": "fedit", "efficiency": "fedit", "ablation": "devft", "growth": "devft", "compat": "fedsa-lora"}
 
@@ -72,6 +74,8 @@ def build_table(plan: Plan, table: str, seeds: Sequence[int], command: str) -> d
             "compute_dtypes": {str(s): compute_dtype(m) for s, m in sorted(f.metas.items())},
             "gain_items": paired_items(f.items, f.initial_items),  # trained - untrained, same items
         }
+        if not f.summaries:
+            row["status"] = NOT_RUN
         ref = REFERENCE[table]
         if key != ref:
             row["vs_ref_items"] = {"ref": ref, **paired_items(f.items, fin[ref].items)}
@@ -83,9 +87,6 @@ def build_table(plan: Plan, table: str, seeds: Sequence[int], command: str) -> d
         elif table == "growth" and key != "devft":
             row["vs_x2"] = paired(fin["devft"].summaries, f.summaries, metric)
         rows.append(row)
-    for key, label in NOT_IMPLEMENTED.get(table, ()):
-        rows.append({"key": key, "method": label, "status": "not implemented", "metrics": {}, "seeds": [],
-                     "cells": "0 of 0", "paper": PAPER_MAIN.get(key, {}) if table == "main" else {}})
     paper: dict[str, Any] = {"main": {"columns": list(PAPER_COLUMNS), "closed_ended_avg": PAPER_MAIN},
                              "efficiency": PAPER_EFFICIENCY, "ablation": {"drop_pct_llama31_8b": PAPER_ABLATION},
                              "compat": {"llama2_7b": PAPER_COMPAT}, "growth": PAPER_GROWTH}[table]
@@ -149,8 +150,8 @@ def to_markdown(t: dict[str, Any]) -> str:
                 head.insert(4, "paper drop %")
         body = []
         for r in t["rows"]:
-            if r.get("status") == "not implemented":
-                cells = [r["method"], "-", "not implemented"] + ["-"] * (len(head) - 3 - len(paper_cols))
+            if r.get("status") == NOT_RUN:
+                cells = [r["method"], "-", NOT_RUN] + ["-"] * (len(head) - 5 - len(paper_cols)) + ["-", r["cells"]]
             else:
                 x = r["metrics"]
                 caps = "→".join(map(str, r["capacities"])) if r.get("capacities") else "-"
@@ -173,8 +174,8 @@ def to_markdown(t: dict[str, Any]) -> str:
         out += [f"Target: {t['target']['definition']} = {fmt(t['target'])}.", ""]
         body = []
         for r in t["rows"]:
-            if r.get("status") == "not implemented":
-                body.append([r["method"], "not implemented"] + ["-"] * 7)
+            if r.get("status") == NOT_RUN:
+                body.append([r["method"], NOT_RUN] + ["-"] * 6 + [r["cells"]])
                 continue
             e = t["to_target"].get(r["key"], {})
             body.append([r["method"], e.get("reached", "-"), fmt(e.get("time_s"), 1),
