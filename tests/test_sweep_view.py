@@ -108,3 +108,20 @@ def test_load_sweep_reads_the_committed_report_or_says_none(tmp_path):
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "sweep_lab.json").write_text('{"rows": []}')
     assert sweep_view.load_sweep(tmp_path) == {"rows": []}
+
+
+def test_controls_view_pairs_each_level_with_its_final_stage_control_and_skips_levels_without_one():
+    run = dict(_row("schedule", "run", _gap(-6, -9, -3), []), control="c-run", gap_vs_control=_gap(6.7, 2.4, 11.0))
+    stage = dict(_row("schedule", "stage", _gap(-4, -10, 2), []), control="c-stage",
+                 gap_vs_control=_gap(2.1, -3.1, 7.1), metric={"mean": 42.9, "std": None})
+    d = dict(SWEEP, rows=SWEEP["rows"] + [run, stage],
+             controls=[{"key": "c-run", "label": "FedIT, last 3 rounds only", "seeds": [42], "metric": {"mean": 36.0, "std": None}},
+                       {"key": "c-stage", "label": "FedIT, last 3 rounds only", "seeds": [], "metric": None}])
+    v = sweep_view.controls_view(d)
+    assert [x["level"] for x in v["rows"]] == ["schedule = run", "schedule = stage"]  # no control, no row
+    assert v["rows"][0]["control"]["mean"] == 36.0 and v["rows"][1]["control"] is None  # not trained yet
+    assert v["rows"][0]["vs_control"]["mean"] == 6.7 and v["rows"][0]["fedit"]["mean"] == 47.0
+    lines = v["table"].splitlines()
+    assert len(lines) == 2 + 2 and "+6.7 [+2.4, +11.0]" in lines[2] and "| – |" in lines[3]
+    assert sweep_view.untrained_acc(d) == 40.0 - 5  # the first row's accuracy minus its paired gain
+    assert len(v["figure"].axes[0].patches) == 2 + 1 + 2  # DevFT x2, control x1 (one trained), FedIT x2

@@ -11,6 +11,7 @@ every view iterates over the rows the report holds, so a new factor or level app
 - :func:`gap_figure`: every DevFT setting once, its gap to matched FedIT with the 95% interval;
 - :func:`probe_view`: inside one setting, the fused submodel's loss at each stage (the widget's callback);
 - :func:`probe_vs_gap`: does a better stand-in predict a smaller gap?
+- :func:`controls_view`: what the fused stages add over training DevFT's last stage alone.
 """
 from __future__ import annotations
 
@@ -277,4 +278,65 @@ def sweep_model(d: dict[str, Any], root: str | Path = ".") -> str | None:
 
     for cfg in sorted((Path(root) / d.get("runs", "results/repro/lab")).glob(f"*/{center_key(d)}-s*/config.yaml")):
         return load_config(cfg).model.name
+    return None
+
+
+def controls_view(d: dict[str, Any]) -> dict[str, Any]:
+    """What the fused stages add: each level that has a "final stage only" control (FedIT for DevFT's
+    last-stage rounds at DevFT's last-stage learning rates), beside its FLOP-matched FedIT.
+
+    Returns ``rows`` (level, seeds, DevFT, control and matched FedIT accuracies, DevFT − control and
+    DevFT − matched FedIT with their 95% intervals), ``table`` (markdown) and ``figure``: accuracy of
+    the three per level, mean ± sd over the seeds each has, with the untrained model as a line."""
+    ctl = {c["key"]: c for c in d.get("controls", [])}
+    fed = {f["key"]: f for f in d["fedit"]}
+    rows = []
+    for r in d["rows"]:
+        if not r.get("control"):
+            continue
+        c, f = ctl.get(r["control"], {}), fed.get(r["fedit"], {})
+        rows.append({"level": f"{r['factor']} = {r['level']}", "key": r["key"], "seeds": r["seeds"],
+                     "control_seeds": c.get("seeds", []), "devft": r["metric"], "control": c.get("metric"),
+                     "fedit": f.get("metric"), "vs_control": r.get("gap_vs_control") or {},
+                     "vs_fedit": r["gap_vs_fedit"], "control_label": c.get("label", r["control"])})
+
+    def acc(m):
+        return "–" if not m else f"{m['mean']:.1f}" + (f" ± {m['std']:.1f}" if m.get("std") is not None else "")
+
+    def gap(g):
+        return "–" if g.get("mean") is None else _ci(g) + f" ({len(g.get('seeds', []))} seed{'s' * (len(g.get('seeds', [])) != 1)})"
+
+    table = "\n".join(["| level | DevFT | final stage only | FedIT, equal FLOPs | DevFT − final stage only | DevFT − FedIT |",
+                       "|---|---|---|---|---|---|"] +
+                      [f"| {x['level']} | {acc(x['devft'])} | {acc(x['control'])} | {acc(x['fedit'])} | "
+                       f"{gap(x['vs_control'])} | {gap(x['vs_fedit'])} |" for x in rows])
+    fig, axes = _fig(7.5, 3.4)
+    ax = axes[0][0]
+    width, colors = 0.26, {"devft": "tab:orange", "control": "tab:gray", "fedit": "tab:blue"}
+    names = {"devft": "DevFT", "control": "FedIT, DevFT's last stage only", "fedit": "FedIT, equal client FLOPs"}
+    for j, k in enumerate(("devft", "control", "fedit")):
+        xs = [i + (j - 1) * width for i, x in enumerate(rows) if x[k]]
+        ms = [x[k] for x in rows if x[k]]
+        ax.bar(xs, [m["mean"] for m in ms], width, color=colors[k], label=names[k],
+               yerr=[m.get("std") or 0 for m in ms], capsize=3)
+    base = untrained_acc(d)
+    if base is not None:
+        ax.axhline(base, color="k", ls="--", lw=1, label=f"untrained model ({base:.1f} %)")
+    ax.set_xticks(range(len(rows)), [f"{x['level']}\n(seeds: DevFT {len(x['seeds'])}, last stage {len(x['control_seeds'])})"
+                                     for x in rows], fontsize=8)
+    ax.set_ylim(30, 52)
+    ax.set_ylabel("accuracy on the held-out items (%)")
+    ax.set_title("Does DevFT's staging beat training its last stage alone? (mean ± sd over the seeds each has)",
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    return {"rows": rows, "table": table, "figure": fig}
+
+
+def untrained_acc(d: dict[str, Any]) -> float | None:
+    """The untrained model's accuracy on the sweep's items: the center's final accuracy minus its paired gain."""
+    for r in d["rows"]:
+        g = r.get("gain_over_untrained") or {}
+        if r["metric"] and g.get("mean") is not None:
+            return r["metric"]["mean"] - g["mean"]
     return None
