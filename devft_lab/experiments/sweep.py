@@ -240,6 +240,7 @@ def build_report(plan: Plan, rows: Sequence[Level], fedits: dict[str, Variant], 
         out_rows.append({
             "control": ctl.key if ctl else None,
             "gap_vs_control": paired_items(f.items, fin[ctl.key].items) if ctl else None,
+            "gap_vs_center": paired_items(f.items, fin[CENTER.key].items) if CENTER.key in fin else None,
             "factor": r.factor, "level": r.level, "key": r.variant.key, "label": r.variant.label,
             "schedule": r.schedule, "fedit": fedits[r.schedule].key, "seeds": sorted(f.summaries),
             "metric": m.get(metric), "gain_over_untrained": paired_items(f.items, f.initial_items),
@@ -376,9 +377,11 @@ def to_markdown(d: dict[str, Any]) -> str:
     if ctl:
         out += ["", "What the fused stages add: DevFT against FedIT trained for DevFT's last-stage rounds only, at "
                 "DevFT's last-stage learning rates (the control), paired item by item:", ""]
-        out += markdown_table(["factor", "level", "cell", d["metric"], "DevFT - final stage only", "control"],
+        out += markdown_table(["factor", "level", "cell", d["metric"], "DevFT - final stage only", "control",
+                               "this level - the center"],
                               [[r["factor"], r["level"], r["key"], _fmt_ms(r["metric"]), fmt_ci(r["gap_vs_control"]),
-                                r["control"]] for r in ctl])
+                                r["control"], fmt_ci(r.get("gap_vs_center") or {}) if r["key"] != CENTER.key else "-"]
+                               for r in ctl])
         out += ["", "The controls:", ""]
         out += markdown_table(["cell", "what", "seeds", d["metric"], "gain over untrained", "control - matched FedIT"],
                               [[c["key"], c["label"], ", ".join(map(str, c["seeds"])) or "-", _fmt_ms(c["metric"]),
