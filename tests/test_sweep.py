@@ -17,8 +17,9 @@ def test_levels_per_factor_start_at_the_center_and_reuse_the_ablation_cells():
     rows = sw.levels()
     by = {f: [r.level for r in rows if r.factor == f] for f in sw.FACTORS}
     assert by == {"capacity": ["L/8", "L/4", "L/2"], "transfer": ["copy", "copy-scaled", "anchor-only", "increment"],
-                  "beta": ["0.1", "0.05", "0.025"], "grouping": ["spectral", "contiguous", "even", "function"]}
-    centers = {r.variant for r in rows if r.level in ("L/8", "copy", "0.1", "spectral")}
+                  "beta": ["0.1", "0.05", "0.025"], "grouping": ["spectral", "contiguous", "even", "function"],
+                  "schedule": ["run", "stage", "stage-even"]}
+    centers = {r.variant for r in rows if r.level in ("L/8", "copy", "0.1", "spectral", "run")}
     assert centers == {sw.CENTER}
     assert {r.variant for r in rows if r.level in ("contiguous", "even")} == {V["grouping-contiguous"], V["grouping-even"]}
     for r in rows:
@@ -33,10 +34,12 @@ def test_dry_run_lists_every_cell_once_with_one_matched_fedit_per_schedule(tmp_p
     names = [l.split()[0] for l in lines if l.split()[1:2] == ["missing"]]
     devft = ["sweep-devft", "sweep-first-l4", "sweep-first-l2", "sweep-transfer-copy-scaled",
              "sweep-transfer-anchor-only", "sweep-transfer-increment", "sweep-beta-0.05", "sweep-beta-0.025",
-             "grouping-contiguous", "grouping-even", "sweep-grouping-function"]
+             "grouping-contiguous", "grouping-even", "sweep-grouping-function", "sweep-schedule-stage",
+             "sweep-schedule-stage-even"]
     fedit = ["sweep-fedit-l8", "sweep-fedit-l4", "sweep-fedit-l2"]
-    assert names == [f"{k}-s{s}" for k in devft + fedit for s in (0, 1)]
-    assert lines[-1].startswith("28 cells, 28 to train")
+    controls = ["sweep-final-only-run", "sweep-final-only-stage"]  # the schedule factor's "final stage only"
+    assert names == [f"{k}-s{s}" for k in devft + fedit + controls for s in (0, 1)]
+    assert lines[-1].startswith("36 cells, 36 to train")
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
     # a subset of factors: capacity alone needs its three schedules' FedITs, beta only the default's
     cells, fedits = sw.sweep_cells(_plan(tmp_path), sw.levels(["beta"]), [0])
