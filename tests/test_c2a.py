@@ -140,24 +140,10 @@ def test_generated_adapter_keeps_the_hypernetworks_dtype():
     assert all(v.dtype == torch.bfloat16 for v in lora.values())
 
 
-def _sim(tmp_path, name, *overrides, until=None, resume=False):
-    from devft_lab.fl.simulation import Simulation
-    from devft_lab.runner.config import load_config
-    from devft_lab.runner.run import build
-
-    cfg = load_config("tiny", ["devft.enabled=false", "fed.num_rounds=4", "eval.holdout=0", f"out_dir={tmp_path}",
-                               f"name={name}", *overrides])
-    p = build(cfg, progress=False)
-    sim = (Simulation.resume if resume else Simulation)(p.plan, p.strategy, p.client_data, p.settings,
-                                                         tmp_path / name, p.evaluator)
-    sim.run(until_round=until)
-    return sim
-
-
-def test_c2a_run_sends_the_hypernetwork_both_ways_and_resumes_exactly(tmp_path):
+def test_c2a_run_sends_the_hypernetwork_both_ways_and_resumes_exactly(tmp_path, tiny_sim):
     from devft_lab.fl.simulation import final_state
 
-    full = _sim(tmp_path, "c2a", "fed.strategy=c2a")
+    full = tiny_sim("c2a", "fed.strategy=c2a")
     hyper = full.state.global_state
     assert all(k.startswith(PREFIX) for k in hyper)
     for row in full.ledger.rows:  # every sampled client: the whole hypernetwork down and up
@@ -165,7 +151,7 @@ def test_c2a_run_sends_the_hypernetwork_both_ways_and_resumes_exactly(tmp_path):
         assert row["uplink_bytes"] == row["downlink_bytes"] == n * tensor_bytes(hyper)
     final = final_state(full)
     assert all(torch.equal(final[k], v) for k, v in full.strategy.adapter(hyper).items())
-    _sim(tmp_path, "cut", "fed.strategy=c2a", until=2)
-    resumed = final_state(_sim(tmp_path, "cut", "fed.strategy=c2a", resume=True))
+    tiny_sim("cut", "fed.strategy=c2a", until=2)
+    resumed = final_state(tiny_sim("cut", "fed.strategy=c2a", resume=True))
     assert final.keys() == resumed.keys() and all(torch.equal(final[k], resumed[k]) for k in final)
     assert any(float(v.abs().sum()) > 0 for k, v in final.items() if is_lora_b(k))  # it trained

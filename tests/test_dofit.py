@@ -150,31 +150,17 @@ def test_dofit_and_c2a_refuse_staged_plans():
 
 
 # --------------------------------------------------------------------------- in the runtime (tiny model)
-def _sim(tmp_path, name, *overrides, until=None, resume=False):
-    from devft_lab.fl.simulation import Simulation
-    from devft_lab.runner.config import load_config
-    from devft_lab.runner.run import build
-
-    cfg = load_config("tiny", ["devft.enabled=false", "fed.num_rounds=4", "eval.holdout=0", f"out_dir={tmp_path}",
-                               f"name={name}", *overrides])
-    p = build(cfg, progress=False)
-    sim = (Simulation.resume if resume else Simulation)(p.plan, p.strategy, p.client_data, p.settings,
-                                                         tmp_path / name, p.evaluator)
-    sim.run(until_round=until)
-    return sim
-
-
-def test_dofit_run_sends_one_domain_adapter_each_way_and_resumes_exactly(tmp_path):
+def test_dofit_run_sends_one_domain_adapter_each_way_and_resumes_exactly(tmp_path, tiny_sim):
     from devft_lab.fl.simulation import final_state
 
-    fedit = _sim(tmp_path, "fedit", "fed.strategy=fedit")
-    dofit = _sim(tmp_path, "dofit", "fed.strategy=dofit")
+    fedit = tiny_sim("fedit", "fed.strategy=fedit")
+    dofit = tiny_sim("dofit", "fed.strategy=dofit")
     assert sorted(dofit.strategy.domains) == sorted(set(dofit.strategy.domain_of_client.values()))
     for a, b in zip(fedit.ledger.rows, dofit.ledger.rows):  # same clients, a FedIT-sized adapter each way
         assert a["extra"]["clients"] == b["extra"]["clients"]
         assert (a["uplink_bytes"], a["downlink_bytes"]) == (b["uplink_bytes"], b["downlink_bytes"])
-    _sim(tmp_path, "cut", "fed.strategy=dofit", until=2)
-    resumed = _sim(tmp_path, "cut", "fed.strategy=dofit", resume=True)
+    tiny_sim("cut", "fed.strategy=dofit", until=2)
+    resumed = tiny_sim("cut", "fed.strategy=dofit", resume=True)
     a, b = final_state(dofit), final_state(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(float(v.abs().sum()) > 0 for k, v in a.items() if "lora_B" in k)  # it trained

@@ -223,6 +223,18 @@ def as_instruction(item: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- build
+def write_files(out: Path, files: dict[str, list[dict[str, Any]]], manifest: dict[str, Any]) -> None:
+    """Write each ``name -> rows`` as JSONL under ``out`` and record its row count, sha256 and
+    per-task counts in ``manifest["files"]``."""
+    for name, rows in files.items():
+        write_jsonl(out / name, rows)
+        counts: dict[str, int] = {}
+        for r in rows:
+            key = r.get("task", r.get("category"))
+            counts[key] = counts.get(key, 0) + 1
+        manifest["files"][name] = {"n": len(rows), "sha256": sha256_file(out / name), "per_task": counts}
+
+
 def build(bigbench_sdist: Path, evals_wheel: Path, out: Path = DEFAULT_OUT,
           tasks: tuple[BBTask, ...] = TASKS, n_mmlu: int = N_MMLU) -> dict[str, Any]:
     """Write the lab files into ``out`` from the two archives; return the manifest."""
@@ -263,13 +275,7 @@ def build(bigbench_sdist: Path, evals_wheel: Path, out: Path = DEFAULT_OUT,
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"version": VERSION, "seed": SEED, "max_prompt_chars": MAX_PROMPT_CHARS,
                                 "sources": {f"{n}=={v}": d for n, v, d in (BIGBENCH, EVALS)}, "files": {}}
-    for name, rows in files.items():
-        write_jsonl(out / name, rows)
-        counts: dict[str, int] = {}
-        for r in rows:
-            key = r.get("task", r.get("category"))
-            counts[key] = counts.get(key, 0) + 1
-        manifest["files"][name] = {"n": len(rows), "sha256": sha256_file(out / name), "per_task": counts}
+    write_files(out, files, manifest)
     (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return manifest
 

@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from devft_lab.core.files import sha256_file
-from devft_lab.data.build import EVALS, SEED, _rng, render_prompt
-from devft_lab.data.records import DataError, check_instruction, check_mc_item, normalise_text, write_jsonl
+from devft_lab.data.build import EVALS, SEED, _rng, render_prompt, write_files
+from devft_lab.data.records import DataError, check_instruction, check_mc_item, normalise_text
 
 VERSION = 1  # of data/general (MANIFEST "version")
 POOL_CAP = 100  # pool examples per task at most (94 tasks: no task is over 1.3 % of the pool)
@@ -486,13 +485,7 @@ def build_general(evals_wheel: Path, out: Path, other_suites: dict[str, list[dic
         "max_chars": MAX_CHARS, "max_prompt_chars": MAX_PROMPT_CHARS,
         "sources": {f"{EVALS[0]}=={EVALS[1]}": EVALS[2]}, "files": {}, "tasks": {}}
     out.mkdir(parents=True, exist_ok=True)
-    for name, rows in files.items():
-        write_jsonl(out / name, rows)
-        counts: dict[str, int] = {}
-        for r in rows:
-            key = r.get("task", r.get("category"))
-            counts[key] = counts.get(key, 0) + 1
-        manifest["files"][name] = {"n": len(rows), "sha256": sha256_file(out / name), "per_task": counts}
+    write_files(out, files, manifest)
     pool_counts = manifest["files"]["train.jsonl"]["per_task"]
     held_counts = manifest["files"]["eval_heldout.jsonl"]["per_task"]
     for t in pool_tasks:

@@ -94,7 +94,7 @@ def points(run_dir: Path) -> list[dict[str, float]]:
     return out
 
 
-def _mean_sd(xs: Sequence[float | None]) -> tuple[float | None, float | None]:
+def mean_sd(xs: Sequence[float | None]) -> tuple[float | None, float | None]:
     v = [float(x) for x in xs if x is not None]
     if not v:
         return None, None
@@ -110,7 +110,7 @@ def mean_curve(curves: dict[int, list[dict]]) -> list[dict[str, Any]]:
     for i in range(n):
         row: dict[str, Any] = {"round": curves[next(iter(curves))][i]["round"]}
         for k in ("flops", "train_s", "acc", "answer_nll"):
-            row[k], row[f"{k}_sd"] = _mean_sd([c[i][k] for c in curves.values()])
+            row[k], row[f"{k}_sd"] = mean_sd([c[i][k] for c in curves.values()])
         out.append(row)
     return out
 
@@ -139,9 +139,9 @@ def build(runs: dict[str, dict[int, Path]], reference: str = "fedit") -> dict[st
             "mean": mean_curve(by),
             "reached": f"{len(reached)} of {len(hits)}",
             "to_target": reached,
-            "flops_x_less_than_reference": _mean_sd([ref_cost[s][0] / h["flops"] for s, h in reached.items()
+            "flops_x_less_than_reference": mean_sd([ref_cost[s][0] / h["flops"] for s, h in reached.items()
                                                      if h["flops"] > 0]),
-            "time_x_less_than_reference": _mean_sd([ref_cost[s][1] / h["train_s"] for s, h in reached.items()
+            "time_x_less_than_reference": mean_sd([ref_cost[s][1] / h["train_s"] for s, h in reached.items()
                                                     if h["train_s"] > 0]),
         }
     return out

@@ -78,6 +78,8 @@ from typing import Any, Sequence
 
 import torch
 
+from devft_lab.experiments.compute_matched import mean_sd  # seed mean and sample sd, one owner
+
 KINDS = ("dblf", "drop", "pairs", "dglg")
 DEFAULT_KINDS = ("dblf", "drop", "pairs")
 DEFAULT_SIZES = (4, 8, 15, 22, 26, 29)
@@ -385,42 +387,18 @@ def existing(points_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- the report
-def _mean_sd(xs: Sequence[float | None]) -> tuple[float | None, float | None]:
-    v = [float(x) for x in xs if x is not None]
-    if not v:
-        return None, None
-    m = sum(v) / len(v)
-    return m, (math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else None)
-
-
 def _ms(recs: Sequence[dict], key: str) -> dict[str, Any]:
-    m, sd = _mean_sd([r.get(key) for r in recs])
+    m, sd = mean_sd([r.get(key) for r in recs])
     return {"mean": m, "sd": sd}
 
 
 def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
-    """Spearman's rank correlation (average ranks for ties); None under three pairs."""
-    if len(xs) < 3:
+    """Spearman's rank correlation (scipy; average ranks for ties); None under three pairs or for a constant side."""
+    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
         return None
+    from scipy.stats import spearmanr
 
-    def ranks(v):
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
-
-    a, b = ranks(xs), ranks(ys)
-    ma, mb = sum(a) / len(a), sum(b) / len(b)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
-    den = math.sqrt(sum((x - ma) ** 2 for x in a) * sum((y - mb) ** 2 for y in b))
-    return cov / den if den else None
+    return float(spearmanr(xs, ys).statistic)
 
 
 def summarise_points(recs: dict[str, dict[str, Any]], counts, steps: int) -> dict[str, Any]:
@@ -451,8 +429,8 @@ def summarise_points(recs: dict[str, dict[str, Any]], counts, steps: int) -> dic
                 "matched_flop_ratio": m / steps, "matched_seeds": sorted(ref),
                 "matched_heldout_loss": _ms([ref[s] for s in paired], "heldout_loss"),
                 "matched_acc": _ms([ref[s] for s in paired], "acc"),
-                "loss_minus_matched": _mean_sd([by[s]["heldout_loss"] - ref[s]["heldout_loss"] for s in paired]),
-                "acc_minus_matched": _mean_sd([by[s]["acc"] - ref[s]["acc"] for s in paired
+                "loss_minus_matched": mean_sd([by[s]["heldout_loss"] - ref[s]["heldout_loss"] for s in paired]),
+                "acc_minus_matched": mean_sd([by[s]["acc"] - ref[s]["acc"] for s in paired
                                                if by[s].get("acc") is not None and ref[s].get("acc") is not None]),
                 "beats_matched_loss": f"{sum(by[s]['heldout_loss'] < ref[s]['heldout_loss'] for s in paired)} "
                                       f"of {len(paired)}",
@@ -480,16 +458,16 @@ def timing(recs: dict[str, dict[str, Any]], planned: Sequence[Point]) -> dict[st
     first = [r["seconds"]["total"] for r in trained if r.get("first_in_process") and r.get("compile")]
     steady = [r for r in trained if not (r.get("first_in_process") and r.get("compile"))]
     base = steady or trained
-    per, sd = _mean_sd([r["seconds"]["total"] for r in base])
+    per, sd = mean_sd([r["seconds"]["total"] for r in base])
     first_s = sum(first) / len(first) if first and steady else None
-    parts = {k: _mean_sd([r["seconds"][k] for r in base])[0] for k in ("build_probe", "train_transfer_probe",
+    parts = {k: mean_sd([r["seconds"][k] for r in base])[0] for k in ("build_probe", "train_transfer_probe",
                                                                         "evaluate")}
     n = sum(p.kind != "untrained" and not p.same_as for p in planned)
     loads = [r["load_avg_1min_at_start"] for r in trained if r.get("load_avg_1min_at_start") is not None]
     return {"points": len(trained), "steady_points": len(steady), "per_point_s": per, "per_point_sd_s": sd,
             "parts_s": parts, "first_point_s": first_s, "includes_compile": bool(first) and not steady,
             "sizes_measured": sorted({r["size"] for r in base}), "machine": trained[0].get("machine"),
-            "load_avg": _mean_sd(loads)[0], "grid_points": n,
+            "load_avg": mean_sd(loads)[0], "grid_points": n,
             "projected_total_s": per * max(n - 1, 0) + (first_s if first_s is not None else per) * min(n, 1),
             "cpus": os.cpu_count()}
 
@@ -502,7 +480,7 @@ def _f(ms: dict[str, Any] | tuple, d: int = 3) -> str:
 def reading(data: dict[str, Any]) -> list[str]:
     """Sentences on what the measured points say, every number taken from ``data``."""
     s, out = data["summary"], []
-    u, L, steps = s["untrained"], s["num_layers"], s["steps"]
+    u, steps = s["untrained"], s["steps"]
     whole = s["full"].get(steps)
     if u:
         acc = f", accuracy {u['acc']:.1f}%" if u.get("acc") is not None else ""
