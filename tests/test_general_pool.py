@@ -12,6 +12,7 @@ import pytest
 from devft_lab.data import general as G
 from devft_lab.data.build import sha256_file
 from devft_lab.data.lab import expand_suites, general_dir, load_pool, load_suite, read_items
+from devft_lab.data.records import compact_chat, expand_chat
 from devft_lab.data.loaders import load_examples
 from devft_lab.data.records import DataError, normalise_text
 
@@ -238,3 +239,12 @@ def test_paper_regime_config_validates_and_its_pool_never_sees_its_suites(pool):
     items = [it for s in names for it in load_suite(s, cfg.eval.max_per_task)]
     assert {ex["category"] for ex in pool}.isdisjoint(it["task"] for it in items)
     assert sum(len(load_suite(s, cfg.eval.max_per_task)) for s in names if s in UNSEEN) >= 400
+
+
+def test_the_pool_file_stores_each_chat_once_and_loading_derives_instruction_and_response(pool):
+    raw = [json.loads(line) for line in (general_dir() / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert all(set(r) == {"id", "category", "messages"} for r in raw)
+    for r, ex in zip(raw, pool):
+        assert ex["response"] == r["messages"][-1]["content"] and ex["input"] == ""
+        assert ex["instruction"] == "\n\n".join(m["content"].strip() for m in r["messages"][:-1] if m["content"].strip())
+        assert compact_chat(ex) == r and expand_chat(r) == ex

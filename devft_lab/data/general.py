@@ -9,10 +9,10 @@ form from many tasks of the OpenAI Evals registry (the ``evals`` wheel on PyPI, 
 archive, never installed), none of which is in any evaluation suite, and a closed-ended suite
 ``heldout`` of further registry tasks that the pool never sees.
 
-* ``train.jsonl``: ``{"id", "instruction", "input", "response", "category", "messages"}``;
-  ``category`` = task; ``messages`` is the task's own chat (system, few-shot and user turns)
-  with the answer as the last, assistant turn; ``instruction`` is the same turns' text joined
-  by blank lines (for the ``plain`` and ``alpaca`` templates). At most :data:`POOL_CAP`
+* ``train.jsonl``: ``{"id", "category", "messages"}``; ``category`` = task; ``messages`` is the
+  task's own chat (system, few-shot and user turns) with the answer as the last, assistant turn.
+  Loading adds ``response`` (that turn) and ``instruction`` (the turns before it joined by blank
+  lines, for the ``plain`` and ``alpaca`` templates): :func:`~devft_lab.data.records.expand_chat`. At most :data:`POOL_CAP`
   examples a task, drawn with a seed per task, so that no task dominates.
 * ``eval_heldout.jsonl``: :data:`N_HELDOUT` items of each of :data:`HELDOUT_TASKS`, in the lab's
   one prompt format (:func:`devft_lab.data.build.render_prompt`).
@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from devft_lab.data.build import EVALS, SEED, _rng, render_prompt, write_files
-from devft_lab.data.records import DataError, check_instruction, check_mc_item, normalise_text
+from devft_lab.data.records import (DataError, chat_instruction, check_instruction, check_mc_item, compact_chat,
+                                     normalise_text)
 
-VERSION = 1  # of data/general (MANIFEST "version")
+VERSION = 2  # of data/general (MANIFEST "version"; 2: the pool stores chat examples compactly)
 POOL_CAP = 100  # pool examples per task at most (94 tasks: no task is over 1.3 % of the pool)
 N_HELDOUT = 20  # held-out items per task (12 tasks: 240 items)
 MAX_CHARS = 1000  # instruction + response characters of a pool example (~250 SmolLM2 tokens)
@@ -306,7 +307,7 @@ def pool_example(task: str, k: int, rec: dict[str, Any], at: str) -> dict[str, A
     turns = chat_turns(rec.get("input"), at)
     if turns[-1]["role"] == "assistant" or not any(t["role"] == "user" for t in turns):
         return None
-    text = "\n\n".join(t["content"].strip() for t in turns if t["content"].strip())
+    text = chat_instruction(turns)
     if not text or len(text) + len(answer) > MAX_CHARS or ASKS_FOR_WORK.search(text):
         return None
     return {"id": f"{task}-{k:05d}", "instruction": text, "input": "", "response": answer,
@@ -479,7 +480,7 @@ def build_general(evals_wheel: Path, out: Path, other_suites: dict[str, list[dic
         raise DataError(f"evaluation questions found in the general pool: "
                         f"{ {s: ids[:5] for s, ids in leaked.items() if ids} } (build bug: pick other tasks).")
 
-    files = {"train.jsonl": pool, "eval_heldout.jsonl": heldout}
+    files = {"train.jsonl": [compact_chat(ex) for ex in pool], "eval_heldout.jsonl": heldout}
     manifest: dict[str, Any] = {
         "version": VERSION, "seed": SEED, "cap_per_task": cap, "heldout_per_task": n_heldout,
         "max_chars": MAX_CHARS, "max_prompt_chars": MAX_PROMPT_CHARS,

@@ -21,7 +21,7 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
-from devft_lab.data.records import DataError, check_instruction, check_mc_item, iter_jsonl, where
+from devft_lab.data.records import DataError, check_instruction, check_mc_item, expand_chat, iter_jsonl, where
 
 SUITES: tuple[str, ...] = ("indist", "bbh", "mmlu")
 SUITE_FILES = {"indist": "eval_indist.jsonl", "bbh": "eval_bbh.jsonl", "mmlu": "eval_mmlu.jsonl"}
@@ -53,6 +53,7 @@ def load_pool(path: str | Path | None = None) -> list[dict[str, Any]]:
     path = Path(path) if path is not None else data_dir() / POOL_FILE
     out = []
     for n, ex in iter_jsonl(path):
+        ex = expand_chat(ex)
         check_instruction(ex, where(path, n))
         if not isinstance(ex.get("category"), str) or not ex["category"]:
             raise DataError(f"{where(path, n)}: missing 'category' (the pool is partitioned by it).")

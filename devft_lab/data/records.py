@@ -5,7 +5,8 @@ Two record shapes flow through devft_lab:
 * an **instruction example** (the fine-tuning pool, users' data)::
 
       {"instruction": str, "input": str, "response": str, "category": str}
-      (optionally "messages": [{"role", "content"}, ...] for chat data)
+      (optionally "messages": [{"role", "content"}, ...] for chat data; a file may store a chat
+      example compactly as {"id", "category", "messages"}: :func:`expand_chat` derives the rest)
 
 * a **closed-ended item** (the evaluation suites)::
 
@@ -22,6 +23,28 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 MC_FIELDS = ("id", "task", "category", "prompt", "choices", "answer", "split")
+
+
+def chat_instruction(turns: Iterable[dict[str, Any]]) -> str:
+    """The turns before the answer as one instruction text: their contents joined by blank lines
+    (what the ``plain`` and ``alpaca`` templates show of a chat example)."""
+    return "\n\n".join(t["content"].strip() for t in turns if t["content"].strip())
+
+
+def expand_chat(rec: dict[str, Any]) -> dict[str, Any]:
+    """A compact chat record ``{"id", "category", "messages"}`` as a full instruction example:
+    ``instruction`` from the turns before the answer (:func:`chat_instruction`), ``input`` empty,
+    ``response`` the last (assistant) turn. Records that already carry a ``response`` pass as they are."""
+    if "response" in rec or not isinstance(rec.get("messages"), list) or not rec["messages"]:
+        return rec
+    msgs = rec["messages"]
+    full = {**rec, "instruction": chat_instruction(msgs[:-1]), "input": "", "response": msgs[-1].get("content", "")}
+    return dict(sorted(full.items()))
+
+
+def compact_chat(ex: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`expand_chat` for a chat example: drop the fields its ``messages`` determine."""
+    return {k: v for k, v in ex.items() if k not in ("instruction", "input", "response")}
 
 
 class DataError(ValueError):
