@@ -125,11 +125,6 @@ def stand_in_groups(kind: str, num_layers: int, size: int) -> list[list[int]] | 
     return balanced_groups(num_layers, size)
 
 
-def kept_layers(groups: Sequence[Sequence[int]]) -> list[int]:
-    """The layers a ``drop`` stand-in keeps: each run's anchor (its first layer, R-ONE's weight 1)."""
-    return [int(g[0]) for g in groups]
-
-
 def matched_steps(counts, size: int, steps: int) -> int:
     """Full-model steps of the same client FLOPs as ``steps`` steps of a ``size``-layer stand-in:
     ``max(1, floor(steps x F(size) / F(L) + 0.5))`` (:func:`compute_matched.matched_rounds`)."""
