@@ -292,17 +292,26 @@ def _stage(cap, ppl, largest=1, w=1.0):
     return {"capacity": cap, "perplexity": ppl, "largest_group": largest, "min_fusion_weight": w}
 
 
-def test_submodel_notes_follow_the_numbers():
-    from devft_lab.experiments.submodels import default_out, notes
+def test_submodel_facts_follow_the_numbers():
+    from devft_lab.experiments.submodels import default_out, facts, markdown
 
     spread = [[1.0, -0.32, 0.71], [-0.32, 1.0, 0.2], [0.71, 0.2, 1.0]]
-    text = " ".join(notes(_result(spread, [_stage(2, 50.0, 2), _stage(3, 10.0)])))
-    assert "nearly orthogonal" not in text and "-0.32" in text and "0.71" in text
-    assert "extrapolate" not in text and "equals the full model" in text
+    f = facts(_result(spread, [_stage(2, 50.0, 2), _stage(3, 10.0)]))
+    assert f["similarity"]["min"] == pytest.approx(-0.32) and f["similarity"]["max"] == pytest.approx(0.71)
+    assert f["similarity"]["mean"] == pytest.approx((-0.32 + 0.71 + 0.2) / 3)
+    assert not f["nearly_orthogonal"] and f["extrapolating_stages"] == [] and f["last_equals_full"] is True
+    assert f["negative_anchor_above"] == pytest.approx(11.0) and f["worst_perplexity"] == 50.0
     flat = [[1.0, 0.004, -0.001], [0.004, 1.0, 0.002], [-0.001, 0.002, 1.0]]
-    text = " ".join(notes(_result(flat, [_stage(1, 1e6, 3, -0.1), _stage(3, 12.0)])))
-    assert "nearly orthogonal" in text and "3 of 3 layers into one group" in text
-    assert "stage(s) 1 extrapolate" in text and "differs from the full model" in text
+    f = facts(_result(flat, [_stage(1, 1e6, 3, -0.1), _stage(3, 12.0)]))
+    assert f["nearly_orthogonal"] and f["largest_first_group"] == 3
+    assert f["extrapolating_stages"] == [1] and f["last_equals_full"] is False
+    assert facts(_result(flat, [_stage(1, 1e6, 3, -0.1), _stage(2, 12.0)]))["last_equals_full"] is None
+    r = {**_result(flat, [_stage(1, 1e6, 3, -0.1), _stage(3, 12.0)]), "command": "c", "similarity_view": "v",
+         "heldout": "h", "similarity_seconds": 0.1}
+    r["stages"] = [{**st, "build_seconds": 0.1, "groups": [[0, 1, 2]]} for st in r["stages"]]
+    md = markdown(r)
+    assert "| stages with a negative fusion weight | 1 |" in md and "| 3 of 3 layers |" in md
+    assert md.rstrip().endswith("No written reading yet.")
     assert default_out("smollm2-135m") == Path("results/submodels_smollm2-135m.json")
     assert default_out("/models/Qwen2.5-0.5B.gguf") == Path("results/submodels_Qwen2.5-0.5B.json")
     assert default_out("Qwen/Qwen2-0.5B") == Path("results/submodels_Qwen_Qwen2-0.5B.json")

@@ -80,7 +80,12 @@ def test_main_writes_json_and_markdown(tmp_path, capsys):
     assert set(data["models"]) == set(ps.PAPER_SHAPES)
     md = out.with_suffix(".md").read_text()
     assert md.splitlines()[2].startswith("Command: `python -m devft_lab.experiments.paper_shapes")
-    assert "10.3x" in md and "| time |" in md
+    assert "10.3x" in md and "| time |" in md and "No written reading yet." in md and "reading" not in data
+    (tmp_path / "readings").mkdir()
+    (tmp_path / "readings" / "ps.md").write_text("A person's reading.\n")
+    assert ps.main(["--out", str(out)]) == 0
+    assert "](readings/ps.md)" in out.with_suffix(".md").read_text()  # linked, never rewritten
+    assert (tmp_path / "readings" / "ps.md").read_text() == "A person's reading.\n"
 
 
 def test_cuda_stage_cost_without_cuda_writes_ran_false(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""`devft-lab reproduce`: cells, aggregation, readings, and resumable sittings on the smoke scale."""
+"""`devft-lab reproduce`: cells, aggregation, verdicts, and resumable sittings on the smoke scale."""
 import json
 import math
 import os
@@ -131,8 +131,9 @@ def _row(r, stage, t, up, acc=None, cap=1):
     return row
 
 
-def _fake_run(plan, key, seed, rows, initial=30.0, machine="fake"):
-    """A finished run folder of ``key``/``seed`` whose rounds are ``rows`` (cum columns filled in)."""
+def _fake_run(plan, key, seed, rows, initial=30.0, machine="fake", correct=None):
+    """A finished run folder of ``key``/``seed`` whose rounds are ``rows`` (cum columns filled in), with
+    ``final_items.jsonl`` from ``correct`` (one flag per evaluation item) when given."""
     cell = rp.Cell(rp.V[key], seed)
     d = plan.cell_dir(cell)
     d.mkdir(parents=True)
@@ -146,6 +147,8 @@ def _fake_run(plan, key, seed, rows, initial=30.0, machine="fake"):
         r.update(cum_train_s=cum["t"], cum_aggregate_s=0.0, cum_paper_bytes=cum["pb"], cum_full_bytes=cum["fb"])
     (d / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "initial_eval.json").write_text(json.dumps({"acc": initial}))
+    if correct is not None:
+        (d / "final_items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _items(correct)))
     final = [r["extra"]["acc"] for r in rows if "acc" in r["extra"]][-1]
     (d / "summary.json").write_text(json.dumps({
         "done": True, "final": {"acc": final}, "initial": {"acc": initial}, "train_s": cum["t"], "aggregate_s": 0.0,
@@ -159,13 +162,6 @@ def _fedit(acc_mid, acc_end):
 
 def _devft(acc_mid, acc_end):
     return [_row(0, 0, 1.0, 20, None, 2), _row(1, 0, 1.0, 20, acc_mid, 2), _row(2, 1, 8.0, 80, acc_end, 8)]
-
-
-def _numbers(text: str) -> set[float]:
-    """Every signed decimal number written in a generated reading."""
-    import re
-
-    return {float(x) for x in re.findall(r"[+-]?\d+(?:\.\d+)?", text)}
 
 
 def test_main_table_reports_gap_spread_paper_values_and_partial_status(tmp_path):
@@ -188,37 +184,55 @@ def test_main_table_reports_gap_spread_paper_values_and_partial_status(tmp_path)
     assert set(rows["devft"]["config_hashes"]) == {"devft-s0", "devft-s1"}
     gap = t["devft_minus_fedit"]
     assert gap["mean"] == 3.5 and math.isclose(gap["std"], math.sqrt(0.5))
-    assert {3.5, 0.71, 2.0} <= _numbers(t["reading"]) and "paper's direction" in t["reading"]  # gap, std, seeds
+    v = {x["b"]: x for x in t["verdicts"]}
+    assert list(v) == ["fedit", "dofit", "progfed", "fedsa-lora"] and v["fedit"]["by_seed"] == {**gap, "mean": 3.5}
+    assert v["fedit"]["paper"] == {"LLaMA2-7B": 2.06, "LLaMA3.1-8B": 8.9, "LLaMA2-13B": 4.19}  # 42.33 - 40.27, ...
+    assert v["progfed"]["paper"]["LLaMA3.1-8B"] == 4.13 and v["progfed"]["by_seed"]["mean"] is None
+    assert v["fedit"]["by_item"]["mean"] is None and v["fedit"]["verdict"] == "-"  # the fake runs kept no items
     text = md.read_text()
     assert "partial: 5 of 10 cells" in text and "| DevFT | - | 44.50 ± 2.12 |" in text and "42.33" in text
-    assert "| DoFIT | - | not run yet |" in text and "| 0 of 2 | 40.89 |" in text and t["reading"] in text
+    assert "| DoFIT | - | not run yet |" in text and "| 0 of 2 | 40.89 |" in text
+    assert "| DevFT − FedIT | +3.50 ± 0.71 | - | - | +2.06 (LLaMA2-7B), +8.90 (LLaMA3.1-8B)" in text
+    assert "reading" not in t and text.rstrip().endswith("`")  # no prose generated: the config hashes end it
 
 
-def test_reading_follows_the_numbers_when_devft_loses(tmp_path):
+def test_the_verdict_reads_the_item_interval_against_zero_and_the_papers_sign():
+    assert [rp.verdict(ci) for ci in ([0.5, 3.5], [-3, 1], [-8, -2], None)] == ["above", "within", "below", "-"]
+    assert rp.paper_direction("below", {"LLaMA2-7B": 2.06, "LLaMA2-13B": 4.19}) == "opposite"
+    assert rp.paper_direction("above", {"x": 3.0}) == "same" and rp.paper_direction("below", {"x": -1.0}) == "same"
+    assert rp.paper_direction("within", {"x": 3.0}) == rp.paper_direction("above", {"x": None}) == "-"
+    assert rp.paper_direction("above", {"x": 1.0, "y": -1.0}) == "-"  # the paper's own sign is not one
+
+
+def test_verdicts_follow_the_numbers_when_devft_loses(tmp_path):
     plan = _plan(tmp_path)
-    for seed, (f, d) in enumerate([(45.0, 40.0), (47.0, 46.0)]):
-        _fake_run(plan, "fedit", seed, _fedit(35.0, f))
-        _fake_run(plan, "devft", seed, _devft(38.0, d))
+    for seed, (f, d) in enumerate([(45.0, 40.0), (47.0, 46.0)]):  # DevFT right on 20 of 100 items, FedIT on 80
+        _fake_run(plan, "fedit", seed, _fedit(35.0, f), correct=[i < 80 for i in range(100)])
+        _fake_run(plan, "devft", seed, _devft(38.0, d), correct=[i < 20 for i in range(100)])
     t = rp.build_table(plan, "main", [0, 1], "cmd")
     assert t["devft_minus_fedit"]["mean"] == -3.0
-    assert -3.0 in _numbers(t["reading"]) and "opposite" in t["reading"]
+    v = t["verdicts"][0]
+    assert (v["a"], v["b"]) == ("devft", "fedit") and v["by_seed"]["mean"] == -3.0
+    assert v["by_item"]["mean"] == pytest.approx(-60.0) and v["by_item"]["ci95"][1] < 0
+    assert v["verdict"] == "below" and v["paper_direction"] == "opposite"
+    assert "| DevFT − FedIT | -3.00 ± 2.83 | -60.0 [" in rp.to_markdown(t)
 
 
-def test_compat_reading_flags_unchanged_rows_and_mixed_machines(tmp_path):
+def test_compat_states_the_gap_the_cost_ratios_and_the_machines(tmp_path):
     plan = _plan(tmp_path)
     _fake_run(plan, "fedsa-lora", 0, _fedit(35.0, 28.0), initial=30.0, machine="2 threads")
     _fake_run(plan, "fedsa-lora-devft", 0, _devft(30.0, 30.0), initial=30.0, machine="1 thread")
     t = rp.build_table(plan, "compat", [0], "cmd")
     rows = {r["key"]: r for r in t["rows"]}
     assert rows["fedsa-lora-devft"]["metrics"]["acc"]["mean"] == rows["fedsa-lora-devft"]["metrics"]["initial_acc"]["mean"]
-    assert {2.0} <= _numbers(t["reading"]) and "exactly the base model" in t["reading"]  # gap +2, FLOPs 2x
-    assert "machine settings" in t["reading"]
-    # the same machine and a row that moved: neither remark
-    plan2 = _plan(tmp_path / "b")
-    _fake_run(plan2, "fedsa-lora", 0, _fedit(35.0, 28.0))
-    _fake_run(plan2, "fedsa-lora-devft", 0, _devft(30.0, 31.0))
-    t2 = rp.build_table(plan2, "compat", [0], "cmd")
-    assert "exactly the base model" not in t2["reading"] and "machine settings" not in t2["reading"]
+    v = t["verdicts"][0]
+    assert (v["a"], v["b"], v["by_seed"]["mean"]) == ("fedsa-lora-devft", "fedsa-lora", 2.0)
+    assert v["paper"] == {"LLaMA2-7B gain %": 3.51}
+    assert t["time_x_less"]["mean"] == 2.0 and t["flops_x_less"]["mean"] == 2.0  # 20 s / 10 s, FLOPs follow time
+    assert t["paper_bytes_x_less"]["mean"] == 160 / 120 and t["run_machines"] == ["1 thread", "2 threads"]
+    md = rp.to_markdown(t)
+    assert "| client FLOPs | 2.00 |" in md and "| LoRA uplink | 1.33 | 2.14 |" in md
+    assert "Runs trained on: 1 thread; 2 threads" in md
 
 
 def test_efficiency_time_and_bytes_to_fedits_final_score(tmp_path):
@@ -226,11 +240,11 @@ def test_efficiency_time_and_bytes_to_fedits_final_score(tmp_path):
     _efficiency_case(plan)
 
 
-def test_efficiency_reading_survives_cells_from_different_machines(tmp_path):
+def test_efficiency_survives_cells_from_different_machines(tmp_path):
     plan = _plan(tmp_path)
     _efficiency_case(plan, machines=("a", "b"))
     t = rp.build_table(plan, "efficiency", [0], "cmd")
-    assert "reached FedIT's final acc" in t["reading"] and "different machine settings" in t["reading"]
+    assert t["to_target"]["devft"]["reached"] == "1 of 1" and t["run_machines"] == ["a", "b", "fake"]
 
 
 def test_a_seed_where_fedit_does_not_beat_the_base_model_has_no_target(tmp_path):
@@ -243,7 +257,7 @@ def test_a_seed_where_fedit_does_not_beat_the_base_model_has_no_target(tmp_path)
     assert t["target"]["per_seed"] == {"0": 40.0} or t["target"]["per_seed"] == {0: 40.0}
     assert t["target"]["no_target_seeds"] == [1]
     assert t["to_target"]["devft"]["reached"] == "1 of 1" and t["to_target"]["devft"]["time_s"]["mean"] == 10.0
-    assert "no target there" in t["reading"] and "seed(s) 1" in t["reading"]
+    assert "Seeds without a target (FedIT ended at or beyond the untrained model's acc): 1." in rp.to_markdown(t)
 
 
 def _efficiency_case(plan, machines=("fake", "fake")):
@@ -258,15 +272,16 @@ def _efficiency_case(plan, machines=("fake", "fake")):
     assert math.isclose(tt["devft"]["paper_bytes_x_less_than_fedit"]["mean"], 160 / 120)
     assert tt["progfed"]["reached"] == "0 of 1" and tt["progfed"]["time_s"]["mean"] is None
     assert t["devft_vs"]["fedit"]["time_s"]["mean"] == 2.0 and t["devft_vs"]["progfed"]["time_s"]["n"] == 0
-    assert {2.0, 1.33} <= _numbers(t["reading"])  # time and uplink ratios vs FedIT
     r = t["rounds"]
     assert r["devft_first_stage"]["capacity"] == 2 and r["devft_first_stage"]["time_s"]["mean"] == 1.0
     assert r["devft_first_stage"]["time_s_x_less_than_full"]["mean"] == 10.0
     assert r["devft_first_stage"]["paper_bytes_x_less_than_full"]["mean"] == 4.0
     assert r["devft_last_stage"]["time_s_x_less_than_full"]["mean"] == 1.25
-    assert "ProgFed did not reach" in t["reading"] and {10.0, 10.3} <= _numbers(t["reading"])  # first stage, paper
-    assert "| DevFT | 1 of 1 | 10.0 |" in rp.to_markdown(t)
-    assert "| C2A | not run yet |" in rp.to_markdown(t) and "C2A cells are not run yet" in t["reading"]
+    md = rp.to_markdown(t)
+    assert "| DevFT | 1 of 1 | 10.0 |" in md and "| 2.00 | 1.33 |" in md  # time and uplink x less than FedIT
+    assert "| ProgFed | 0 of 1 | - |" in md and "| C2A | not run yet |" in md
+    assert "| FedIT | 2.00 | 1.33 | 1 |" in md and "| ProgFed | - | - | 0 |" in md  # DevFT vs each, both reached
+    assert t["verdicts"] == []  # time and bytes to the target are this table's numbers
 
 
 def test_efficiency_compares_devft_with_c2a_once_c2a_has_run(tmp_path):
@@ -276,7 +291,7 @@ def test_efficiency_compares_devft_with_c2a_once_c2a_has_run(tmp_path):
     _fake_run(plan, "c2a", 0, _fedit(35.0, 40.0))  # as FedIT: at t = 20 s
     t = rp.build_table(plan, "efficiency", [0], "cmd")
     assert t["devft_vs"]["c2a"]["time_s"]["mean"] == 2.0
-    assert "less LoRA uplink than C2A" in t["reading"] and "compared above" in t["reading"]
+    assert "| C2A | 2.00 | 1.33 | 1 |" in rp.to_markdown(t)
     assert plan.cell_dir(rp.Cell(rp.V["c2a"], 0)).parent.name == "efficiency"
 
 
@@ -289,7 +304,11 @@ def test_ablation_drop_is_devft_minus_variant(tmp_path):
     rows = {r["key"]: r for r in t["rows"]}
     assert rows["fusion-r-one"]["vs_devft"]["mean"] == 5.0 and rows["fusion-sum"]["vs_devft"]["mean"] == -2.0
     assert rows["fusion-r-one"]["paper"]["drop_pct_llama31_8b"] == 10.96
-    assert {5.0, -2.0, 10.0} <= _numbers(t["reading"])  # the two drops and R-ONE's drop in % of DevFT's 50
+    v = {x["b"]: x for x in t["verdicts"]}
+    assert list(v) == list(rp.TABLES["ablation"][1:]) and {x["a"] for x in v.values()} == {"devft"}
+    assert v["fusion-r-one"]["by_seed"]["mean"] == 5.0 and v["fusion-sum"]["by_seed"]["mean"] == -2.0
+    assert v["fusion-r-one"]["paper"] == {"LLaMA3.1-8B drop %": 10.96}
+    assert v["grouping-contiguous"]["paper"] == {"LLaMA3.1-8B drop %": None}  # not in the paper
     assert t["status"] == "partial: 3 of 6 cells"
 
 
@@ -395,19 +414,20 @@ def test_the_subcommand_parser_plugs_into_a_cli(tmp_path, capsys):
     assert "known cells: devft-s0" in capsys.readouterr().err
 
 
-def test_a_written_reading_is_kept_when_the_table_is_regenerated(tmp_path):
+def test_the_table_links_the_written_reading_and_never_writes_it(tmp_path):
     plan = _plan(tmp_path)
     _fake_run(plan, "fedsa-lora", 0, _fedit(35.0, 28.0))
     _fake_run(plan, "fedsa-lora-devft", 0, _devft(30.0, 31.0))
     js, md = rp.write_table(plan, "compat", [0], "cmd")
-    assert "Reading (written" not in md.read_text()
     w = rp.written_reading_path(plan, "compat")
+    assert "No written reading yet." in md.read_text() and not w.exists()
     w.parent.mkdir(parents=True)
     w.write_text("Why: one seed, 104 items.\n")
-    for _ in range(2):  # regenerating keeps it, once
+    for _ in range(2):
         js, md = rp.write_table(plan, "compat", [0], "cmd")
-    assert md.read_text().count("Why: one seed, 104 items.") == 1
-    assert json.loads(js.read_text())["written_reading"]["text"] == "Why: one seed, 104 items."
+    assert w.read_text() == "Why: one seed, 104 items.\n"  # the reading is left as written
+    assert "Why" not in md.read_text() and "](readings/table_compat_smoke.md)" in md.read_text()
+    assert json.loads(js.read_text())["written_reading"]["link"] == "readings/table_compat_smoke.md"
 
 
 @pytest.mark.parametrize("argv, expected", [

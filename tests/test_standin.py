@@ -49,7 +49,7 @@ def test_drop_keeps_evenly_spaced_layers_and_every_layer_is_in_exactly_one_run(L
         g = si.stand_in_groups("drop", L, size)
         validate_groups(g, L, size)  # every layer in exactly one run
         assert all(x == list(range(x[0], x[-1] + 1)) for x in g)  # runs are contiguous
-        kept = si.kept_layers(g)
+        kept = [run[0] for run in g]  # a drop stand-in keeps each run's anchor, its first layer
         assert all(abs(k - i * L / size) <= 0.5 for i, k in enumerate(kept))  # evenly spaced
         assert max(map(len, g)) - min(map(len, g)) <= 1
         assert si.stand_in_groups("dblf", L, size) == g  # dblf and drop differ only in the fusion
@@ -172,9 +172,16 @@ def test_point_files_are_skipped_on_rerun_and_other_settings_stop_the_run(tmp_pa
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["points_present"] == 3 and report["missing"][0] == "drop-6-s1"
     assert out.with_suffix(".md").exists() and out.with_suffix(".png").exists()
+    (tmp_path / "readings").mkdir()
+    (tmp_path / "readings" / "st.md").write_text("A person's reading.\n")
     assert si.main(args) == 0  # the rest
     names = {p.stem for p in (out / "points").glob("*.json")}
-    assert len(made) == len(names) == json.loads(out.with_suffix(".json").read_text())["points_planned"]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert len(made) == len(names) == report["points_planned"]
+    assert report["written_reading"]["link"] == "readings/st.md" and "reading" not in report
+    assert "](readings/st.md)" in out.with_suffix(".md").read_text()  # linked, not copied, not rewritten
+    assert (tmp_path / "readings" / "st.md").read_text() == "A person's reading.\n"
+    assert report["probe_loss_correlation"] == {"rho": None, "n": 4}  # every fake probe gap is 0.1: no ranks
     other = list(args)
     other[other.index("--steps") + 1] = "2"
     for k in ("1", "0"):  # making points or only reporting: points of another budget are not mixed in
@@ -183,3 +190,13 @@ def test_point_files_are_skipped_on_rerun_and_other_settings_stop_the_run(tmp_pa
     monkeypatch.setattr(si, "make_lab", lambda *a, **k: _Lab(lr=2e-4))
     with pytest.raises(SystemExit, match="other settings"):
         si.main(args + ["--sizes", "2", "--max-points", "1"])
+
+
+def test_the_probe_loss_correlation_ranks_the_kind_size_means():
+    def point(gap, loss):
+        return {"probe_gap": {"mean": gap}, "heldout_loss": {"mean": loss}}
+
+    summary = {"kinds": {"dblf": [point(7.4, 0.72), point(4.4, 0.42)], "pairs": [point(3.8, 0.51), point(0.3, 0.21)]}}
+    assert si.probe_loss_correlation(summary) == {"rho": pytest.approx(0.8), "n": 4}  # one swap of ranks 2 and 3
+    assert si.probe_loss_correlation({"kinds": {"dblf": summary["kinds"]["dblf"]}})["rho"] is None  # two means
+

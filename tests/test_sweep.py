@@ -100,6 +100,7 @@ def test_a_two_cell_sweep_writes_the_report_and_a_second_sitting_skips_done_cell
     assert center["key"] == "sweep-devft" and center["fedit"] == "sweep-fedit-l8"
     gap = center["gap_vs_fedit"]
     assert gap["mean"] is not None and gap["ci95"][0] <= gap["mean"] <= gap["ci95"][1]
+    assert center["verdict"] == sw.verdict(gap["ci95"]) and d["best"] == []  # one level trained: no best yet
     assert center["gain_over_untrained"]["mean"] is not None
     probes = center["probe"]
     assert len(probes) == 8 and probes[-1]["capacity"] == 8 and abs(probes[-1]["gap"]["mean"]) < 1e-6
@@ -113,9 +114,10 @@ def test_a_two_cell_sweep_writes_the_report_and_a_second_sitting_skips_done_cell
     (tmp_path / "readings").mkdir()
     (tmp_path / "readings" / "sweep_smoke.md").write_text("A person's reading of the map.\n")
     assert sw.main(argv) == 0 and calls == []  # both cells are done: nothing is trained again
-    md = (tmp_path / "sweep_smoke.md").read_text()  # the regenerated report keeps the written reading
-    assert "## Reading (written;" in md and md.rstrip().endswith("A person's reading of the map.")
-    assert json.loads((tmp_path / "sweep_smoke.json").read_text())["written_reading"]["text"] == "A person's reading of the map."
+    md = (tmp_path / "sweep_smoke.md").read_text()  # the regenerated report links the written reading
+    assert "](readings/sweep_smoke.md)" in md and "A person's reading" not in md
+    assert (tmp_path / "readings" / "sweep_smoke.md").read_text() == "A person's reading of the map.\n"
+    assert json.loads((tmp_path / "sweep_smoke.json").read_text())["written_reading"]["link"] == "readings/sweep_smoke.md"
     plan = _plan(tmp_path)
     cells, _ = sw.sweep_cells(plan, sw.levels(["transfer"]), [0], ["sweep-devft", "sweep-fedit-l8"])
     assert {cell_status(plan, c) for c in cells} == {"done"}
@@ -130,12 +132,10 @@ def test_the_subcommand_is_registered_in_the_cli(tmp_path, capsys):
     assert "sweep-beta-0.025-s0" in out and "4 cells, 4 to train" in out
 
 
-def test_the_reading_sorts_levels_by_their_interval_and_names_the_best_per_factor():
-    from devft_lab.experiments.sweep import probe_correlation, reading, verdict
+def test_verdicts_best_levels_and_the_probe_correlation_follow_the_numbers():
+    from devft_lab.experiments.sweep import best_levels, probe_correlation, verdict
 
-    assert [verdict({"mean": m, "ci95": ci}) for m, ci in ((2, [0.5, 3.5]), (-1, [-3, 1]), (-5, [-8, -2]))] == \
-        ["above", "tie", "below"]
-    assert verdict({"mean": None}) == "-"
+    assert [verdict(ci) for ci in ([0.5, 3.5], [-3, 1], [-8, -2], None)] == ["above", "within", "below", "-"]
 
     def row(f, lvl, gap, ci, probe):
         return {"factor": f, "level": lvl, "key": f"{f}-{lvl}", "seeds": [42], "gap_vs_fedit": {"mean": gap, "ci95": ci},
@@ -147,12 +147,9 @@ def test_the_reading_sorts_levels_by_their_interval_and_names_the_best_per_facto
     more = rows + [row("grouping", "even", 4, [2, 6], 0.5), row("grouping", "function", 5, [3, 7], 0.1)]
     c = probe_correlation(more)
     assert c["n"] == 5 and c["rho"] == pytest.approx(-1.0)
-    rows = more[:3]
-    text = reading({"rows": more, "probe_correlation": c, "compute_dtypes": ["float32"]})
-    assert "above FedIT (95% interval above zero) at transfer=copy-scaled" in text
-    assert "level with it at beta=0.05" in text and "below it at beta=0.1" in text
-    assert "Best beta: 0.05 (-1.0 points)" in text and "rho" in text and "Caution" not in text
-    assert text.startswith("5 DevFT settings (5 factor levels")
+    assert best_levels(more) == [{"factor": "beta", "level": "0.05", "gap": -1, "seeds": None, "others": {"0.1": -9}},
+                                 {"factor": "grouping", "level": "function", "gap": 5, "seeds": None,
+                                  "others": {"even": 4}}]  # transfer has one level: no best
     # levels trained on different seeds are compared on the seeds they share, not on their pooled gaps
     def seeded(lvl, per_seed):
         gaps = {s: {"gap": g} for s, g in per_seed.items()}
@@ -160,11 +157,11 @@ def test_the_reading_sorts_levels_by_their_interval_and_names_the_best_per_facto
                 "seeds": sorted(per_seed), "gap_vs_fedit": {"mean": sum(per_seed.values()) / len(per_seed),
                                                             "ci95": [-9, -1], "per_seed": gaps}}
     uneven = [seeded("L/8", {42: -4.0, 43: -6.0, 44: -11.0}), seeded("L/4", {42: -5.0, 43: -6.0})]
-    text = reading({"rows": uneven})
     # pooled, L/4 (-5.5) looks better than L/8 (-7.0); on seeds 42 and 43 L/8 is (-5.0 vs -5.5)
-    assert "Best capacity on the seeds every level has (42, 43): L/8 (-5.0 points; L/4 -5.5)." in text
+    assert best_levels(uneven) == [{"factor": "capacity", "level": "L/8", "gap": -5.0, "seeds": ["42", "43"],
+                                    "others": {"L/4": -5.5}}]
     twice = rows + [dict(rows[0], factor="transfer", level="copy")]  # the center appears in every factor
-    assert probe_correlation(twice)["n"] == 3 and reading({"rows": twice}).startswith("3 DevFT settings (4 factor")
+    assert probe_correlation(twice)["n"] == 3
 
 
 def test_set_overrides_every_cell_in_its_own_tagged_folders_and_needs_a_tag(tmp_path, capsys):

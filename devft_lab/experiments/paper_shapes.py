@@ -20,7 +20,8 @@ target modules) this computes, per client and round:
 * every ratio full / stage.
 
 Writes ``OUT.json`` and ``OUT.md`` (the command, the table, the paper's first-stage claims
-beside the computed ratios, a reading).
+beside the computed ratios, and a link to a person's reading in ``readings/<OUT name>.md`` beside
+``OUT`` when there is one).
 """
 from __future__ import annotations
 
@@ -200,31 +201,8 @@ def claims_table(rep7: dict) -> str:
     ])
 
 
-def reading(rep7: dict) -> str:
-    """A short reading worded from the numbers."""
-    s = rep7["stages"][0]
-    close = abs(s["ratio_param_bytes_int4"] - PAPER_FIRST_STAGE["memory"]) / PAPER_FIRST_STAGE["memory"] < 0.1
-    mem = (f"The 4x memory claim matches the parameter memory of the INT4 model the paper loads "
-           f"({s['ratio_param_bytes_int4']:.2f}x: the bf16 embeddings and head do not shrink with the stage), "
-           f"not bf16 ({s['ratio_param_bytes_bf16']:.2f}x)."
-           if close else
-           f"Neither parameter-memory count gives the 4x memory claim (bf16 {s['ratio_param_bytes_bf16']:.2f}x, "
-           f"INT4 {s['ratio_param_bytes_int4']:.2f}x).")
-    same = [i + 1 for i, r in enumerate(rep7["stages"])
-            if abs(r["ratio_lora_up_bytes"] - PAPER_FIRST_STAGE["communication"]) < 1e-9]
-    match = f" ({PAPER_FIRST_STAGE['communication']:.0f}x is what stage {same[0]} gives)" if same else ""
-    return (
-        f"Per token, stage 1 of LLaMA2-7B costs {s['ratio_flops_per_token_6n']:.2f}x fewer training FLOPs than "
-        f"the full model (the LM head runs at every stage), so the paper's {PAPER_FIRST_STAGE['time']}x less time "
-        f"is more than the compute saved, and more than the {s['ratio_layers']:.0f}x fewer decoder layers: running "
-        f"fewer layers cannot give it alone, so it must count something besides per-token compute (e.g. the full "
-        f"model's memory pressure, other settings per stage, or another baseline); its basis is not given. LoRA bytes scale exactly with the layers, so one round of stage 1 sends "
-        f"{s['ratio_lora_up_bytes']:.0f}x less, not {PAPER_FIRST_STAGE['communication']:.0f}x, whichever way "
-        f"(up, or up + down) it is counted{match}. {mem}"
-    )
-
-
-def markdown(reports: dict[str, dict], command: str) -> str:
+def markdown(reports: dict[str, dict], command: str, written: Path | None = None) -> str:
+    """The report; ``written`` (the path of a person's reading beside it, in ``readings/``) is linked."""
     rep7 = reports["llama2_7b"]
     a = rep7["attention_score_flops_share"]
     return "\n\n".join([
@@ -238,7 +216,8 @@ def markdown(reports: dict[str, dict], command: str) -> str:
         "FLOPs for LLaMA2-7B).",
         "## Per stage", table(reports),
         "## The paper's first-stage claims (LLaMA2-7B)", claims_table(rep7),
-        "## Reading", reading(rep7),
+        "## Reading", (f"Written by hand in [{written.as_posix()}](readings/{written.name}); regenerating the "
+                       "report leaves it as it is." if written else "No written reading yet."),
     ]) + "\n"
 
 
@@ -254,10 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(claims_table(reports["llama2_7b"]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"command": command, "paper_first_stage_llama2_7b": PAPER_FIRST_STAGE, "models": reports,
-               "reading": reading(reports["llama2_7b"])}
+    payload = {"command": command, "paper_first_stage_llama2_7b": PAPER_FIRST_STAGE, "models": reports}
+    written = out.parent / "readings" / f"{out.name}.md"  # a person's reading: linked, never written here
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(reports, command))
+    out.with_suffix(".md").write_text(markdown(reports, command, written if written.exists() else None))
     print(f"\nwrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0
 

@@ -58,9 +58,9 @@ Resumable: one JSON per point under ``OUT/points/`` (``<kind>-<size>-s<seed>.jso
 settings stops the run: use another ``--out``); ``--max-points K`` makes at most K new point files per
 invocation (0: only the report). Every invocation rewrites the report ``OUT.json``, ``OUT.md`` and
 ``OUT.png`` from the point files present: per kind, the full model's held-out loss and accuracy (mean
-+- sd over seeds) against the probe gap and against L_s, with the equal-FLOPs and untrained lines, a
-reading worded from the numbers, and a person's reading from ``results/readings/<OUT name>.md`` when
-one is there (as the sweep keeps its own).
++- sd over seeds) against the probe gap and against L_s, with the equal-FLOPs and untrained lines, the
+rank correlation of the probe gap with the held-out loss, and a link to a person's reading,
+``results/readings/<OUT name>.md``, when one is there (never written by the report).
 """
 from __future__ import annotations
 
@@ -123,11 +123,6 @@ def stand_in_groups(kind: str, num_layers: int, size: int) -> list[list[int]] | 
     if kind == "dglg":
         return None
     return balanced_groups(num_layers, size)
-
-
-def kept_layers(groups: Sequence[Sequence[int]]) -> list[int]:
-    """The layers a ``drop`` stand-in keeps: each run's anchor (its first layer, R-ONE's weight 1)."""
-    return [int(g[0]) for g in groups]
 
 
 def matched_steps(counts, size: int, steps: int) -> int:
@@ -477,54 +472,11 @@ def _f(ms: dict[str, Any] | tuple, d: int = 3) -> str:
     return "-" if m is None else f"{m:.{d}f}" if sd is None else f"{m:.{d}f} ± {sd:.{d}f}"
 
 
-def reading(data: dict[str, Any]) -> list[str]:
-    """Sentences on what the measured points say, every number taken from ``data``."""
-    s, out = data["summary"], []
-    u, steps = s["untrained"], s["steps"]
-    whole = s["full"].get(steps)
-    if u:
-        acc = f", accuracy {u['acc']:.1f}%" if u.get("acc") is not None else ""
-        out.append(f"The untrained model: held-out loss {u['heldout_loss']:.3f} nats per response token{acc}.")
-    if whole:
-        out.append(f"The full model trained the whole budget ({steps} steps, {len(whole['seeds'])} seed(s)): held-out "
-                   f"loss {_f(whole['heldout_loss'])}" + (f", accuracy {_f(whole['acc'], 1)}%." if whole['acc']['mean']
-                                                           is not None else "."))
-    pts = []
-    for kind, rows in s["kinds"].items():
-        if not rows:
-            continue
-        wins = [r for r in rows if r["loss_minus_matched"][0] is not None and r["matched_seeds"]
-                and r["beats_matched_loss"].split(" of ")[0] == r["beats_matched_loss"].split(" of ")[1]]
-        gaps = [r["probe_gap"]["mean"] for r in rows]
-        span = f"{gaps[0]:.3f}" if len(gaps) == 1 else f"{min(gaps):.3f} to {max(gaps):.3f}"
-        text = (f"{kind} (L_s {', '.join(str(r['size']) for r in rows)}): probe gap {span} "
-                f"nats; after copy back the full model's held-out loss is "
-                + ", ".join(f"{r['heldout_loss']['mean']:.3f} (L_s {r['size']})" for r in rows) + ". ")
-        compared = [r for r in rows if r["loss_minus_matched"][0] is not None]
-        if not compared:
-            text += "No equal-FLOPs full-model point of the same seeds yet."
-        elif wins:
-            text += (f"It has the lower held-out loss than the full model given the same FLOPs in every seed at "
-                     f"L_s {', '.join(str(r['size']) for r in wins)} (probe gap up to "
-                     f"{max(r['probe_gap']['mean'] for r in wins):.3f} nats)")
-            lose = [r for r in compared if r not in wins]
-            text += (f", not at L_s {', '.join(str(r['size']) for r in lose)}." if lose else ".")
-        else:
-            text += ("At no size measured does it reach a lower held-out loss than the full model given the same "
-                     "FLOPs in every seed (differences, stand-in minus full: "
-                     + ", ".join(f"{r['loss_minus_matched'][0]:+.3f} at L_s {r['size']}" for r in compared) + ").")
-        out.append(text)
-        pts += [(r["probe_gap"]["mean"], r["heldout_loss"]["mean"]) for r in rows]
-    rho = spearman([p[0] for p in pts], [p[1] for p in pts])
-    if rho is not None:
-        out.append(f"Across the {len(pts)} (kind, size) means, the rank correlation of the probe gap with the held-out "
-                   f"loss after copy back is {rho:+.2f} (Spearman).")
-    n_items = data["settings"].get("items")
-    if n_items:
-        out.append(f"Accuracy is on {n_items} items: one item moves it by {100 / n_items:.1f} points, and its standard "
-                   f"error near 50% is about {100 * math.sqrt(0.25 / n_items):.0f} points; the held-out loss is the "
-                   "finer measure here.")
-    return out
+def probe_loss_correlation(summary: dict[str, Any]) -> dict[str, Any]:
+    """Spearman's rho between the probe gap and the held-out loss after copy back over the (kind, size)
+    means (``rho`` None under three means)."""
+    pts = [(r["probe_gap"]["mean"], r["heldout_loss"]["mean"]) for rows in summary["kinds"].values() for r in rows]
+    return {"rho": spearman([p[0] for p in pts], [p[1] for p in pts]), "n": len(pts)}
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -564,12 +516,9 @@ def markdown(data: dict[str, Any]) -> str:
               f"pool examples and its accuracy on {st['items']} in-distribution items ({st['max_per_task']} per task). "
               "No federation. Equal FLOPs: the full model trained round(steps × F(L_s)/F(L)) steps (F: the ledger's "
               f"client FLOPs per token; compute dtype {st['dtype']}).", ""]
-    if data.get("written_reading"):
-        lines += ["## Written reading", "", f"(kept in `{data['written_reading']['path']}`, written by a person from "
-                  "an earlier state of these files; check it against the numbers below)", "",
-                  data["written_reading"]["text"], ""]
-    lines += ["## Generated reading", "", "(worded by the report from the points present)", "",
-              *[f"- {x}" for x in data["reading"]], ""]
+    w = data.get("written_reading")
+    lines += ["## Reading", "", f"Written by hand in [{w['path']}]({w['link']}); regenerating the report leaves it "
+              "as it is." if w else "No written reading yet.", ""]
     for note in data["notes"]:
         lines += [f"Note: {note}", ""]
     u = s["untrained"]
@@ -589,6 +538,14 @@ def markdown(data: dict[str, Any]) -> str:
     lines += markdown_table(["stand-in", "L_s", "probe gap (nats)", "held-out loss after copy back", "accuracy %",
                              "seeds", "equal-FLOPs full steps (exact)", "its held-out loss",
                              "stand-in − equal-FLOPs (paired)", "stand-in lower in"], rows)
+    c = data.get("probe_loss_correlation") or {}
+    if c.get("rho") is not None:
+        lines += ["", f"Spearman's rho, probe gap against held-out loss after copy back, over {c['n']} (kind, size) "
+                  f"means: {c['rho']:+.2f}."]
+    n_items = st.get("items")
+    if n_items:
+        lines += ["", f"Accuracy on {n_items} items: one item is {100 / n_items:.1f} points; its standard error near "
+                  f"50% is about {100 * math.sqrt(0.25 / n_items):.0f} points."]
     lines += ["", "Groups of each stand-in (first seed):", ""]
     for kind, krows in s["kinds"].items():
         for r in krows:
@@ -678,10 +635,10 @@ def report(out: Path, recs: dict[str, dict[str, Any]], planned: Sequence[Point],
             "points_present": sum(p.name in recs for p in planned),
             "missing": [p.name for p in planned if p.name not in recs],
             "points_from": sorted({r.get("command", "") for r in recs.values()})}
-    data["reading"] = reading(data)
-    written = out.parent / "readings" / f"{out.name}.md"  # a person's reading, kept across regenerations
+    data["probe_loss_correlation"] = probe_loss_correlation(summary)
+    written = out.parent / "readings" / f"{out.name}.md"  # a person's reading: linked, never written here
     if written.exists():
-        data["written_reading"] = {"path": str(written), "text": written.read_text(encoding="utf-8").strip()}
+        data["written_reading"] = {"path": str(written), "link": written.relative_to(out.parent).as_posix()}
     _write_json(out.with_suffix(".json"), data)
     out.with_suffix(".md").write_text(markdown(data), encoding="utf-8")
     plot(data, out.with_suffix(".png"))

@@ -2,7 +2,9 @@
 
 For each stage capacity L_s of the schedule: DGLG (spectral, on the base-weight layer
 similarity), DBLF (beta), build the submodel, time the build, and measure perplexity on
-:data:`HELDOUT_TEXTS`. Writes a JSON file and a Markdown table next to it.
+:data:`HELDOUT_TEXTS`. Writes a JSON file and a Markdown table next to it, with the facts the
+numbers decide (:func:`facts`) and a link to a person's reading in ``readings/<name>.md`` beside
+it when there is one.
 
     python -m devft_lab.experiments.submodels --model smollm2-135m --out results/submodels_smollm2.json
 """
@@ -113,8 +115,9 @@ def run(model_name: str = "smollm2-135m", beta: float = 0.1, capacities: list[in
     }
 
 
-def markdown(result: dict) -> str:
-    """A short Markdown table of a :func:`run` result."""
+def markdown(result: dict, written: Path | None = None) -> str:
+    """A short Markdown table of a :func:`run` result; ``written`` (a person's reading in
+    ``readings/`` beside the table) is linked."""
     lines = [
         f"# Stage submodels of {result['model']} ({result['num_layers']} layers)", "",
         f"Command: `{result['command']}`", "",
@@ -131,57 +134,46 @@ def markdown(result: dict) -> str:
                               else "{" + ",".join(map(str, g)) + "}" for g in s["groups"])
             lines.append(f"| {rule} | {i} | {s['capacity']} | {s['build_seconds']:.2f} | {s['perplexity']:.4g} | "
                          f"{s['largest_group']} | {s['min_fusion_weight']} | {groups} |")
-    lines += ["", "Notes:", "", *(f"- {n}" for n in notes(result))]
+    f = facts(result)
+    sim = f["similarity"]
+    yes = {True: "yes", False: "no", None: "-"}
+    rows = [["off-diagonal layer similarity: min, max (mean)", f"{sim['min']:.4f}, {sim['max']:.4f} ({sim['mean']:.4f})"],
+            [f"every pair of layers nearly orthogonal (cosine within ±{ORTHOGONAL})", yes[f["nearly_orthogonal"]]],
+            ["stage 1's largest group", f"{f['largest_first_group']} of {result['num_layers']} layers"],
+            ["DBLF anchor weight 1 − β(m − 1) negative for groups of m >",
+             "-" if f["negative_anchor_above"] is None else f"{f['negative_anchor_above']:.4g}"],
+            ["stages with a negative fusion weight", ", ".join(map(str, f["extrapolating_stages"])) or "none"],
+            ["largest perplexity before training / the full model's",
+             f"{f['worst_perplexity']:.4g} / {result['full_model_perplexity']:.4g}"],
+            ["the last stage has the full model's perplexity", yes[f["last_equals_full"]]]]
+    lines += ["", "| what the numbers say | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows), "",
+              "## Reading", "", f"Written by hand in [{written.as_posix()}](readings/{written.name}); regenerating "
+              "the table leaves it as it is." if written else "No written reading yet."]
     return "\n".join(lines) + "\n"
 
 
 ORTHOGONAL = 0.1  # |cosine| below this for every pair of layers: "nearly orthogonal"
 
 
-def similarity_note(sim: torch.Tensor) -> str:
-    """One sentence on the off-diagonal layer similarities, worded from their values."""
+def facts(result: dict) -> dict:
+    """What the numbers of a :func:`run` result decide: the off-diagonal layer similarities' range and
+    whether every pair is nearly orthogonal (:data:`ORTHOGONAL`), stage 1's largest group, the group
+    size above which DBLF's anchor weight 1 - beta (m - 1) turns negative and the stages that have a
+    negative weight (DBLF only), the largest perplexity before training, and whether the last stage,
+    when it has every layer, has the full model's perplexity (None when it has not)."""
+    sim = torch.tensor(result["similarity"])
     off = sim[~torch.eye(len(sim), dtype=torch.bool)]
-    lo, hi, mean = float(off.min()), float(off.max()), float(off.mean())
-    text = f"Off-diagonal layer similarities lie in [{lo:.4f}, {hi:.4f}] (mean {mean:.4f}): "
-    if max(abs(lo), abs(hi)) < ORTHOGONAL:
-        return text + ("the concatenated base weights of two different layers are nearly orthogonal, so W is "
-                       "almost flat and the grouping rests on small differences.")
-    parts = []
-    if lo < 0:
-        parts.append(f"some pairs point in opposite directions (down to {lo:.2f}; devft.affinity decides how "
-                     "negative values enter the graph)")
-    if hi >= 0.5:
-        parts.append(f"some pairs are strongly aligned (up to {hi:.2f})")
-    elif hi >= ORTHOGONAL:
-        parts.append(f"the most similar pairs reach {hi:.2f}")
-    return text + "; ".join(parts) + "."
-
-
-def notes(result: dict) -> list[str]:
-    """The notes under the table, each derived from the measured numbers."""
-    out = [similarity_note(torch.tensor(result["similarity"]))]
-    L, stages = result["num_layers"], result["stages"]
-    first = stages[0]
-    if first["largest_group"] > L / 2:
-        out.append(f"Stage 1 puts {first['largest_group']} of {L} layers into one group: the spectral embedding "
-                   "isolates a few outlier layers and leaves one large group.")
-    negative = [s for s in stages if s["min_fusion_weight"] < 0]
-    if negative and result["fusion"] == "dblf":
-        beta = result["beta"]
-        out.append(f"DBLF gives a group of m layers the anchor weight 1 - beta (m - 1), negative for m > "
-                   f"{1 + 1 / beta:.4g} at beta {beta}: stage(s) "
-                   f"{', '.join(str(stages.index(s) + 1) for s in negative)} extrapolate away from the anchor "
-                   "(column 'min fusion weight').")
-    full = result["full_model_perplexity"]
-    worst = max(s["perplexity"] for s in stages)
-    out.append(f"Before any training the fused submodels reach perplexity up to {worst:.4g} against {full:.4g} "
-               "for the full model" + (f" ({worst / full:.3g}x)." if full > 0 else "."))
-    last = stages[-1]
-    if last["capacity"] == L:
-        same = abs(last["perplexity"] - full) <= 1e-3 * max(1.0, full)
-        out.append("The last stage (singleton groups) " + ("equals the full model (same perplexity)." if same else
-                   f"differs from the full model ({last['perplexity']:.4g} vs {full:.4g}): check the fusion."))
-    return out
+    lo, hi = float(off.min()), float(off.max())
+    stages, dblf = result["stages"], result["fusion"] == "dblf"
+    full, last = result["full_model_perplexity"], stages[-1]
+    return {"similarity": {"min": lo, "max": hi, "mean": float(off.mean())},
+            "nearly_orthogonal": max(abs(lo), abs(hi)) < ORTHOGONAL,
+            "largest_first_group": stages[0]["largest_group"],
+            "negative_anchor_above": 1 + 1 / result["beta"] if dblf else None,
+            "extrapolating_stages": [i + 1 for i, st in enumerate(stages) if dblf and st["min_fusion_weight"] < 0],
+            "worst_perplexity": max(st["perplexity"] for st in stages),
+            "last_equals_full": (abs(last["perplexity"] - full) <= 1e-3 * max(1.0, full)
+                                 if last["capacity"] == result["num_layers"] else None)}
 
 
 def default_out(model_name: str) -> Path:
@@ -212,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out) if args.out else default_out(args.model)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(markdown(result))
+    written = out.parent / "readings" / f"{out.stem}.md"  # a person's reading: linked, never written here
+    out.with_suffix(".md").write_text(markdown(result, written if written.exists() else None))
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 

@@ -43,13 +43,14 @@ Writes ``RESULTS/sweep_SCALE[-TAG].json``, ``.md`` and ``.png``: per level the f
 (mean ± sd over seeds), the gain over the untrained model and the DevFT - matched FedIT gap
 (both paired item by item within a seed, 95% bootstrap intervals:
 :func:`devft_lab.experiments.reproduce.stats.paired_items`), and the probe's sub - full loss
-gaps per stage; the png is a heatmap of the gaps.
+gaps per stage, the verdict of each gap's interval (above / within / below zero), the best level
+per factor and the probe's rank correlation with the gap; the png is a heatmap of the gaps. The reading
+in words is written by a person in ``RESULTS/readings/sweep_SCALE[-TAG].md``; the report links to it.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ from typing import Any, Callable, Sequence
 
 from devft_lab.experiments.reproduce.cells import (_DEVFT, _FINAL_ONLY, _FULL, SCALES, Cell, Plan, ReproduceError,
                                                    V, Variant, cell_status, check_tag, seeds_of)
+from devft_lab.experiments.reproduce.tables import verdict
 
 FACTORS = ("capacity", "transfer", "beta", "grouping", "schedule")
 HOME = "sweep"
@@ -246,6 +248,7 @@ def build_report(plan: Plan, rows: Sequence[Level], fedits: dict[str, Variant], 
             "metric": m.get(metric), "gain_over_untrained": paired_items(f.items, f.initial_items),
             "gap_vs_fedit": paired_items(f.items, ref.items),
             "probe": _probe_gaps(f.summaries), "run_dirs": {s: str(p) for s, p in f.paths.items()}})
+        out_rows[-1]["verdict"] = verdict(out_rows[-1]["gap_vs_fedit"]["ci95"])
     fed_rows = [{"key": v.key, "label": v.label, "schedule": sched, "seeds": sorted(fin[v.key].summaries),
                  "metric": row_metrics(fin[v.key].summaries).get(metric) if fin[v.key].summaries else None,
                  "gain_over_untrained": paired_items(fin[v.key].items, fin[v.key].initial_items)}
@@ -260,19 +263,12 @@ def build_report(plan: Plan, rows: Sequence[Level], fedits: dict[str, Variant], 
 
     data["compute_dtypes"] = sorted({compute_dtype(m) for f in fin.values() for m in f.metas.values()})
     data["probe_correlation"] = probe_correlation(out_rows)
-    data["reading"] = reading(data)
+    data["best"] = best_levels(out_rows)
     return data
 
 
-# --------------------------------------------------------------------------- the reading
+# --------------------------------------------------------------------------- what the numbers decide
 MIN_CORRELATION_POINTS = 5
-def verdict(gap: dict[str, Any]) -> str:
-    """``above`` / ``below`` when the 95% interval of DevFT − matched FedIT excludes zero, else
-    ``tie`` (``-`` without data)."""
-    if gap.get("mean") is None or not gap.get("ci95"):
-        return "-"
-    lo, hi = gap["ci95"]
-    return "above" if lo > 0 else "below" if hi < 0 else "tie"
 
 
 def probe_correlation(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -292,40 +288,22 @@ def probe_correlation(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"rho": rho, "n": len(pts), "points": [{"key": k, "probe_gap": a, "gap": b} for a, b, k in pts]}
 
 
-def reading(d: dict[str, Any]) -> str:
-    """A factual paragraph from the numbers: where DevFT is above, below or level with FedIT at
-    equal client FLOPs, the best level per factor, and whether the probe predicts the gap."""
-    rows = [r for r in d["rows"] if r["gap_vs_fedit"].get("mean") is not None]
-    if not rows:
-        return "No level has a finished DevFT cell and its matched FedIT yet."
-    by = {v: [f"{r['factor']}={r['level']}" for r in rows if verdict(r["gap_vs_fedit"]) == v]
-          for v in ("above", "tie", "below")}
-    seeds = sorted({s for r in rows for s in r["seeds"]})
-    out = [f"{len({r['key'] for r in rows})} DevFT settings ({len(rows)} factor levels, the center counted in "
-           f"every factor) have results (seeds {', '.join(map(str, seeds))}). At equal client FLOPs, "
-           f"DevFT is above FedIT (95% interval above zero) at {', '.join(by['above']) or 'no level'}; "
-           f"level with it at {', '.join(by['tie']) or 'no level'}; below it at {', '.join(by['below']) or 'no level'}."]
-    for f in dict.fromkeys(r["factor"] for r in rows):
-        fr = [r for r in rows if r["factor"] == f]
+def best_levels(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per factor with two or more finished levels, the level with the largest DevFT − matched FedIT:
+    ``gap`` is each level's pooled gap when all have the same seeds, else the mean of its per-seed
+    gaps over the seeds every level has (``seeds``; None when no restriction was needed), and
+    ``others`` the other levels' gaps on the same footing."""
+    done = [r for r in rows if r["gap_vs_fedit"].get("mean") is not None]
+    out = []
+    for f in dict.fromkeys(r["factor"] for r in done):
+        fr = [r for r in done if r["factor"] == f]
         if len(fr) < 2:
             continue
         score, common = _on_shared_seeds(fr)
         best = max(fr, key=score)
-        if common is None:
-            out.append(f"Best {f}: {best['level']} ({score(best):+.1f} points).")
-        else:  # levels with different seeds: compared on the seeds they all have
-            others = ", ".join(f"{r['level']} {score(r):+.1f}" for r in fr if r is not best)
-            out.append(f"Best {f} on the seeds every level has ({', '.join(common)}): {best['level']} "
-                       f"({score(best):+.1f} points; {others}).")
-    c = d.get("probe_correlation") or probe_correlation(d["rows"])
-    if c["rho"] is not None:
-        out.append(f"Across the {c['n']} DevFT settings with the stage probe, Spearman's rho between the first stage's "
-                   f"sub − full loss gap and DevFT − FedIT is {c['rho']:+.2f} (negative: the better the submodel "
-                   "stands in for the model, the better DevFT does).")
-    if len(d.get("compute_dtypes", [])) > 1:
-        out.append(f"Caution: the cells computed in {', '.join(d['compute_dtypes'])} (chosen per machine by the "
-                   "device probe), so gaps mix method and numerics.")
-    return " ".join(out)
+        out.append({"factor": f, "level": best["level"], "gap": score(best), "seeds": common,
+                    "others": {r["level"]: score(r) for r in fr if r is not best}})
+    return out
 
 
 def _on_shared_seeds(rows: Sequence[dict[str, Any]]) -> tuple[Callable[[dict], float], list[str] | None]:
@@ -362,12 +340,16 @@ def to_markdown(d: dict[str, Any]) -> str:
            f"Command: `{d['command']}`", "", f"Status: {d['status']}; runs in `{d['runs']}`.", "",
            f"Machine: {d['machine']}; runs trained on: {'; '.join(d['run_machines']) or '-'}", "",
            f"Metric: final `{d['metric']}` (mean ± sd over seeds). Gains and gaps are in points, paired item by "
-           "item within a seed, 95% bootstrap intervals over the evaluation items.", ""]
+           "item within a seed, 95% bootstrap intervals over the evaluation items; the interval column says where "
+           "that of DevFT − matched FedIT lies against zero.", ""]
+    if len(d.get("compute_dtypes", [])) > 1:
+        out += [f"Compute dtypes (chosen per machine by the device probe; each run's meta.json says which): "
+                f"{', '.join(d['compute_dtypes'])}.", ""]
     body = [[r["factor"], r["level"], r["key"], ", ".join(map(str, r["seeds"])) or "-", _fmt_ms(r["metric"]),
-             fmt_ci(r["gain_over_untrained"]), fmt_ci(r["gap_vs_fedit"]), r["fedit"],
-             _probe_cell(r["probe"])] for r in d["rows"]]
+             fmt_ci(r["gain_over_untrained"]), fmt_ci(r["gap_vs_fedit"]), verdict(r["gap_vs_fedit"]["ci95"]),
+             r["fedit"], _probe_cell(r["probe"])] for r in d["rows"]]
     out += markdown_table(["factor", "level", "cell", "seeds", d["metric"], "gain over untrained",
-                           "DevFT - matched FedIT", "matched FedIT",
+                           "DevFT - matched FedIT", "interval", "matched FedIT",
                            "probe loss gap sub - full (layers: stage start → end)"], body)
     out += ["", "Matched FedIT (same total client FLOPs as the DevFT schedule):", ""]
     out += markdown_table(["cell", "what", "seeds", d["metric"], "gain over untrained"],
@@ -387,12 +369,22 @@ def to_markdown(d: dict[str, Any]) -> str:
                               [[c["key"], c["label"], ", ".join(map(str, c["seeds"])) or "-", _fmt_ms(c["metric"]),
                                 fmt_ci(c["gain_over_untrained"]), fmt_ci(c["gap_vs_fedit"])]
                                for c in d.get("controls", [])])
+    best = d.get("best") or []
+    if best:
+        out += ["", "Best level per factor (DevFT − matched FedIT, points; levels with different seeds are compared "
+                "on the seeds they all have):", ""]
+        out += markdown_table(["factor", "best level", "gap", "other levels", "seeds compared"],
+                              [[b["factor"], b["level"], f"{b['gap']:+.1f}",
+                                ", ".join(f"{k} {v:+.1f}" for k, v in b["others"].items()),
+                                ", ".join(b["seeds"]) if b["seeds"] else "all"] for b in best])
+    c = d.get("probe_correlation") or {}
+    if c.get("rho") is not None:
+        out += ["", f"Spearman's rho, stage 1's sub − full probe loss gap at its start against DevFT − matched "
+                f"FedIT, over {c['n']} DevFT settings: {c['rho']:+.2f}."]
     out += ["", f"![gaps]({Path(d.get('png', 'sweep.png')).name})", ""]
-    if d.get("reading"):
-        out += ["## Reading (generated from the numbers above)", "", d["reading"], ""]
-    if d.get("written_reading"):
-        w = d["written_reading"]
-        out += [f"## Reading (written; `{w['path']}`, kept when the report is regenerated)", "", w["text"], ""]
+    w = d.get("written_reading")
+    out += ["## Reading", "", f"Written by hand in [{w['path']}]({w['link']}); regenerating the report leaves it as "
+            "it is." if w else "No written reading yet.", ""]
     return "\n".join(out) + "\n"
 
 
@@ -435,9 +427,9 @@ def write_report(plan: Plan, rows: Sequence[Level], fedits: dict[str, Variant], 
     d = build_report(plan, rows, fedits, seeds, command)
     js, md, png = (output_path(plan, e) for e in ("json", "md", "png"))
     d["png"] = str(png)
-    written = plan.results / "readings" / md.name  # a person's reading, kept across regenerations
+    written = plan.results / "readings" / md.name  # a person's reading: linked, never written here
     if written.exists():
-        d["written_reading"] = {"path": str(written), "text": written.read_text(encoding="utf-8").strip()}
+        d["written_reading"] = {"path": str(written), "link": written.relative_to(md.parent).as_posix()}
     js.parent.mkdir(parents=True, exist_ok=True)
     js.write_text(json.dumps(d, indent=1, default=str) + "\n", encoding="utf-8")
     md.write_text(to_markdown(d), encoding="utf-8")

@@ -11,8 +11,9 @@ it is trained once. Re-running the command skips finished cells (``summary.json`
 trains at most K new cells per sitting. Afterwards it writes ``table_<name>.json`` and
 ``table_<name>.md`` from whatever cells are finished: mean +- sample std over seeds, the
 paper's published values beside them, the command, config hashes, machine, and a status
-``partial: k of n cells`` until all are done. The Markdown's "Reading" paragraph is
-generated from the numbers (signs, spreads, ratios); nothing in it is written by hand.
+``partial: k of n cells`` until all are done, and per compared pair a verdict read from its
+95% interval (above, within or below zero). The reading in words is written by a person in
+``RESULTS/readings/table_<name>.md``; the table links to it and never rewrites it.
 
 Scales: ``smoke`` = the ``tiny`` config cut to 4 rounds (tests, seconds per cell),
 ``lab`` = ``smollm2_lab`` (SmolLM2-135M, lab benchmark, ~15-30 min per cell on a CPU),
@@ -29,11 +30,10 @@ Choices made here (the paper leaves them open):
   train + aggregate wall seconds (evaluation excluded), bytes are cumulative at that eval.
 
 Modules: :mod:`.cells` (plan, variants, cells, running one), :mod:`.stats` (aggregation,
-efficiency), :mod:`.readings` (the generated readings), :mod:`.tables` (build and write a
-table), :mod:`.cli` (``devft-lab reproduce``). Everything public is re-exported here.
+efficiency), :mod:`.tables` (build and write a table, its verdicts), :mod:`.cli`
+(``devft-lab reproduce``). Everything public is re-exported here.
 """
 from devft_lab.experiments.reproduce.cells import *  # noqa: F401,F403
 from devft_lab.experiments.reproduce.cli import *  # noqa: F401,F403
-from devft_lab.experiments.reproduce.readings import *  # noqa: F401,F403
 from devft_lab.experiments.reproduce.stats import *  # noqa: F401,F403
 from devft_lab.experiments.reproduce.tables import *  # noqa: F401,F403

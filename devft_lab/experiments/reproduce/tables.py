@@ -1,4 +1,8 @@
-"""Building a table from the finished cells and writing ``table_<name>.json`` / ``.md``."""
+"""Building a table from the finished cells and writing ``table_<name>.json`` / ``.md``.
+
+What the generator writes is decided by the numbers alone: the tables, and per comparison a verdict
+read from its 95% interval (:func:`verdict`). Readings in words are written by a person in
+``results/readings/<table file>.md``; the table links to its reading and never writes it."""
 from __future__ import annotations
 
 import json
@@ -11,7 +15,6 @@ from devft_lab.experiments.reproduce.cells import (Cell, PAPER_ABLATION, PAPER_C
                                                    PAPER_COLUMN_OF_BASE, PAPER_COMPAT, PAPER_EFFICIENCY,
                                                    PAPER_GROWTH, PAPER_MAIN, Plan, ROW_LABELS, TABLES, V,
                                                    cells_of)
-from devft_lab.experiments.reproduce.readings import reading
 from devft_lab.experiments.reproduce.stats import (Finished, _wall, collect, efficiency, fmt, fmt_ci, headline,
                                                    paired, paired_items, ratio, row_metrics)
 
@@ -19,6 +22,65 @@ from devft_lab.experiments.reproduce.stats import (Finished, _wall, collect, eff
 NOT_RUN = "not run yet"
 # The row each table's item-paired gaps are taken against.
 REFERENCE = {"main": "fedit", "efficiency": "fedit", "ablation": "devft", "growth": "devft", "compat": "fedsa-lora"}
+
+
+# --------------------------------------------------------------------------- verdicts
+def verdict(ci95: Sequence[float] | None) -> str:
+    """Where a 95% interval of a gap a − b lies: ``above`` or ``below`` zero when it excludes zero,
+    ``within`` when it contains zero, ``-`` without an interval."""
+    if not ci95:
+        return "-"
+    lo, hi = ci95
+    return "above" if lo > 0 else "below" if hi < 0 else "within"
+
+
+def paper_direction(v: str, paper: dict[str, float | None]) -> str:
+    """``same`` / ``opposite``: whether a verdict that excludes zero has the sign of the paper's a − b
+    (every published value of it has one sign); ``-`` when the interval contains zero or the paper has
+    no value."""
+    signs = {x > 0 for x in paper.values() if x}
+    if v not in ("above", "below") or len(signs) != 1:
+        return "-"
+    return "same" if (v == "above") == signs.pop() else "opposite"
+
+
+def comparisons(table: str) -> list[tuple[str, str, dict[str, float | None]]]:
+    """The gaps a − b each table judges (positive: a better), with the paper's a − b by model.
+
+    main: DevFT against every method with a published score (the paper's differences of its
+    table); ablation and growth: DevFT minus each variant (the paper's drop, in %); compat:
+    FedSA-LoRA + DevFT minus FedSA-LoRA (the paper's gain, in %); efficiency: none (time and
+    bytes to the target are its numbers)."""
+    if table == "main":
+        dev = PAPER_MAIN["devft"]
+        return [("devft", k, {c: round(dev[c] - PAPER_MAIN[k][c], 2) for c in PAPER_COLUMNS})
+                for k in TABLES["main"] if k != "devft" and k in PAPER_MAIN]
+    if table == "ablation":
+        return [("devft", k, {"LLaMA3.1-8B drop %": PAPER_ABLATION.get(k)}) for k in TABLES["ablation"][1:]]
+    if table == "growth":
+        return [("devft", k, {"LLaMA2-13B drop %": PAPER_GROWTH["drop_pct_x4_x8_vs_x2"]}) for k in TABLES["growth"][1:]]
+    if table == "compat":
+        return [("fedsa-lora-devft", "fedsa-lora", {"LLaMA2-7B gain %": PAPER_COMPAT["score_gain_pct"]})]
+    return []
+
+
+def verdicts(table: str, fin: dict[str, Finished], metric: str, higher: bool) -> list[dict[str, Any]]:
+    """One entry per :func:`comparisons` gap: paired by seed (``by_seed``, mean ± std of the per-seed
+    differences of the headline metric, signed so that positive is better), paired item by item
+    (``by_item``, accuracy points with a 95% interval; the rows hold its per-seed gaps), the
+    :func:`verdict` of that interval and whether it has the paper's direction."""
+    out = []
+    for a, b, paper in comparisons(table):
+        fa, fb = fin.get(a, Finished()), fin.get(b, Finished())
+        g = paired(fa.summaries, fb.summaries, metric)
+        if g["mean"] is not None and not higher:  # lower is better: express as an improvement
+            g = {**g, "mean": -g["mean"]}
+        items = {k: v for k, v in paired_items(fa.items, fb.items).items() if k != "per_seed"}
+        v = verdict(items["ci95"])
+        label = f"{ROW_LABELS.get((table, a), V[a].label)} − {V[b].label}"
+        out.append({"a": a, "b": b, "label": label, "by_seed": g, "by_item": items,
+                    "verdict": v, "paper": paper, "paper_direction": paper_direction(v, paper)})
+    return out
 
 
 # --------------------------------------------------------------------------- building a table
@@ -96,6 +158,7 @@ def build_table(plan: Plan, table: str, seeds: Sequence[int], command: str) -> d
     elif table == "compat":
         a, b = fin["fedsa-lora-devft"].summaries, fin["fedsa-lora"].summaries
         extra = {"gain": paired(a, b, metric), "time_x_less": ratio(a, b, _wall),
+                 "flops_x_less": ratio(a, b, lambda s: s.get("flops_estimate")),
                  "paper_bytes_x_less": ratio(a, b, lambda s: s.get("paper_bytes")),
                  "full_bytes_x_less": ratio(a, b, lambda s: s.get("full_bytes"))}
     elif table == "main":
@@ -108,10 +171,16 @@ def build_table(plan: Plan, table: str, seeds: Sequence[int], command: str) -> d
         "status": "complete" if done == total else f"partial: {done} of {total} cells",
         "cells_done": done, "cells_total": total, "metric": metric, "higher_is_better": higher,
         "paper_column": column, "rows": rows, **extra, "paper": paper,
-        "reading": reading(table, fin, metric, higher, extra),
+        "verdicts": verdicts(table, fin, metric, higher),
         "command": command, "machine": machine(), "run_machines": machines, "scale_note": plan.scale.note,
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def _signed(ms: dict[str, Any], digits: int) -> str:
+    """``+1.23 ± 0.45`` (a signed gap and its spread over seeds), ``-`` without one."""
+    return "-" if ms.get("mean") is None else f"{ms['mean']:+.{digits}f}" + (
+        f" ± {ms['std']:.{digits}f}" if ms.get("std") is not None else "")
 
 
 def to_markdown(t: dict[str, Any]) -> str:
@@ -207,12 +276,39 @@ def to_markdown(t: dict[str, Any]) -> str:
         out += ["", "Paper columns are the published LLaMA results (closed-ended average of TruthfulQA, MMLU, "
                 "IFEval, BBH); the lab score is the lab benchmark's suite average on a 135M model — compare "
                 "directions and gaps, not levels."]
-    out += ["", "## Reading (generated from the numbers above)", "", t["reading"] or "No finished cells yet.", ""]
+    if t["table"] == "compat":
+        pc = PAPER_COMPAT
+        out += ["", "FedSA-LoRA over FedSA-LoRA + DevFT, per seed (x > 1: DevFT's is smaller):", ""]
+        out += markdown_table(["ratio", "lab", "paper (LLaMA2-7B)"], [
+            ["train+agg time", fmt(t.get("time_x_less")), f"{pc['time_x_less']}"],
+            ["client FLOPs", fmt(t.get("flops_x_less")), "-"],
+            ["LoRA uplink", fmt(t.get("paper_bytes_x_less")), f"{pc['comm_x_less']}"]])
+    if t["table"] == "efficiency":
+        none = t["target"].get("no_target_seeds") or []
+        if none:
+            out += ["", f"Seeds without a target (FedIT ended at or beyond the untrained model's {m}): "
+                    f"{', '.join(map(str, none))}."]
+        out += ["", "DevFT over each method on the seeds where both reached the target (x > 1: DevFT needed less):", ""]
+        out += markdown_table(["method", "time x less", "LoRA uplink x less", "seeds"],
+                              [[V[k].label, fmt(v["time_s"]), fmt(v["paper_bytes"]), v["time_s"]["n"]]
+                               for k, v in t.get("devft_vs", {}).items()])
+    if t.get("verdicts"):
+        out += ["", "## Verdicts (computed from the numbers above)", "",
+                "a − b, positive: a is better. By seed: mean ± std of the per-seed differences of the final "
+                f"`{m}`. By item: paired item by item, points, 95% interval. Interval: where that interval lies "
+                "against zero. Paper's direction: whether an interval that excludes zero has the sign of the "
+                "paper's a − b.", ""]
+        digits = 3 if m == "eval_loss" else 2
+        out += markdown_table(["a − b", "by seed", "by item [95% CI]", "interval", "paper a − b", "paper's direction"],
+                              [[v["label"], _signed(v["by_seed"], digits), fmt_ci(v["by_item"]), v["verdict"],
+                                ", ".join(f"{x:+.2f} ({c})" for c, x in v["paper"].items() if x is not None) or "-",
+                                v["paper_direction"]] for v in t["verdicts"]])
+    out += [""]
     if t["status"] != "complete":
         out += [f"These numbers come from {t['status']}; finish the rest with the command above.", ""]
-    if t.get("written_reading"):
-        w = t["written_reading"]
-        out += [f"## Reading (written; `{w['path']}`, kept when the table is regenerated)", "", w["text"], ""]
+    w = t.get("written_reading")
+    out += ["## Reading", "", f"Written by hand in [{w['path']}]({w['link']}); regenerating the table leaves it as it is."
+            if w else "No written reading yet.", ""]
     out += ["Config hashes (devft_lab.runner.config.config_hash) per cell:", ""]
     for r in t["rows"]:
         for c, h in r.get("config_hashes", {}).items():
@@ -221,8 +317,7 @@ def to_markdown(t: dict[str, Any]) -> str:
 
 
 def written_reading_path(plan: Plan, table: str) -> Path:
-    """``RESULTS/readings/<table file name>.md``: a reading written by a person, kept across regenerations
-    (the generated reading states the numbers; this one says why they may be so)."""
+    """``RESULTS/readings/<table file name>.md``: the reading a person writes; the table links to it."""
     return plan.results / "readings" / plan.table_path(table, "md").name
 
 
@@ -231,10 +326,8 @@ def write_table(plan: Plan, table: str, seeds: Sequence[int], command: str) -> t
     js, md = plan.table_path(table, "json"), plan.table_path(table, "md")
     written = written_reading_path(plan, table)
     if written.exists():
-        data["written_reading"] = {"path": str(written), "text": written.read_text(encoding="utf-8").strip()}
+        data["written_reading"] = {"path": str(written), "link": written.relative_to(md.parent).as_posix()}
     js.parent.mkdir(parents=True, exist_ok=True)
     js.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
     md.write_text(to_markdown(data), encoding="utf-8")
     return js, md
-
-
