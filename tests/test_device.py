@@ -54,7 +54,7 @@ def test_a_run_records_its_attention_kernel_and_resume_reuses_it(tmp_path, monke
 
     from devft_lab.core import attention
     from devft_lab.runner.config import load_config
-    from devft_lab.runner.run import resolve_compute, start
+    from devft_lab.runner.run import RunError, resolve_compute, start
 
     cfg = load_config("tiny", ["devft.enabled=false", "fed.num_rounds=1", f"out_dir={tmp_path}", "name=r",
                               "train.attention=auto"])
@@ -66,7 +66,8 @@ def test_a_run_records_its_attention_kernel_and_resume_reuses_it(tmp_path, monke
     model = torch.nn.Linear(2, 2)
     assert resolve_compute(cfg, model, compute)["attention"] == "eager"  # resumed: as recorded
     old = {k: v for k, v in compute.items() if not k.startswith("attention")}
-    assert resolve_compute(cfg, model, old)["attention"] == "sdpa"  # recorded before the option: sdpa
+    with pytest.raises(RunError, match="results-frozen-2026-12-07"):  # no kernel recorded: no guess
+        resolve_compute(cfg, model, old)
     cfg.train.attention = "eager"
     assert resolve_compute(cfg, model, old)["attention"] == "eager"  # a named kernel is taken as it is
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from devft_lab.experiments import reproduce as rp
-from devft_lab.runner.config import config_hash
+from devft_lab.runner.config import config_hash, to_yaml
 from devft_lab.method.schedule import stage_capacities
 
 
@@ -137,7 +137,7 @@ def _fake_run(plan, key, seed, rows, initial=30.0, machine="fake", correct=None)
     cell = rp.Cell(rp.V[key], seed)
     d = plan.cell_dir(cell)
     d.mkdir(parents=True)
-    (d / "config.yaml").write_text("fake: true\n")
+    (d / "config.yaml").write_text(to_yaml(plan.config(cell)))
     (d / "meta.json").write_text(json.dumps({"config_hash": config_hash(plan.config(cell)), "machine": machine}))
     cum = {"t": 0.0, "pb": 0, "fb": 0}
     for r in rows:
@@ -385,6 +385,24 @@ def test_a_cell_of_another_config_is_stale_not_skipped(tmp_path):
     with pytest.raises(rp.ReproduceError, match="--rerun-stale"):
         rp.run_cell(plan, cell, isolate=False)
     assert rp.build_table(plan, "compat", [0], "cmd")["cells_done"] == 0
+
+
+def test_a_cell_is_matched_by_its_saved_config_not_by_the_hash_its_meta_recorded(tmp_path):
+    """Runs recorded by older code (results/FROZEN.md) hashed by another rule, and their config.yaml lacks
+    keys added since: the saved config, read with today's defaults, decides."""
+    import yaml
+
+    plan = _plan(tmp_path)
+    cell = rp.Cell(rp.V["devft"], 0)
+    d = _fake_run(plan, "devft", 0, _fedit(35.0, 40.0))
+    (d / "meta.json").write_text(json.dumps({"config_hash": "0" * 16}))  # another rule's hash
+    saved = yaml.safe_load((d / "config.yaml").read_text())
+    del saved["devft"]["transfer"], saved["train"]["schedule_scope"]  # keys an older run did not write
+    (d / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert rp.cell_status(plan, cell) == "done"
+    saved["devft"]["transfer"] = "increment"  # a saved config that trains something else
+    (d / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert rp.cell_status(plan, cell) == "stale"
 
 
 def test_adopt_takes_a_finished_matching_run_only(tmp_path):

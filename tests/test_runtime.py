@@ -99,7 +99,7 @@ def _cli(*args, **kw):
     ("train.nonsense=1", "nonsense"),
     ("train.lr=inf", "train.lr = inf is not a finite number"),  # would train NaN rounds, then fail
     ("lora.alpha=inf", "lora.alpha = inf is not a finite number"),  # would train NaN and export it
-    ("train.seed=-1", "train.seed = -1 must be an integer"),
+    ("train.seed=-1", "train.seed = -1 must be >= 0; set train.seed to a value >= 0"),
 ])
 def test_bad_config_exit_2_and_no_run_folder(tmp_path, capsys, override, field):
     from devft_lab.cli import main

@@ -17,9 +17,12 @@ Load one with :func:`load_config`::
     cfg = load_config("my_run.yaml", ["fed.strategy=fedsa-lora", "devft.beta=0.15"])
 
 Overrides are ``dotted.key=value``; the value is parsed with ``yaml.safe_load`` (so
-``true``, ``0.1``, ``[q_proj, v_proj]`` and ``null`` mean what they look like). Every
-mistake raises :class:`ConfigError` (a ``ValueError``) whose message names the field and
-the fix; the CLI maps it to exit code 2. Nothing is taken silently: a YAML key given twice
+``true``, ``0.1``, ``[q_proj, v_proj]`` and ``null`` mean what they look like). The field
+annotations are the rules: pydantic checks each value's type, range (``Count``: >= 1, ...) and
+choice (``Literal[<a registry's names>]``, the registry in ``method``, ``data``, ``core`` or
+``plans`` that implements them); :func:`validate` adds what ties fields together. Every
+mistake raises :class:`ConfigError` (a ``ValueError``) whose message names the field, the
+value given and the fix; the CLI maps it to exit code 2. Nothing is taken silently: a YAML key given twice
 (:class:`UniqueKeyLoader`), an empty file, a file that is not UTF-8 and a float that is not
 finite (``inf``, ``nan``; :func:`check_finite`) are all refused.
 
@@ -43,41 +46,49 @@ import dataclasses
 import hashlib
 import json
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Union
+from typing import Annotated, Any, Iterable, Literal, Mapping, Union
 
+import pydantic
 import yaml
-
+from annotated_types import Ge, Gt, Le, Lt
 
 from devft_lab.core.attention import KERNELS as ATTENTION_KERNELS
 from devft_lab.core.choices import ConfigError
 from devft_lab.core.choices import closest as _closest
+from devft_lab.core.choices import not_one_of
+from devft_lab.core.device import DTYPES as COMPUTE_DTYPES
 from devft_lab.core.train import LR_SCOPES
+from devft_lab.data.partition import PARTITIONERS
+from devft_lab.data.templates import TEMPLATES
 from devft_lab.fl.strategies import STRATEGY_ALIASES, STRATEGY_PARAMS, canonical_strategy, get_strategy  # noqa: F401
 from devft_lab.method.fusion import ANCHOR_RULES, FUSION_METHODS
-from devft_lab.method.grouping import METHODS as GROUPING_METHODS
-from devft_lab.method.grouping import NEGATIVES
+from devft_lab.method.grouping import METHODS as GROUPINGS
+from devft_lab.method.grouping import NEGATIVES as AFFINITIES
 from devft_lab.method.schedule import stage_capacities, validate_capacities
 from devft_lab.method.similarity import SIMILARITIES
 from devft_lab.method.transfer import TRANSFER_RULES
 from devft_lab.plans import PLANS as PLAN_CLASSES
 
-# The names a field accepts come from the registry that implements them (one owner per rule):
-# strategies and their parameters from devft_lab.fl.strategies, groupings, affinities, fusions
-# and anchor rules from devft_lab.method, plans from devft_lab.plans.
-SCHEDULES = ("cosine", "linear", "constant")
-GROUPINGS = GROUPING_METHODS
-AFFINITIES = NEGATIVES
-FUSIONS = FUSION_METHODS
-ANCHORS = ANCHOR_RULES
+# A field that names a choice is typed ``Literal[<the registry's names>]``: the registry that
+# implements the names owns the list (one owner per rule), the type checks it, and
+# :func:`_error` turns a miss into core.choices' message (the choices and a did-you-mean).
+# fed.strategy is a str: fl.strategies resolves its aliases and checks its parameters.
+SCHEDULES = ("cosine", "linear", "constant")  # devft_lab.core.train.round_lr
 PLANS = tuple(PLAN_CLASSES)
-TEMPLATES = ("chat", "alpaca", "plain")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-QUANTIZATIONS = ("none", "int4", "int8")
+PARTITIONER_NAMES = tuple(PARTITIONERS)  # devft_lab.data.partition
+DTYPES = ("auto", *COMPUTE_DTYPES)
+QUANTIZATIONS = ("none", "int4", "int8")  # devft_lab.core.models
+ATTENTIONS = ("auto", *ATTENTION_KERNELS)
+# Ranges, checked by pydantic from the annotations (a miss says the bound and the default).
+Count = Annotated[int, Ge(1)]
+NonNegative = Annotated[int, Ge(0)]
+Positive = Annotated[float, Gt(0)]
+Flag = Annotated[bool, pydantic.Strict()]  # true or false, not 1 or "yes"
+SEED_MAX = 2**32 - 1  # numpy's seeds: 0 .. 2**32 - 1
 # ConfigError, STRATEGY_ALIASES, STRATEGY_PARAMS and canonical_strategy are re-exported from here.
 
 
@@ -85,16 +96,16 @@ QUANTIZATIONS = ("none", "int4", "int8")
 @dataclass
 class ModelConfig:
     name: str = "tiny-llama"  # a devft_lab preset, a hub id or a local folder
-    dtype: str = "auto"  # auto: fp32 weights, compute dtype probed (devft_lab.core.device) | float32 | bfloat16 | float16
-    quantization: str = "none"  # none | int4 | int8 (the paper loads INT4)
+    dtype: Literal[DTYPES] = "auto"  # auto: fp32 weights, compute dtype probed (devft_lab.core.device) | float32 | bfloat16 | float16
+    quantization: Literal[QUANTIZATIONS] = "none"  # none | int4 | int8 (the paper loads INT4)
     revision: str | None = None
 
 
 @dataclass
 class LoraConfig:
-    r: int = 32
-    alpha: float = 64.0
-    dropout: float = 0.05
+    r: Count = 32  # the inner dimension of B @ A
+    alpha: Positive = 64.0
+    dropout: Annotated[float, Ge(0), Lt(1)] = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
 
 
@@ -102,70 +113,70 @@ class LoraConfig:
 class DataConfig:
     source: str = "vicgalle/alpaca-gpt4"  # a datasets id, a local file, or a builtin name
     split: str = "train"
-    partitioner: str = "iid"  # e.g. iid | dirichlet | shards (devft_lab.data.partition)
+    partitioner: Literal[PARTITIONER_NAMES] = "iid"  # e.g. iid | dirichlet | shards (devft_lab.data.partition)
     partitioner_params: dict[str, Any] = field(default_factory=dict)  # e.g. {alpha: 0.5}
-    num_clients: int = 20
-    min_samples: int = 1  # every client gets at least this many examples
+    num_clients: Count = 20
+    min_samples: NonNegative = 1  # every client gets at least this many examples
     max_samples: int | None = None  # cap on the examples used in total (None: all)
-    template: str = "chat"  # chat (the model's template) | alpaca | plain  (devft_lab.data.templates)
+    template: Literal[TEMPLATES] = "chat"  # chat (the model's template) | alpaca | plain  (devft_lab.data.templates)
 
 
 @dataclass
 class TrainConfig:
-    local_steps: int = 10
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 5e-5
-    lr_min: float = 1e-6
-    schedule: str = "cosine"  # cosine | linear | constant, across rounds
-    schedule_scope: str = "run"  # run: one decay across all rounds | stage: restarted at each stage (DevFT)
-    schedule_rounds: int | None = None  # run scope: the decay's length in rounds (null: the run's rounds)
-    schedule_start: int = 0  # run scope: the run's first round sits at this round of the decay
-    max_grad_norm: float | None = 1.0
-    seq_len: int = 512
-    packing: bool = True  # lay examples end to end (no padding); false: right-padded batches
-    compile: bool = False  # torch.compile the decoder layers while training (speed only; not hashed)
-    attention: str = "auto"  # training's attention kernel: auto (probed) | sdpa | eager (speed only; not hashed)
-    seed: int = 42
+    local_steps: Count = 10
+    batch_size: Count = 16
+    grad_accum: Count = 1
+    lr: Positive = 5e-5
+    lr_min: Annotated[float, Ge(0)] = 1e-6
+    schedule: Literal[SCHEDULES] = "cosine"  # cosine | linear | constant, across rounds
+    schedule_scope: Literal[LR_SCOPES] = "run"  # run: one decay across all rounds | stage: restarted at each stage (DevFT)
+    schedule_rounds: Count | None = None  # run scope: the decay's length in rounds (null: the run's rounds)
+    schedule_start: NonNegative = 0  # run scope: the run's first round sits at this round of the decay
+    max_grad_norm: Positive | None = 1.0
+    seq_len: Count = 512
+    packing: Flag = True  # lay examples end to end (no padding); false: right-padded batches
+    compile: Flag = False  # torch.compile the decoder layers while training (speed only; not hashed)
+    attention: Literal[ATTENTIONS] = "auto"  # training's attention kernel: auto (probed) | sdpa | eager (speed only; not hashed)
+    seed: Annotated[int, Ge(0), Le(SEED_MAX)] = 42
 
 
 @dataclass
 class FedConfig:
-    num_rounds: int = 200  # total over all stages
+    num_rounds: Count = 200  # total over all stages
     clients_per_round: Union[int, float] = 2  # count (int) or fraction (float in (0, 1])
     strategy: str = "fedit"
     strategy_params: dict[str, Any] = field(default_factory=dict)  # e.g. {mu: 0.01}
-    min_fit: int = 1  # Flower: fewest client replies a round aggregates (stragglers are dropped)
-    round_timeout: float = 120.0  # Flower: seconds a round waits for replies
+    min_fit: Count = 1  # Flower: fewest client replies a round aggregates (stragglers are dropped)
+    round_timeout: Positive = 120.0  # Flower: seconds a round waits for replies
 
 
 @dataclass
 class DevFTConfig:
-    enabled: bool = True
-    plan: str = "devft"  # devft (fused groups) | progfed (a growing prefix, the ProgFed baseline)
-    stages: int = 4
-    growth: float = 2.0
+    enabled: Flag = True
+    plan: Literal[PLANS] = "devft"  # devft (fused groups) | progfed (a growing prefix, the ProgFed baseline)
+    stages: Count = 4  # the paper uses 4
+    growth: Annotated[float, Gt(1)] = 2.0  # the paper doubles: 2
     capacities: list[int] | None = None  # None: ~ L / growth**(S - s), see method.schedule
     rounds_per_stage: Union[int, list[int], None] = None  # None: split fed.num_rounds evenly
-    beta: float = 0.1
-    grouping: str = "spectral"  # spectral (DGLG) | contiguous | even | random
-    affinity: str = "clip"  # how negative similarities enter the graph: clip | shift
-    fusion: str = "dblf"  # dblf | r-one | sum | mean | laco
-    anchor: str = "first"
-    transfer: str = "copy"  # knowledge transfer: copy (paper) | copy-scaled | anchor-only | increment
-    similarity: str = "parameters"  # DGLG's W: parameters (paper) | function (residual updates on a probe set)
-    probe_loss: bool = False  # record sub/full model loss on a probe set at each stage's start and end
-    probe_examples: int = 16  # size of that probe set (also the one similarity=function runs)
+    beta: Annotated[float, Gt(0), Le(1)] = 0.1  # paper: 0.1, 0.15 for 13B; LaCo = 1
+    grouping: Literal[GROUPINGS] = "spectral"  # spectral (DGLG) | contiguous | even | random
+    affinity: Literal[AFFINITIES] = "clip"  # how negative similarities enter the graph: clip | shift
+    fusion: Literal[FUSION_METHODS] = "dblf"  # dblf | r-one | sum | mean | laco
+    anchor: Literal[ANCHOR_RULES] = "first"
+    transfer: Literal[TRANSFER_RULES] = "copy"  # knowledge transfer: copy (paper) | copy-scaled | anchor-only | increment
+    similarity: Literal[SIMILARITIES] = "parameters"  # DGLG's W: parameters (paper) | function (residual updates on a probe set)
+    probe_loss: Flag = False  # record sub/full model loss on a probe set at each stage's start and end
+    probe_examples: Count = 16  # size of that probe set (also the one similarity=function runs)
 
 
 @dataclass
 class EvalConfig:
-    every_n_rounds: int = 0  # 0: only at the end of each stage and of the run
-    stage_ends: bool = True  # false: skip the evaluations at the ends of the stages before the last
+    every_n_rounds: NonNegative = 0  # 0: only at the end of each stage and of the run
+    stage_ends: Flag = True  # false: skip the evaluations at the ends of the stages before the last
     suites: list[str] = field(default_factory=list)  # lab suite names and/or your own .jsonl files
-    max_per_task: int | None = None  # lab suites: at most this many items per task (None: all)
-    max_per_file: int | None = None  # your own .jsonl suites: at most this many items per task (None: the whole file)
-    holdout: int = 0  # pool examples kept out of training for a held-out loss (0: none)
+    max_per_task: Count | None = None  # lab suites: at most this many items per task (None: all)
+    max_per_file: Count | None = None  # your own .jsonl suites: at most this many items per task (None: the whole file)
+    holdout: NonNegative = 0  # pool examples kept out of training for a held-out loss (0: none)
 
 
 @dataclass
@@ -195,115 +206,88 @@ def _unknown_key(path: str, key: str, valid: Iterable[str]) -> ConfigError:
 def _type_name(tp: Any) -> str:
     if tp is type(None):
         return "null"
-    origin = typing.get_origin(tp)
-    if origin in _UNIONS:
+    if typing.get_origin(tp) in (Union, type(int | None)):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is not None:
-        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
-        return f"{origin.__name__}[{args}]"
+    if typing.get_origin(tp) is not None:
+        return f"{typing.get_origin(tp).__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
     return getattr(tp, "__name__", str(tp))
 
 
-_UNIONS = (Union, types.UnionType)
+def _field_at(cls: type, loc: tuple) -> tuple[list[str], Any, type | None]:
+    """The dotted field path a pydantic error ``loc`` points at, its annotation, and the dataclass
+    holding it (a union's member tags and what follows them are dropped)."""
+    parts: list[str] = []
+    tp: Any = cls
+    owner = None
+    for part in loc:
+        if isinstance(part, str) and dataclasses.is_dataclass(tp) and part in {f.name for f in dataclasses.fields(tp)}:
+            owner, tp = tp, typing.get_type_hints(tp)[part]
+            parts.append(part)
+        elif isinstance(part, int) and parts and typing.get_origin(tp) is list:
+            tp = typing.get_args(tp)[0]
+            parts[-1] += f"[{part}]"
+        else:
+            break
+    return parts, tp, owner
 
 
-class _NoMatch(Exception):
-    pass
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
-def _coerce_one(value: Any, tp: Any, where: str) -> Any:
-    if tp is Any:
-        return value
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _NoMatch
-    origin = typing.get_origin(tp)
-    if origin in _UNIONS:
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce_one(value, arg, where)
-            except _NoMatch:
-                continue
-        raise _NoMatch
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise _NoMatch
-        (arg,) = typing.get_args(tp)
-        out = []
-        for i, v in enumerate(value):
-            try:
-                out.append(_coerce_one(v, arg, f"{where}[{i}]"))
-            except _NoMatch:
-                raise ConfigError(
-                    f"{where}[{i}] = {v!r} should be {_type_name(arg)}; fix the list entry."
-                ) from None
-        return out
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise _NoMatch
-        return dict(value)
+def _error(cls: type, err: dict[str, Any], path: str) -> ConfigError:
+    """A pydantic error as a :class:`ConfigError`: the field, the value given and the fix."""
+    parts, tp, owner = _field_at(cls, tuple(err["loc"]))
+    where = ".".join(([path] if path else []) + parts)
+    value = err["input"]
+    if err["type"] == "unexpected_keyword_argument":
+        return _unknown_key(where, str(err["loc"][-1]), [f.name for f in dataclasses.fields(tp)])
+    try:
+        number = float(value) if isinstance(value, (str, float)) else None
+    except ValueError:
+        number = None
+    if number is not None and not math.isfinite(number):
+        return _not_finite(where, number)
+    if err["type"] == "literal_error":
+        return not_one_of(where, value, typing.get_args(tp))
+    bound = next((k for k in _BOUNDS if k in (err.get("ctx") or {})), None)
+    if bound:
+        limit = err["ctx"][bound]
+        limit = int(limit) if isinstance(limit, float) and limit.is_integer() else limit  # 0, not 0.0
+        default = _default(owner, parts[-1]) if owner else None
+        return ConfigError(f"{where} = {value!r} must be {_BOUNDS[bound]} {limit}; set {where} to a value "
+                           f"{_BOUNDS[bound]} {limit}" + (f" (default {default})" if default is not None else ""))
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise _NoMatch
-        return _build(tp, value, where)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _NoMatch
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-            return int(value)
-        raise _NoMatch
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 5e-5 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise _NoMatch from None
-        raise _NoMatch
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _NoMatch
-    raise _NoMatch  # pragma: no cover
+        return ConfigError(f"{where} = {value!r} should be a section (a mapping with keys "
+                           f"{', '.join(f.name for f in dataclasses.fields(tp))}); fix it in the YAML file")
+    fix = "fix the list entry" if where.endswith("]") else f"fix the value in the YAML file or pass {where}=<value>"
+    return ConfigError(f"{where} = {value!r} should be {_type_name(tp)}; {fix}.")
 
 
-def _build(cls: type, data: Mapping[str, Any] | None, path: str = ""):
-    data = dict(data or {})
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            raise _unknown_key(path, str(key), names)
-        where = f"{path}.{key}" if path else key
-        try:
-            kwargs[key] = _coerce_one(value, hints[key], where)
-        except _NoMatch:
-            raise ConfigError(
-                f"{where} = {value!r} should be {_type_name(hints[key])}; "
-                f"fix the value in the YAML file or pass {where}=<value>."
-            ) from None
-    return cls(**kwargs)
+def _default(cls: type, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+_ADAPTERS: dict[type, pydantic.TypeAdapter] = {}
 
 
 def build_dataclass(cls: type, data: Mapping[str, Any] | None, path: str = ""):
-    """Any config dataclass from a dict, each value coerced to its field's type (YAML 1.1
-    reads ``5e-4`` as a string; this makes it the float the field wants) or a
-    :class:`ConfigError` naming the field."""
-    return _build(cls, data, path)
+    """Any config dataclass from a dict, validated by pydantic against the field annotations
+    (types, ranges, the registries' choices; YAML 1.1's string ``5e-4`` becomes the float the
+    field wants), or a :class:`ConfigError` naming the first field that is wrong and the fix."""
+    if cls not in _ADAPTERS:
+        _ADAPTERS[cls] = pydantic.TypeAdapter(cls)
+    try:
+        return _ADAPTERS[cls].validate_python(dict(data or {}))
+    except pydantic.ValidationError as e:
+        raise _error(cls, e.errors()[0], path) from None
 
 
 def from_dict(data: Mapping[str, Any] | None, validate_: bool = True) -> RunConfig:
     """Build (and by default validate) a :class:`RunConfig` from a nested dict."""
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError(f"a run config must be a mapping of sections, got {type(data).__name__}")
-    cfg = _build(RunConfig, data)
+    cfg = build_dataclass(RunConfig, data)
     if validate_:
         validate(cfg)
     return cfg
@@ -318,20 +302,11 @@ def to_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-# devft keys added after runs were recorded: left out of the hash at these values, so the
-# runs made before they existed keep their hash (a run at another value hashes it in).
-_HASH_DEFAULTS = {"transfer": "copy", "similarity": "parameters"}
-_TRAIN_HASH_DEFAULTS = {"schedule_scope": "run", "schedule_rounds": None, "schedule_start": 0}
-
-
 def config_hash(cfg: RunConfig) -> str:
     """SHA-256 (16 hex digits) of what determines training; ignores name, out_dir, device, eval,
     the Flower transport settings (fed.min_fit, fed.round_timeout), train.compile and
     train.attention (the same maths by other kernels; recorded in meta.json) and the stage loss probe
-    (devft.probe_loss; devft.probe_examples unless devft.similarity=function groups with it).
-    devft.transfer, devft.similarity and the learning-rate window (train.schedule_scope,
-    schedule_rounds, schedule_start) enter only away from their defaults, so runs recorded before
-    these keys existed keep their hash."""
+    (devft.probe_loss; devft.probe_examples unless devft.similarity=function groups with it)."""
     d = to_dict(cfg)
     for k in ("name", "out_dir", "device", "eval"):
         d.pop(k, None)
@@ -343,14 +318,17 @@ def config_hash(cfg: RunConfig) -> str:
     if dv.get("similarity") != "function":
         dv.pop("probe_examples", None)
     dv.pop("probe_loss", None)
-    for k, v in _HASH_DEFAULTS.items():
-        if dv.get(k) == v:
-            dv.pop(k)
-    for k, v in _TRAIN_HASH_DEFAULTS.items():
-        if d["train"].get(k) == v:
-            d["train"].pop(k)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def saved_config_hash(run_dir: str | Path) -> str:
+    """:func:`config_hash` of the config a run folder saved (``config.yaml``), by today's rule.
+
+    A run folder is matched by this, not by the hash its ``meta.json`` recorded: that one is the
+    rule of the code that wrote it (``results/FROZEN.md``). A key the file lacks takes its default.
+    Raises :class:`ConfigError` if the file is not a run config."""
+    return config_hash(load_config(Path(run_dir) / "config.yaml", validate_=False))
 
 
 # --------------------------------------------------------------------------- overrides
@@ -536,21 +514,6 @@ def _sized(rps: int | list[int], stages: int) -> int | None:
 
 
 # --------------------------------------------------------------------------- validation
-def _one_of(where: str, value: str, allowed: Iterable[str]) -> None:
-    allowed = list(allowed)
-    if value not in allowed:
-        raise ConfigError(
-            f"{where} = {value!r} is not one of {', '.join(allowed)}.{_closest(str(value), allowed)}"
-        )
-
-
-def _positive(where: str, value: float, allow_zero: bool = False) -> None:
-    bad = value < 0 if allow_zero else value <= 0
-    if bad or (isinstance(value, float) and math.isnan(value)):
-        need = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{where} = {value!r} must be {need}; set {where} to a {'non-negative' if allow_zero else 'positive'} value")
-
-
 def _non_finite(value: Any, where: str) -> Iterable[tuple[str, float]]:
     """``(field, value)`` of every NaN or infinite float in a config (dataclasses, dicts, lists)."""
     if isinstance(value, float):
@@ -567,19 +530,20 @@ def _non_finite(value: Any, where: str) -> Iterable[tuple[str, float]]:
             yield from _non_finite(v, f"{where}[{i}]")
 
 
+def _not_finite(where: str, value: float) -> ConfigError:
+    default: Any = RunConfig()
+    for part in where.split("."):
+        default = getattr(default, part, None) if dataclasses.is_dataclass(default) else None
+    hint = f" (default {default})" if isinstance(default, (int, float)) and not isinstance(default, bool) else ""
+    off = "; null turns clipping off" if where == "train.max_grad_norm" else ""
+    return ConfigError(f"{where} = {value} is not a finite number; set {where} to a finite value{hint}{off}")
+
+
 def check_finite(cfg: RunConfig) -> None:
     """Every float of the config is a finite number (``inf``/``nan`` train NaN or nothing at all):
     a :class:`ConfigError` names the first field that is not, and its default."""
     for where, value in _non_finite(cfg, ""):
-        default: Any = RunConfig()
-        for part in where.split("."):
-            default = getattr(default, part, None) if dataclasses.is_dataclass(default) else None
-        hint = f" (default {default})" if isinstance(default, (int, float)) and not isinstance(default, bool) else ""
-        off = "; null turns clipping off" if where == "train.max_grad_norm" else ""
-        raise ConfigError(f"{where} = {value} is not a finite number; set {where} to a finite value{hint}{off}")
-
-
-SEED_MAX = 2**32 - 1  # numpy's seeds: 0 .. 2**32 - 1
+        raise _not_finite(where, value)
 
 
 def stage_rounds(cfg: RunConfig) -> list[int]:
@@ -616,94 +580,44 @@ def clients_per_round_count(fed: FedConfig, num_clients: int) -> int:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Check a config without a model; raises :class:`ConfigError` naming the field and the fix."""
-    if not cfg.name.strip():
-        raise ConfigError("name is empty; give the run a name, e.g. name=my_run")
+    """Check a config without a model; raises :class:`ConfigError` naming the field and the fix.
+
+    Types, ranges and choices were checked when the config was built (the annotations); this checks
+    what ties fields together, and the strategy (``fl.strategies`` owns its names and parameters)."""
     check_finite(cfg)
-    if not cfg.model.name.strip():
-        raise ConfigError("model.name is empty; set a preset (e.g. tiny-llama, smollm2-135m) or a hub id")
-    _one_of("model.dtype", cfg.model.dtype, DTYPES)
-    _one_of("model.quantization", cfg.model.quantization, QUANTIZATIONS)
-    _one_of("train.attention", cfg.train.attention, ("auto", *ATTENTION_KERNELS))
+    for where, text in (("name", cfg.name), ("model.name", cfg.model.name), ("data.source", cfg.data.source)):
+        if not text.strip():
+            raise ConfigError(f"{where} is empty; set it (see docs/configuration.md), e.g. "
+                              + {"name": "name=my_run", "model.name": "model.name=smollm2-135m",
+                                 "data.source": "data.source=vicgalle/alpaca-gpt4"}[where])
     if not (cfg.device in ("auto", "cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
-        raise ConfigError(f"device = {cfg.device!r} is not auto, cpu, cuda, cuda:N or mps")
-
-    lo = cfg.lora
-    if lo.r < 1:
-        raise ConfigError(f"lora.r = {lo.r} must be >= 1; LoRA rank is the inner dimension of B @ A")
-    _positive("lora.alpha", lo.alpha)
-    if not 0 <= lo.dropout < 1:
-        raise ConfigError(f"lora.dropout = {lo.dropout} must be in [0, 1)")
-    if not lo.target_modules:
+        raise ConfigError(f"device = {cfg.device!r} is not auto, cpu, cuda, cuda:N or mps; set device=auto")
+    if not cfg.lora.target_modules:
         raise ConfigError("lora.target_modules is empty; list module names, e.g. [q_proj, v_proj]")
-
-    da = cfg.data
-    if not da.source.strip():
-        raise ConfigError("data.source is empty; set a datasets id (vicgalle/alpaca-gpt4) or a file")
-    if not da.partitioner.strip():
-        raise ConfigError("data.partitioner is empty; set e.g. iid or dirichlet")
-    from devft_lab.data.partition import PARTITIONERS  # numpy only
-
-    _one_of("data.partitioner", da.partitioner, PARTITIONERS)
-    if da.num_clients < 1:
-        raise ConfigError(f"data.num_clients = {da.num_clients} must be >= 1")
-    if da.min_samples < 0:
-        raise ConfigError(f"data.min_samples = {da.min_samples} must be >= 0")
+    da, t, f, d = cfg.data, cfg.train, cfg.fed, cfg.devft
     if da.max_samples is not None and da.max_samples < max(1, da.min_samples * da.num_clients):
         raise ConfigError(
             f"data.max_samples = {da.max_samples} is less than data.min_samples * data.num_clients "
             f"= {da.min_samples * da.num_clients}; raise it or set it to null"
         )
-
-    t = cfg.train
-    for k in ("local_steps", "batch_size", "grad_accum", "seq_len"):
-        if getattr(t, k) < 1:
-            raise ConfigError(f"train.{k} = {getattr(t, k)} must be >= 1")
-    _positive("train.lr", t.lr)
-    _positive("train.lr_min", t.lr_min, allow_zero=True)
     if t.lr_min > t.lr:
         raise ConfigError(f"train.lr_min = {t.lr_min} is larger than train.lr = {t.lr}; lower train.lr_min")
-    if not 0 <= t.seed <= SEED_MAX:
-        raise ConfigError(f"train.seed = {t.seed} must be an integer from 0 to {SEED_MAX}; e.g. train.seed=42")
-    _one_of("train.schedule", t.schedule, SCHEDULES)
-    _one_of("train.schedule_scope", t.schedule_scope, LR_SCOPES)
-    if t.schedule_start < 0:
-        raise ConfigError(f"train.schedule_start = {t.schedule_start} must be >= 0 (a round of the decay)")
-    if t.schedule_rounds is not None and t.schedule_rounds < 1:
-        raise ConfigError(f"train.schedule_rounds = {t.schedule_rounds} must be >= 1, or null for the run's rounds")
     if t.schedule_scope == "stage" and (t.schedule_start or t.schedule_rounds is not None):
         raise ConfigError("train.schedule_start and train.schedule_rounds place a run inside a longer decay "
                           "(train.schedule_scope=run); with schedule_scope=stage each stage has its own decay: "
                           "set them to 0 and null")
-    if t.schedule_start + cfg.fed.num_rounds > (t.schedule_rounds or cfg.fed.num_rounds) and t.schedule_start:
-        raise ConfigError(f"train.schedule_start = {t.schedule_start} + fed.num_rounds = {cfg.fed.num_rounds} runs past "
-                          f"the decay's {t.schedule_rounds or cfg.fed.num_rounds} rounds; raise train.schedule_rounds")
-    if t.max_grad_norm is not None:
-        _positive("train.max_grad_norm", t.max_grad_norm)
-
-    f = cfg.fed
-    if f.num_rounds < 1:
-        raise ConfigError(f"fed.num_rounds = {f.num_rounds}: zero rounds trains nothing; set fed.num_rounds >= 1")
+    if t.schedule_start + f.num_rounds > (t.schedule_rounds or f.num_rounds) and t.schedule_start:
+        raise ConfigError(f"train.schedule_start = {t.schedule_start} + fed.num_rounds = {f.num_rounds} runs past "
+                          f"the decay's {t.schedule_rounds or f.num_rounds} rounds; raise train.schedule_rounds")
     c = f.clients_per_round
-    if isinstance(c, float):
-        if not 0 < c <= 1:
-            raise ConfigError(
-                f"fed.clients_per_round = {c}: a fraction must be in (0, 1]; or give a count like 2"
-            )
-    elif not 1 <= c <= da.num_clients:
-        raise ConfigError(
-            f"fed.clients_per_round = {c} must be between 1 and data.num_clients = {da.num_clients}"
-        )
+    if isinstance(c, float) and not 0 < c <= 1:
+        raise ConfigError(f"fed.clients_per_round = {c}: a fraction must be in (0, 1]; or give a count like 2")
+    if isinstance(c, int) and not 1 <= c <= da.num_clients:
+        raise ConfigError(f"fed.clients_per_round = {c} must be between 1 and data.num_clients = {da.num_clients}")
     # fl.strategies owns the names, their parameters and the parameters' values; its
     # ConfigError names the field (fed.strategy, fed.strategy_params.<p>)
     get_strategy(f.strategy, **f.strategy_params)
     f.strategy = canonical_strategy(f.strategy)
-
-    d = cfg.devft
-    if d.stages < 1:
-        raise ConfigError(f"devft.stages = {d.stages} must be >= 1 (the paper uses 4)")
-    if not d.growth > 1:
-        raise ConfigError(f"devft.growth = {d.growth} must be > 1 (the paper doubles: 2)")
     if d.capacities is not None:
         if len(d.capacities) != d.stages:
             raise ConfigError(
@@ -714,30 +628,15 @@ def validate(cfg: RunConfig) -> RunConfig:
             validate_capacities(d.capacities, d.capacities[-1])
         except ValueError as e:
             raise ConfigError(f"devft.capacities = {d.capacities}: {e}") from None
-    if not 0 < d.beta <= 1:
-        raise ConfigError(f"devft.beta = {d.beta} must be in (0, 1] (paper: 0.1, 0.15 for 13B; LaCo = 1)")
-    _one_of("devft.grouping", d.grouping, GROUPINGS)
-    _one_of("devft.affinity", d.affinity, AFFINITIES)
-    _one_of("devft.fusion", d.fusion, FUSIONS)
-    _one_of("devft.anchor", d.anchor, ANCHORS)
-    _one_of("devft.transfer", d.transfer, TRANSFER_RULES)
-    _one_of("devft.similarity", d.similarity, SIMILARITIES)
-    if d.probe_examples < 1:
-        raise ConfigError(f"devft.probe_examples = {d.probe_examples} must be >= 1 (the probe set's size; "
-                          "devft.probe_loss and devft.similarity=function run it)")
     if d.similarity == "function" and d.grouping not in ("spectral", "contiguous"):
         raise ConfigError(f"devft.similarity = function feeds the spectral or contiguous grouping, but "
                           f"devft.grouping = {d.grouping!r} uses no similarity; set devft.grouping=spectral "
                           "or devft.similarity=parameters")
-    _one_of("devft.plan", d.plan, PLANS)
-    _one_of("data.template", da.template, TEMPLATES)
     if d.enabled:
         rps = d.rounds_per_stage
-        if isinstance(rps, list):
-            if len(rps) != d.stages:
-                raise ConfigError(
-                    f"devft.rounds_per_stage has {len(rps)} entries but devft.stages = {d.stages}"
-                )
+        if isinstance(rps, list) and len(rps) != d.stages:
+            raise ConfigError(f"devft.rounds_per_stage has {len(rps)} entries but devft.stages = {d.stages}; "
+                              "give one entry per stage or set devft.rounds_per_stage to null")
         if rps is not None:
             rounds = stage_rounds(cfg)
             if any(r < 1 for r in rounds):
@@ -752,21 +651,6 @@ def validate(cfg: RunConfig) -> RunConfig:
                 f"fed.num_rounds = {f.num_rounds} is less than devft.stages = {d.stages}; "
                 "every stage needs at least one round"
             )
-
-    if f.min_fit < 1:
-        raise ConfigError(f"fed.min_fit = {f.min_fit} must be >= 1 (replies a round needs to aggregate)")
-    if not f.round_timeout > 0:
-        raise ConfigError(f"fed.round_timeout = {f.round_timeout} must be > 0 seconds")
-
-    e = cfg.eval
-    if e.every_n_rounds < 0:
-        raise ConfigError(f"eval.every_n_rounds = {e.every_n_rounds} must be >= 0 (0: end of stages only)")
-    if e.holdout < 0:
-        raise ConfigError(f"eval.holdout = {e.holdout} must be >= 0 (examples held out for the loss)")
-    if e.max_per_task is not None and e.max_per_task < 1:
-        raise ConfigError(f"eval.max_per_task = {e.max_per_task} must be >= 1 or null (all)")
-    if e.max_per_file is not None and e.max_per_file < 1:
-        raise ConfigError(f"eval.max_per_file = {e.max_per_file} must be >= 1 or null (the whole file)")
     validate_paths(cfg)
     return cfg
 

@@ -142,8 +142,8 @@ def resolve_compute(cfg: RunConfig, model: torch.nn.Module,
                     recorded: dict[str, Any] | None = None) -> dict[str, Any]:
     """``{"dtype", "probe", "attention", "attention_probe", ...}``: the compute dtype and the
     training attention kernel of a run. A resumed run reuses what its meta.json recorded (so it
-    continues bit for bit; runs recorded before ``train.attention`` existed trained with ``sdpa``);
-    a new one asks the device probes for ``model.dtype = auto`` and ``train.attention = auto``."""
+    continues bit for bit); a new one asks the device probes for ``model.dtype = auto`` and
+    ``train.attention = auto``."""
     from devft_lab.core.attention import choose_attention
     from devft_lab.core.device import compute_dtype
 
@@ -151,7 +151,10 @@ def resolve_compute(cfg: RunConfig, model: torch.nn.Module,
         out = {**recorded, "reused": True}
         if cfg.train.attention != "auto":
             out["attention"] = cfg.train.attention
-        out.setdefault("attention", "sdpa")
+        if "attention" not in out:
+            raise RunError("meta.json records no attention kernel: the run was started by older code; resume it "
+                           "with the code at the git tag results-frozen-2026-12-07 (results/FROZEN.md) or set "
+                           "train.attention in its config.yaml")
         return out
     dtype, probe = compute_dtype(cfg.model.dtype, device_of(cfg))
     attention, attention_probe = choose_attention(cfg.train.attention, dtype, model, device_of(cfg))
@@ -415,12 +418,11 @@ def finished_run(cfg: RunConfig) -> dict[str, Any] | None:
     evaluation) in ``out_dir/name``, or None."""
     run_dir = run_dir_of(cfg)
     try:
-        meta = json.loads((run_dir / "meta.json").read_text())
         summary = json.loads((run_dir / "summary.json").read_text())
         saved = load_config(run_dir / "config.yaml")
     except (OSError, ValueError):
         return None
-    same = meta.get("config_hash") == config_hash(cfg) and saved.eval == cfg.eval
+    same = config_hash(saved) == config_hash(cfg) and saved.eval == cfg.eval
     return summary if same and summary.get("done") else None
 
 

@@ -215,14 +215,16 @@ def _json(path: Path) -> dict:
 
 
 def cell_status(plan: Plan, cell: Cell) -> str:
-    """``done``, ``stale`` (finished under another config), ``partial`` (resumable) or ``missing``."""
-    from devft_lab.runner.config import config_hash
+    """``done``, ``stale`` (its saved config trains something else), ``partial`` (resumable) or ``missing``."""
+    from devft_lab.runner.config import ConfigError, config_hash, saved_config_hash
 
     d = plan.cell_dir(cell)
     if not (d / "config.yaml").exists():
         return "missing"
-    meta = _json(d / "meta.json")
-    if meta.get("config_hash") and meta["config_hash"] != config_hash(plan.config(cell)):
+    try:
+        if saved_config_hash(d) != config_hash(plan.config(cell)):
+            return "stale"
+    except ConfigError:  # a config.yaml that is not a run config of this code
         return "stale"
     return "done" if _json(d / "summary.json").get("done") else "partial"
 
@@ -290,22 +292,27 @@ def run_cell(plan: Plan, cell: Cell, isolate: bool = True, quiet: bool = True, r
 def adopt(plan: Plan, cells: Sequence[Cell], run_dirs: Iterable[str | Path]) -> list[str]:
     """Copy finished runs made elsewhere (``devft-lab run``) into the cells they match.
 
-    A run matches a cell when its config hash (training) and its ``eval`` section are the
-    cell's; only finished runs are taken, and a cell that already has a folder is left alone.
+    A run matches a cell when the config hash of its saved config (training) and its ``eval``
+    section are the cell's; only finished runs are taken, and a cell that already has a folder is
+    left alone.
     """
     import shutil
 
-    from devft_lab.runner.config import config_hash, load_config
+    from devft_lab.runner.config import ConfigError, config_hash, load_config, saved_config_hash
 
     by_hash = {config_hash(plan.config(c)): c for c in cells}
     notes = []
     for src in map(Path, run_dirs):
-        meta, summary = _json(src / "meta.json"), _json(src / "summary.json")
-        c = by_hash.get(meta.get("config_hash", ""))
-        if not summary.get("done"):
+        try:
+            h = saved_config_hash(src) if _json(src / "summary.json").get("done") else None
+        except ConfigError as e:
+            notes.append(f"{src}: not adopted ({e})")
+            continue
+        c = by_hash.get(h)
+        if h is None:
             notes.append(f"{src}: not adopted (not a finished run folder)")
         elif c is None:
-            notes.append(f"{src}: not adopted (config hash {meta.get('config_hash')} matches no cell)")
+            notes.append(f"{src}: not adopted (config hash {h} matches no cell)")
         elif load_config(src / "config.yaml").eval != plan.config(c).eval:
             notes.append(f"{src}: not adopted (its eval settings differ from {c.name}'s)")
         elif plan.cell_dir(c).exists():
