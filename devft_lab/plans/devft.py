@@ -140,9 +140,11 @@ class DevFTPlan:
 
     # ## Step 1: DGLG, deconfliction-guided layer grouping
     #
-    #     W_ij = sim(i, j)                              (``config.similarity``; the paper: cosine of parameters)
-    #     Lap  = D - W,  D = diag(sum_j W_ij)
-    #     groups = k-means (k = L_s) on the rows of the eigenvectors of Lap's L_s smallest eigenvalues
+    #     W_ij = sim(i, j)            (``config.similarity``; the paper: cosine of the parameter vectors)
+    #     groups = argmin over partitions into L_s groups of  sum_{i, j in different groups} W_ij
+    #
+    # solved spectrally: Lap = D - W with D = diag(sum_j W_ij); k-means (k = L_s) on the rows of
+    # the eigenvectors of Lap's L_s smallest eigenvalues.
     #
     # (``config.grouping`` picks the solver, or the EVEN / RANDOM baselines that ignore W).
     def similarity_matrix(self) -> torch.Tensor:
@@ -170,12 +172,11 @@ class DevFTPlan:
     # (``strategy.aggregate``: FedAvg for FedIT) and hands the result to :meth:`end`.
     def begin(self, stage: int, info: Mapping[str, Any] | None = None) -> StageModel:
         """Build stage ``stage`` (Steps 1 and 2); ``info`` (from a checkpoint) gives its groups."""
-        groups = stage_groups(info) or self.groups_for(stage)
-        self._sub = None
-        sub = build_submodel(self.full, groups, self.beta, self.config.fusion, self.lora_config,
+        groups = stage_groups(info) or self.groups_for(stage)  # Step 1 (a resumed stage keeps its groups)
+        sub = build_submodel(self.full, groups, self.beta, self.config.fusion, self.lora_config,  # Step 2
                              global_lora=self.global_lora, anchor_rule=self.config.anchor, seed=self.seed)
-        self._sub, self._start = sub, sub.lora_state()
-        for hook in self.hooks:
+        self._sub, self._start = sub, sub.lora_state()  # the representatives' fused LoRA A0, B0
+        for hook in self.hooks:  # beside the algorithm: what watches the fused, untrained submodel
             self._record(stage, "start", hook.on_stage_begin(self, stage, sub))
         n_params = sum(p.numel() for layer in decoder_layers(sub.model.get_base_model()) for p in layer.parameters())
         return StageModel(stage, sub.model, get_lora_state(sub.model), self.rounds[stage],
@@ -196,8 +197,8 @@ class DevFTPlan:
         sub = self._sub
         self.global_lora = self.rule.transfer(self.global_lora, sub.groups, reps, anchors=sub.anchors,
                                               start_lora=self._start)
-        self._aggregate = reps
-        for hook in self.hooks:
+        self._aggregate = reps  # the stage's aggregate (a rule's transfer_kept may need it)
+        for hook in self.hooks:  # beside the algorithm: what watches the trained submodel
             self._record(stage, "end", hook.on_stage_end(self, stage, sub, reps))
         self._sub = None
 
