@@ -12,6 +12,7 @@ from devft_lab.method.grouping import group_layers, validate_groups
 from devft_lab.method.similarity import residual_update_similarity
 from devft_lab.method.submodel import default_lora_config
 from devft_lab.plans.devft import DevFTPlan, residual_updates
+from devft_lab.runner.config import DevFTConfig
 
 ARCHS = ["tiny-llama", "tiny-qwen2", "tiny-gemma3"]
 
@@ -44,7 +45,7 @@ def test_residual_update_similarity_is_symmetric_unit_diagonal_and_one_for_ident
 def test_function_similarity_on_tiny_models_groups_into_a_valid_partition(arch):
     model, tok = load_model(arch, device="cpu")
     cfg = default_lora_config(r=2, alpha=4, dropout=0.0)
-    plan = DevFTPlan(model, cfg, [2, 4, 8], [1, 1, 1], similarity="function", probe_batches=_batches(tok))
+    plan = DevFTPlan(model, cfg, [2, 4, 8], [1, 1, 1], DevFTConfig(similarity="function"), probe_batches=_batches(tok))
     ups = residual_updates(plan.full_model(), plan.probe_batches)
     assert len(ups) == plan.L and all(u.shape == ups[0].shape for u in ups)
     tokens = sum(int(b["attention_mask"].sum()) for b in plan.probe_batches)
@@ -71,7 +72,7 @@ def _drive(plan, bump=0.05):
 def test_probe_records_each_stage_start_and_end_and_the_last_stage_has_no_gap():
     model, tok = load_model("tiny-llama", device="cpu")
     cfg = default_lora_config(r=2, alpha=4, dropout=0.0)
-    plan = DevFTPlan(model, cfg, [2, 4, 8], [1, 1, 1], probe_loss=True, probe_batches=_batches(tok))
+    plan = DevFTPlan(model, cfg, [2, 4, 8], [1, 1, 1], DevFTConfig(probe_loss=True), probe_batches=_batches(tok))
     recs = _drive(plan)
     assert [(r["stage"], r["at"]) for r in recs] == [(0, "start"), (0, "end"), (1, "start"), (1, "end"),
                                                      (2, "start"), (2, "end")]
@@ -85,7 +86,7 @@ def test_probe_records_each_stage_start_and_end_and_the_last_stage_has_no_gap():
     assert recs[1]["full_loss"] == pytest.approx(recs[2]["full_loss"])
     # the checkpoint keeps the records
     meta, _ = plan.export()
-    fresh = DevFTPlan(model, cfg, [2, 4, 8], [1, 1, 1], probe_loss=True, probe_batches=_batches(tok))
+    fresh = DevFTPlan(model, cfg, [2, 4, 8], [1, 1, 1], DevFTConfig(probe_loss=True), probe_batches=_batches(tok))
     fresh.restore(json.loads(json.dumps(meta)), plan.export()[1])
     assert fresh.stage_records() == recs
 
@@ -93,16 +94,16 @@ def test_probe_records_each_stage_start_and_end_and_the_last_stage_has_no_gap():
 def test_probe_and_function_similarity_need_probe_batches():
     model, _ = load_model("tiny-llama", device="cpu")
     with pytest.raises(ValueError, match="pass probe_batches"):
-        DevFTPlan(model, default_lora_config(r=2), [4, 8], [1, 1], probe_loss=True)
+        DevFTPlan(model, default_lora_config(r=2), [4, 8], [1, 1], DevFTConfig(probe_loss=True))
     with pytest.raises(ValueError, match="copy, copy-scaled"):
-        DevFTPlan(model, default_lora_config(r=2), [4, 8], [1, 1], transfer="avg")
+        DevFTPlan(model, default_lora_config(r=2), [4, 8], [1, 1], DevFTConfig(transfer="avg"))
 
 
 @pytest.mark.parametrize("rule", ["copy", "copy-scaled", "anchor-only", "increment"])
 def test_the_plan_applies_its_transfer_rule_at_stage_end(rule):
     model, tok = load_model("tiny-llama", device="cpu")
     cfg = default_lora_config(r=2, alpha=4, dropout=0.0)
-    plan = DevFTPlan(model, cfg, [2, 8], [1, 1], grouping="even", transfer=rule)
+    plan = DevFTPlan(model, cfg, [2, 8], [1, 1], DevFTConfig(grouping="even", transfer=rule))
     before = {i: {n: t.clone() for n, t in d.items()} for i, d in plan.global_lora.items()}
     sm = plan.begin(0)
     start, prefix = to_layers(sm.start)

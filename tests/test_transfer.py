@@ -127,3 +127,36 @@ def test_a_representative_with_a_subset_of_tensors_transfers_only_those():
     only_b = {g: {B: reps[g][B]} for g in reps}
     out = transfer_lora(lora, groups, only_b, "copy")
     assert torch.equal(out[1][B], reps[0][B]) and torch.equal(out[1][A], lora[1][A])
+
+
+@pytest.mark.parametrize("rule", TRANSFER_RULES)
+def test_every_rule_is_registered_under_its_name_and_a_client_holding_the_aggregate_keeps_nothing_of_its_own(rule):
+    from devft_lab.method.transfer import transfer_rule
+
+    r = transfer_rule(rule)
+    assert r is TRANSFER_RULES[rule] and r.name == rule
+    groups = [[0, 1, 2], [3, 4], [5]]
+    lora, start, reps, anchors = _setup(groups)
+    after = r.transfer(lora, groups, reps, anchors=anchors, start_lora=start)
+    kept = r.transfer_kept(after, groups, reps, anchors=anchors, aggregate=reps)
+    assert all(torch.equal(kept[i][n], after[i][n]) for i in after for n in (A, B))
+    moved = r.transfer_kept(after, groups, {g: {n: t + 1.0 for n, t in d.items()} for g, d in reps.items()},
+                            anchors=anchors, aggregate=reps)
+    assert any(not torch.equal(moved[i][B], after[i][B]) for i in after)  # a client's own deviation does move
+
+
+def test_increment_moves_a_kept_client_by_its_deviation_from_the_aggregate():
+    from devft_lab.method.transfer import transfer_rule
+
+    groups = [[0, 1, 2], [3, 4]]
+    lora, start, reps, anchors = _setup(groups)
+    inc = transfer_rule("increment")
+    after = inc.transfer(lora, groups, reps, start_lora=start)
+    client = {g: {n: t + 0.5 * (g + 1) for n, t in d.items()} for g, d in reps.items()}
+    out = inc.transfer_kept(after, groups, client, aggregate=reps)
+    for g, members in enumerate(groups):
+        for i in members:
+            for n in (A, B):
+                assert torch.allclose(out[i][n] - after[i][n], client[g][n] - reps[g][n], atol=1e-6)
+    with pytest.raises(ValueError, match="aggregate"):
+        inc.transfer_kept(after, groups, client)

@@ -285,6 +285,7 @@ def _rss_child(model_name: str, clients: int) -> None:
     from devft_lab.fl.strategies import get_strategy
     from devft_lab.method.schedule import stage_capacities
     from devft_lab.plans.devft import DevFTPlan
+    from devft_lab.runner.config import DevFTConfig
     from devft_lab.core.layers import num_layers
     from devft_lab.method.submodel import default_lora_config
     from devft_lab.core.models import load_model
@@ -295,7 +296,7 @@ def _rss_child(model_name: str, clients: int) -> None:
     data = [[enc[i % len(enc)]] for i in range(clients)]
     L = num_layers(model)
     plan = DevFTPlan(model, default_lora_config(r=8, alpha=16, dropout=0.0), [stage_capacities(L)[0]], [1],
-                     grouping="even")
+                     DevFTConfig(grouping="even"))
     settings = SimulationSettings(clients_per_round=clients, seed=0, progress=False, checkpoint_every=0,
                                   training=LocalTraining(steps=1, batch_size=1, lr=1e-4, pad_id=tok.pad_token_id or 0),
                                   lr=1e-4)

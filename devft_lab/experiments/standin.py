@@ -232,12 +232,15 @@ def run_point(lab: Lab, groups: Sequence[Sequence[int]] | None, fusion: str, ste
     from devft_lab.core.lora import get_lora_state
     from devft_lab.core.train import mean_response_loss, train_local
     from devft_lab.plans.devft import DevFTPlan
+    from devft_lab.plans.hooks import default_hooks
+    from devft_lab.runner.config import DevFTConfig
     from devft_lab.runner.run import item_row
 
     t0 = time.perf_counter()
     k = len(groups) if groups is not None else int(size)
-    plan = DevFTPlan(lab.model, lab.lora_config, [k], [1], beta=lab.beta, grouping="spectral", fusion=fusion,
-                     seed=seed, transfer="copy", probe_batches=lab.probe, probe_loss=True, probe_dtype=lab.dtype)
+    d = DevFTConfig(beta=lab.beta, grouping="spectral", fusion=fusion, transfer="copy", probe_loss=True)
+    plan = DevFTPlan(lab.model, lab.lora_config, [k], [1], d, seed=seed, probe_batches=lab.probe,
+                     hooks=default_hooks(d, lab.probe, lab.dtype))
     stage = plan.begin(0, {"groups": [list(g) for g in groups]} if groups is not None else None)
     built = time.perf_counter()
     train: dict[str, Any] = {"steps": 0, "loss": None, "tokens": 0, "target_tokens": 0, "seconds": 0.0}

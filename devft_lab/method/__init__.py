@@ -6,7 +6,7 @@ similarity.py      layer similarity (DGLG's W: parameters or residual updates), 
 grouping.py        DGLG: spectral grouping, contiguous DP, EVEN and RANDOM baselines
 fusion.py          DBLF and its variants as per-member fusion weights
 submodel.py        the runnable stage submodel (shared embeddings/head, PEFT LoRA)
-transfer.py        knowledge transfer rules (copy, copy-scaled, anchor-only, increment)
+transfer.py        knowledge transfer rules, a registry (copy, copy-scaled, anchor-only, increment)
 =================  ==========================================================
 (the per-stage submodel measurement is ``python -m devft_lab.experiments.submodels``)
 """
@@ -19,7 +19,7 @@ from devft_lab.method.similarity import (SIMILARITIES, block_influence, client_u
                                          residual_update_similarity)
 from devft_lab.method.submodel import (Submodel, build_submodel, default_lora_config, fuse_lora, init_global_lora,
                                        set_submodel_lora_state, submodel_lora_state)
-from devft_lab.method.transfer import TRANSFER_RULES, transfer_lora
+from devft_lab.method.transfer import TRANSFER_RULES, TransferRule, transfer_lora, transfer_rule
 
 __all__ = [
     "Stage", "make_schedule", "stage_capacities", "validate_capacities",
@@ -30,5 +30,5 @@ __all__ = [
     "fusion_weights", "anchor_weight", "fuse_tensors", "fuse_state_dicts", "fuse_layers",
     "Submodel", "build_submodel", "default_lora_config", "init_global_lora", "fuse_lora",
     "submodel_lora_state", "set_submodel_lora_state",
-    "transfer_lora", "TRANSFER_RULES",
+    "transfer_lora", "TRANSFER_RULES", "TransferRule", "transfer_rule",
 ]

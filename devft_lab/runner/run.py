@@ -112,13 +112,12 @@ def build_plan(cfg: RunConfig, model: torch.nn.Module, capacities: Sequence[int]
 
         return ProgFedPlan(model, lcfg, capacities, rounds, seed=seed)
     from devft_lab.plans.devft import DevFTPlan
+    from devft_lab.plans.hooks import default_hooks
 
     d = cfg.devft
     probing = d.probe_loss or d.similarity == "function"
-    return DevFTPlan(model, lcfg, capacities, rounds, beta=d.beta, grouping=d.grouping, affinity=d.affinity,
-                     fusion=d.fusion, anchor_rule=d.anchor, seed=seed, transfer=d.transfer, similarity=d.similarity,
-                     probe_batches=probe_batches if probing else None, probe_loss=d.probe_loss,
-                     probe_dtype=probe_dtype)
+    return DevFTPlan(model, lcfg, capacities, rounds, d, seed=seed, probe_batches=probe_batches if probing else None,
+                     hooks=default_hooks(d, probe_batches, probe_dtype))
 
 
 def probe_set(cfg: RunConfig, held: Sequence[dict], pool: Sequence[dict], pad_id: int,
