@@ -155,6 +155,7 @@ class WorkloadStrategy(FedAvg):
         super().__init__(min_train_nodes=opts.min_fit, min_available_nodes=1)
         self.workload, self.opts = workload, opts
         self.nodes: dict[int, int] = {}   # partition id -> node id
+        self.connected = 0                # SuperNodes connected in the last round
         self.rounds: list[RoundLog] = []
         self._t0 = 0.0
         self._collect: tuple[list[int], dict[str, Any]] | None = None  # this round's collection request
@@ -173,6 +174,7 @@ class WorkloadStrategy(FedAvg):
         else:
             alive = list(grid.get_node_ids())
         self.nodes = assign_nodes(alive, self.workload.num_clients, self.nodes)
+        self.connected = len(set(alive))
         rl = RoundLog(rnd, self.workload.sample(rnd), nodes=dict(self.nodes))
         self.rounds.append(rl)
         msgs = []
@@ -263,6 +265,7 @@ class WorkloadStrategy(FedAvg):
         """The run's report (``run.json``)."""
         rounds = self.rounds
         return {"workload": self.opts.spec.name, "settings": self.opts.spec.settings, "nodes": self.nodes,
+                "connected": self.connected,
                 "min_fit": self.opts.min_fit, "rounds": [asdict(r) for r in rounds],
                 "bytes_down": sum(r.bytes_down for r in rounds), "bytes_up": sum(r.bytes_up for r in rounds),
                 "bytes_collected": sum(r.bytes_collected for r in rounds),
