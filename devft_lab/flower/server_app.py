@@ -142,7 +142,8 @@ def _message(kind: str, state: Mapping[str, Any], config: Mapping[str, Any], rnd
     content = RecordDict({"arrays": arrays, "dtypes": dtypes,
                           "config": pack_config({**config, "round": rnd, "partition_id": client,
                                                  "workload": opts.spec.to_json()})})
-    return Message(content, dst_node_id=node, message_type=kind, group_id=str(rnd))
+    return Message(content, dst_node_id=node, message_type=kind, group_id=str(rnd),
+                   ttl=opts.round_timeout + 30.0)  # a node that was away must not train a stale round
 
 
 class WorkloadStrategy(FedAvg):
@@ -152,7 +153,7 @@ class WorkloadStrategy(FedAvg):
     """
 
     def __init__(self, workload: Workload, opts: ServerOptions):
-        super().__init__(min_train_nodes=opts.min_fit, min_available_nodes=1)
+        super().__init__()
         self.workload, self.opts = workload, opts
         self.nodes: dict[int, int] = {}   # partition id -> node id
         self.connected = 0                # SuperNodes connected in the last round
@@ -187,7 +188,8 @@ class WorkloadStrategy(FedAvg):
             rl.bytes_down += state_nbytes(state)
         return msgs
 
-    def _replies(self, replies: Iterable[Message], clients: list[int], dropped: dict[str, str]) -> dict[int, ClientReply]:
+    def _replies(self, replies: Iterable[Message], clients: list[int],
+                 dropped: dict[str, str]) -> dict[int, ClientReply]:
         """Usable replies by partition id; every client of ``clients`` without one gets a reason in ``dropped``."""
         by_node = {n: p for p, n in self.nodes.items()}
         out: dict[int, ClientReply] = {}
