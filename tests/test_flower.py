@@ -101,14 +101,13 @@ def test_deployment_with_tls_and_node_auth_matches_in_process_replay(tmp_path):
     opts = ServerOptions(spec, str(tmp_path / "out"), round_timeout=60, node_timeout=60)
     t0 = time.monotonic()
     with LocalFederation(3, workdir=tmp_path / "fed", tls=True, node_auth=True) as fed:
-        intruder = fed.add_node(0, register=False)  # unregistered key claiming partition 0
+        intruder = fed.add_node(register=False)  # an unregistered key
         report = fed.run(opts, timeout=180)
     assert "Connection attempt failed" in intruder.log.read_text()  # refused (HTTP 412 on activate-node)
     print(f"deployment (TLS, node auth): {time.monotonic() - t0:.1f} s")
     _no_leftovers(fed)
     assert "Uvicorn running on https://" in (tmp_path / "fed" / "superlink.log").read_text()
-    # had the intruder been admitted, partition 0 would have two nodes and the run would fail
-    assert sorted(int(k) for k in report["nodes"]) == [0, 1, 2]
+    assert report["connected"] == 3 and sorted(int(k) for k in report["nodes"]) == [0, 1, 2]  # intruder out
     got = load_file(str(tmp_path / "out" / "final_state.safetensors"))
     assert _equal(got, run_in_process(spec))
     assert report["dropouts"] == []
@@ -128,7 +127,8 @@ def test_deployment_killed_supernode_is_reported_and_run_completes(tmp_path):
             assert run.poll() is None, fed.run_log()[-3000:]
             assert time.monotonic() - t0 < 150, "round 0 never finished"
             time.sleep(0.2)
-        fed.kill_node(2)
+        node_of_2 = json.loads(events.read_text().splitlines()[0])["nodes"]["2"]
+        fed.kill_node([fed.node_id(k) for k in range(3)].index(node_of_2))  # the SuperNode of partition 2
         report = fed.wait(run, opts, timeout=150)
         log = fed.run_log()
     print(f"deployment with a dropout: {time.monotonic() - t0:.1f} s")
@@ -137,7 +137,8 @@ def test_deployment_killed_supernode_is_reported_and_run_completes(tmp_path):
     assert rounds[0]["aggregated"] == [0, 1, 2]
     assert rounds[1]["aggregated"] == [0, 1] and "2" in rounds[1]["dropped"]
     assert {"round": 1, "client": 2} == {k: report["dropouts"][0][k] for k in ("round", "client")}
-    assert "round 1: client 2 (node" in log and "dropped: no reply within 25 s" in log
+    assert "round 1: client 2 (node" in log
+    assert "dropped: no reply within 25 s" in log or "dropped: no connected SuperNode" in log
     got = load_file(str(tmp_path / "out" / "final_state.safetensors"))
     assert _equal(got, run_in_process(spec, participants=[r["aggregated"] for r in rounds]))
     assert not _equal(got, run_in_process(spec))  # the dropout changed the result
@@ -166,71 +167,25 @@ def test_cli_writes_the_app_dir_and_a_run_config_the_server_app_reads(tmp_path):
     assert main(["run-config", "--set", "devft.stagez=2", "--out", str(tmp_path)]) == 2  # bad config: exit 2
 
 
-# --------------------------------------------------------------------------- node discovery (no Flower runtime)
-class _Grid:
-    """A stand-in for Flower's Grid: nodes by id -> partition id; a node in ``late`` does not
-    answer its first ``late[node]`` partition queries (its process is still starting)."""
+# --------------------------------------------------------------------------- partitions on nodes (no Flower runtime)
+def test_partitions_go_to_nodes_in_sorted_order_and_stay_there():
+    from devft_lab.flower.server_app import assign_nodes
 
-    def __init__(self, partitions: dict[int, int], late: dict[int, int] | None = None):
-        self.partitions, self.late, self.asked = partitions, dict(late or {}), []
-
-    def get_node_ids(self):
-        return list(self.partitions)
-
-    def send_and_receive(self, msgs, timeout):
-        from types import SimpleNamespace
-
-        from devft_lab.flower.records import pack_config
-
-        out = []
-        for m in msgs:
-            node = m.metadata.dst_node_id
-            self.asked.append(node)
-            if self.late.get(node, 0) > 0:
-                self.late[node] -= 1
-                continue
-            out.append(SimpleNamespace(metadata=SimpleNamespace(src_node_id=node), has_error=lambda: False,
-                                       content=SimpleNamespace(config_records={
-                                           "config": pack_config({"partition_id": self.partitions[node]})})))
-        return out
+    assert assign_nodes([13, 11, 12], 3) == {0: 11, 1: 12, 2: 13}          # random ids, sorted
+    assert assign_nodes([13, 11, 12, 14], 3) == {0: 11, 1: 12, 2: 13}      # a spare node serves nothing
+    assert assign_nodes([12, 11], 3) == {0: 11, 1: 12}                     # partition 2 has no node yet
+    # a late node joins: it takes the free partition, the others keep theirs (their kept state)
+    assert assign_nodes([10, 11, 12], 3, known={0: 11, 1: 12}) == {0: 11, 1: 12, 2: 10}
+    # node 11 died and a new node 21 connected: 21 takes partition 0, no other partition moves
+    assert assign_nodes([21, 12, 13], 3, known={0: 11, 1: 12, 2: 13}) == {0: 21, 1: 12, 2: 13}
+    assert assign_nodes([12, 13], 3, known={0: 11, 1: 12, 2: 13}) == {1: 12, 2: 13}
 
 
-@pytest.fixture
-def plain_messages(monkeypatch):
-    """Outside a Flower run a Message cannot be made (no run id): the server's are stand-ins here."""
+def test_a_run_without_supernodes_fails_clearly():
     from types import SimpleNamespace
 
-    from devft_lab.flower import server_app
+    from devft_lab.flower.server_app import _wait_for_nodes
 
-    monkeypatch.setattr(server_app, "Message", lambda content, dst_node_id, message_type:
-                        SimpleNamespace(content=content, metadata=SimpleNamespace(dst_node_id=dst_node_id)))
-
-
-def test_discovery_names_a_silent_node_and_asks_only_new_ones_later(plain_messages, caplog):
-    from devft_lab.flower.server_app import discover_nodes
-
-    grid = _Grid({11: 0, 12: 1, 13: 2}, late={13: 1})
-    with caplog.at_level("WARNING", logger="devft_lab.flower"):
-        nodes = discover_nodes(grid, 3, timeout=0.01)
-    assert nodes == {0: 11, 1: 12}
-    assert "node 13 did not answer the partition query" in caplog.text
-    grid.asked.clear()
-    assert discover_nodes(grid, 0, timeout=0.01, known=nodes) == {0: 11, 1: 12, 2: 13}
-    assert grid.asked == [13]  # the mapped nodes are not asked again
-    grid.asked.clear()
-    assert discover_nodes(grid, 0, timeout=0.01, known={0: 11, 1: 12, 2: 13}) == {0: 11, 1: 12, 2: 13}
-    assert grid.asked == []
-    # node 11 died and came back as node 21: it takes partition 0 over; a live node may not be displaced
-    grid.partitions = {21: 0, 12: 1, 13: 2}
-    assert discover_nodes(grid, 0, timeout=0.01, known={0: 11, 1: 12, 2: 13}) == {0: 21, 1: 12, 2: 13}
-    grid.partitions = {11: 0, 21: 0, 12: 1}
-    with pytest.raises(RuntimeError, match="partition id 0 claimed by nodes 11 and 21"):
-        discover_nodes(grid, 0, timeout=0.01, known={0: 11, 1: 12})
-
-
-def test_a_run_whose_nodes_never_answer_fails_clearly_and_a_slow_start_gets_a_second_chance(plain_messages):
-    from devft_lab.flower.server_app import map_nodes
-
-    assert map_nodes(_Grid({11: 0, 12: 1}, late={11: 1, 12: 1}), 2, timeout=0.01) == {0: 11, 1: 12}
-    with pytest.raises(RuntimeError, match="no SuperNode answered the partition query.*node-timeout"):
-        map_nodes(_Grid({11: 0}, late={11: 2}), 1, timeout=0.01)
+    with pytest.raises(RuntimeError, match="no SuperNode connected within 0.01 s.*node-timeout"):
+        _wait_for_nodes(SimpleNamespace(get_node_ids=lambda: []), 2, timeout=0.01)
+    assert _wait_for_nodes(SimpleNamespace(get_node_ids=lambda: [5, 7]), 2, timeout=0.01) == [5, 7]

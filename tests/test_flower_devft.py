@@ -33,24 +33,38 @@ TWO_STAGES = ["devft.stages=2", "fed.num_rounds=2", "devft.rounds_per_stage=1", 
               "fed.clients_per_round=2", "eval.holdout=0"]
 
 
+def _totals(run_dir) -> dict:
+    """The simulation's byte totals (``summary.json``) and its rounds (``rounds.jsonl``) under ``"rounds"``."""
+    totals = json.loads((run_dir / "summary.json").read_text())
+    totals["rounds"] = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    return totals
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """(config, final adapter, ledger totals) of the in-process run (``devft-lab run``)."""
     out = tmp_path_factory.mktemp("reference")
     cfg = load_config("tiny", [*TWO_STAGES, f"out_dir={out}", "name=ref"])
     start(cfg, quiet=True)
-    totals = json.loads((out / "ref" / "summary.json").read_text())
-    return cfg, load_adapter(out / "ref"), totals
+    return cfg, load_adapter(out / "ref"), _totals(out / "ref")
 
 
 def _equal(a, b) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _same_rounds(report, totals) -> None:
+    """Round by round, Flower's participants and LoRA bytes are the simulation's."""
+    assert [r["aggregated"] for r in report["rounds"]] == [r["extra"]["clients"] for r in totals["rounds"]]
+    assert [r["bytes_up"] for r in report["rounds"]] == [r["uplink_bytes"] for r in totals["rounds"]]
+    assert report["bytes_up"] == totals["uplink_bytes"]
+
+
 def _check_report(report, cfg, totals) -> None:
     s = report["summary"]
     assert s["stage_capacities"] == [4, 8]
-    assert report["bytes_up"] == totals["uplink_bytes"]
+    _same_rounds(report, totals)
+    assert [r["bytes_down"] for r in report["rounds"]] == [r["downlink_bytes"] for r in totals["rounds"]]
     assert report["bytes_down"] == totals["downlink_bytes"]  # FedIT: nothing beyond the downlink
     # dense fused layers the clients built themselves = what the simulation ships
     assert s["dense_submodel_bytes_avoided"] == totals["submodel_delivery_bytes"] > 0
@@ -108,6 +122,7 @@ def test_fedsa_lora_devft_on_flower_simulation_engine_equals_simulation(tmp_path
     assert _equal(load_file(str(tmp_path / "flower" / "final_state.safetensors")), ref)
     rounds = report["rounds"]
     assert [r["collected"] for r in rounds] == [r["aggregated"] for r in rounds] == [[0, 1], [0, 1]]
+    _same_rounds(report, _totals(tmp_path / "ref"))
     assert report["bytes_collected"] > 0 and report["collect_misses"] == []
     assert any("lora_B" in k and float(v.abs().sum()) > 0 for k, v in ref.items())  # trained Bs, averaged
 
@@ -128,11 +143,12 @@ def test_dofit_and_c2a_on_flower_simulation_engine_equal_simulation(strategy, tm
 
     cfg = load_config("tiny", [*ONE_STAGE, f"fed.strategy={strategy}", f"out_dir={tmp_path}", "name=ref"])
     start(cfg, quiet=True)
-    ref, totals = load_adapter(tmp_path / "ref"), json.loads((tmp_path / "ref" / "summary.json").read_text())
+    ref, totals = load_adapter(tmp_path / "ref"), _totals(tmp_path / "ref")
     assert any("lora_B" in k and float(v.abs().sum()) > 0 for k, v in ref.items())  # it trained
     assert _equal(run_in_process(WorkloadSpec("devft", {"config": to_dict(cfg)})), ref)
     report = run_simulation(ServerOptions(WorkloadSpec("devft", {"config": to_dict(cfg)}),
                                           str(tmp_path / "flower"), round_timeout=300))
     assert _equal(load_file(str(tmp_path / "flower" / "final_state.safetensors")), ref)
-    assert report["bytes_up"] == totals["uplink_bytes"] and report["bytes_down"] == totals["downlink_bytes"]
+    _same_rounds(report, totals)
+    assert report["bytes_down"] == totals["downlink_bytes"]
     assert [r["sampled"] for r in report["rounds"]] == [r["aggregated"] for r in report["rounds"]]

@@ -122,7 +122,8 @@ def _add_run_args(p: argparse.ArgumentParser, out_required: bool = True) -> None
                    help="fewest replies a round aggregates (default: fed.min_fit if the config has it, else 1)")
     p.add_argument("--round-timeout", type=float, default=None,
                    help="seconds to wait for a round's replies (default: fed.round_timeout, else 120)")
-    p.add_argument("--node-timeout", type=float, default=120.0, help="seconds to wait for SuperNodes to connect and to answer the partition query")
+    p.add_argument("--node-timeout", type=float, default=120.0,
+                   help="seconds to wait for --nodes SuperNodes to connect")
 
 
 def build_parser() -> argparse.ArgumentParser:

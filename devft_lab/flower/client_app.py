@@ -1,10 +1,11 @@
-"""The Flower ClientApp: answer the partition query, run the workload's local update.
+"""The Flower ClientApp: the workload's local update, and what it keeps, on one SuperNode.
 
-The client's data shard is chosen by its node config: ``partition-id`` (set by
-``flower-supernode --node-config 'partition-id=0 num-partitions=3'`` in deployment, and by
-the simulation engine for each virtual SuperNode). What a workload keeps on the client
-between rounds (FedSA-LoRA's local B, say) lives in the node's ``context.state`` and never
-leaves the node.
+The server names the partition (the client id ``0..N-1`` of the in-process simulation) in every
+message: it gives partition ``p`` to the ``p``-th SuperNode in sorted node-id order
+(:func:`devft_lab.flower.server_app.assign_nodes`), and the client trains that partition. What a
+workload keeps on the client between rounds (FedSA-LoRA's local B, say) lives in the node's
+``context.state`` and never leaves the node except when the server collects it (an ``evaluate``
+message, :meth:`Workload.collect`).
 
 Only the workload *name* travels in the message; its class comes from
 :data:`devft_lab.flower.workload.WORKLOADS`, i.e. from code installed on the client.
@@ -14,21 +15,13 @@ from __future__ import annotations
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from devft_lab.flower.records import pack_config, unpack_config
+from devft_lab.flower.records import pack_config, records_to_state, state_to_records, unpack_config
 
 _LOCAL = "devft.local"          # context.state key of the client's kept tensors
 _LOCAL_DTYPES = "devft.local.dtypes"
 _cache: dict[str, object] = {}  # workload objects by spec (reused while the process lives)
 
 app = ClientApp()
-
-
-def partition_id(context: Context) -> int:
-    """This node's partition id (node config ``partition-id``)."""
-    if "partition-id" not in context.node_config:
-        raise ValueError("node config lacks 'partition-id'; start the SuperNode with "
-                         "--node-config 'partition-id=<k> num-partitions=<n>'")
-    return int(context.node_config["partition-id"])
 
 
 def _workload(spec_json: str):
@@ -41,46 +34,32 @@ def _workload(spec_json: str):
     return _cache[spec_json]
 
 
-@app.query()
-def query(msg: Message, context: Context) -> Message:
-    """Tell the server which partition this node serves."""
-    return Message(RecordDict({"config": pack_config({"partition_id": partition_id(context)})}), reply_to=msg)
-
-
 def _kept(context: Context):
     """The tensors this node kept from its earlier rounds (None before its first round)."""
-    from devft_lab.flower.records import records_to_state
-
     if _LOCAL not in context.state.array_records:
         return None
     return records_to_state(context.state.array_records[_LOCAL], context.state.config_records[_LOCAL_DTYPES])
 
 
 def _reply(msg: Message, reply, pid: int) -> Message:
-    from devft_lab.flower.records import state_to_records
-
     arrays, dtypes = state_to_records(reply.state)
     meta = pack_config({"num_examples": reply.num_examples, "metrics": reply.metrics, "partition_id": pid})
     return Message(RecordDict({"arrays": arrays, "dtypes": dtypes, "config": meta}), reply_to=msg)
 
 
-@app.query("collect")
+@app.evaluate()
 def collect(msg: Message, context: Context) -> Message:
     """Send what the workload asks of this node's kept state (e.g. FedSA-LoRA's B at a stage end)."""
     cfg = unpack_config(msg.content.config_records["config"])
-    pid = partition_id(context)
+    pid = int(cfg["partition_id"])
     return _reply(msg, _workload(str(cfg["workload"])).report(pid, cfg, _kept(context)), pid)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of local training on this node's partition."""
-    from devft_lab.flower.records import records_to_state, state_to_records
-
     cfg = unpack_config(msg.content.config_records["config"])
-    pid = partition_id(context)
-    if int(cfg["partition_id"]) != pid:
-        raise ValueError(f"instruction for partition {cfg['partition_id']} reached partition {pid}")
+    pid = int(cfg["partition_id"])
     state = records_to_state(msg.content.array_records["arrays"], msg.content.config_records["dtypes"])
     reply = _workload(str(cfg["workload"])).train(pid, int(cfg["round"]), state, cfg, _kept(context))
     if reply.local is not None:

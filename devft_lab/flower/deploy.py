@@ -1,7 +1,7 @@
 """Flower's Deployment Engine on one machine: a SuperLink and SuperNodes as real processes.
 
 :class:`LocalFederation` starts ``flower-superlink --insecure`` and N ``flower-supernode
---insecure --node-config 'partition-id=k num-partitions=N'`` on free loopback ports, submits
+--insecure`` on free loopback ports, submits
 the run with ``flwr run <app dir> <connection> --stream`` exactly as a user would, waits for it
 and reads the report the ServerApp wrote. It exists for tests and for trying the deployment
 on a laptop; across machines you start the same commands by hand (see README.md here).
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -150,8 +151,9 @@ class LocalFederation:
     the SuperNodes and ``flwr run`` verify (``--root-certificates``); ``node_auth=True`` also
     starts the SuperLink with ``--enable-supernode-auth`` and registers each SuperNode's key.
 
-    ``workdir`` receives each process's log and ``FLWR_HOME`` (and the app directory). The
-    SuperNode of partition ``k`` is ``nodes[k]``.
+    ``workdir`` receives each process's log and ``FLWR_HOME`` (and the app directory).
+    :meth:`node_id` reads a SuperNode's Flower node id from its log (which partition it serves
+    is in the ServerApp's ``events.jsonl``: ``server_app.assign_nodes``).
     """
 
     num_nodes: int
@@ -214,12 +216,12 @@ class LocalFederation:
             self._bin("flower-superlink"), *link_security, "--host", "127.0.0.1", "--port", str(self.link_port),
             "--disable-runtime-dependency-installation"])
         wait_for_port(self.link_port, self.startup_timeout, self.link.popen)
-        for k in range(self.num_nodes):
-            self.add_node(k)
+        for _ in range(self.num_nodes):
+            self.add_node()
         return self
 
-    def add_node(self, partition: int, register: bool = True) -> _Proc:
-        """Start one more SuperNode serving ``partition``.
+    def add_node(self, register: bool = True) -> _Proc:
+        """Start one more SuperNode (the ServerApp gives it a partition: ``server_app.assign_nodes``).
 
         With ``node_auth`` it gets a fresh key pair, whose public half is registered with
         ``flwr supernode register`` unless ``register`` is False (an intruder the SuperLink
@@ -227,8 +229,7 @@ class LocalFederation:
         """
         name = f"supernode-{len(self.nodes)}"
         argv = [self._bin("flower-supernode"), "--superlink", f"127.0.0.1:{self.link_port}",
-                "--host", "127.0.0.1", "--port", str(free_port()),
-                "--node-config", f"partition-id={partition} num-partitions={self.num_nodes}"]
+                "--host", "127.0.0.1", "--port", str(free_port())]
         argv += ["--root-certificates", str(self.ca_cert)] if self.tls else ["--insecure"]
         if self.node_auth:
             private, public = node_key_pair(self.workdir / "keys" / name)
@@ -255,6 +256,11 @@ class LocalFederation:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    def node_id(self, k: int) -> int | None:
+        """The Flower node id of SuperNode ``k`` (from its log; None until it has registered)."""
+        found = re.search(r"SuperNode ID: (\d+)", self.nodes[k].log.read_text(errors="replace"))
+        return int(found.group(1)) if found else None
 
     def kill_node(self, k: int) -> None:
         """Kill SuperNode ``k`` and everything it spawned (SIGKILL: no goodbye to the SuperLink)."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from flwr.app import ArrayRecord, ConfigRecord
 
-if TYPE_CHECKING:  # torch is imported where tensors are handled, so that answering a query is quick
+if TYPE_CHECKING:  # torch is imported where tensors are handled, so that importing this module is quick
     import torch
 
 State = dict[str, "torch.Tensor"]

@@ -2,8 +2,9 @@
 
 The same ServerApp/ClientApp as the deployment; the settings reach the ServerApp through a
 closure (:func:`devft_lab.flower.server_app.make_server_app`) because
-``flwr.simulation.run_simulation`` passes no run config. Each virtual SuperNode ``k`` gets
-node config ``partition-id=k``. Needs ``flwr[simulation]`` (Ray).
+``flwr.simulation.run_simulation`` passes no run config. The server gives each virtual
+SuperNode its partition (:func:`devft_lab.flower.server_app.assign_nodes`). Needs
+``flwr[simulation]`` (Ray).
 """
 from __future__ import annotations
 
