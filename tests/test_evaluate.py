@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from devft_lab.core.evaluate import (answer_matches, choice_loglikelihoods, evaluate_suites, exact_match,
-                                paired_bootstrap, perplexity, score_multiple_choice, summarise)
+from devft_lab.core.evaluate import (answer_matches, choice_loglikelihoods, evaluate_suites, exact_match, perplexity,
+                                    score_multiple_choice)
 from devft_lab.core.models import byte_tokenizer, load_model
 
 
@@ -66,27 +66,6 @@ def test_exact_match_on_toy_model(tok):
     assert exact_match(model, tok, [item(["yyyy", "no"], 0)], template="plain", max_new_tokens=4) == 100.0
     assert exact_match(model, tok, [item(["yyyy", "no"], 1)], template="plain", max_new_tokens=4) == 0.0
     assert answer_matches(" The Answer.", "the answer") and not answer_matches("no", "yes")
-
-
-def test_summarise_macro_averages_tasks_then_suites():
-    rows = [{"suite": "s1", "task": "a", "correct": c, "correct_norm": c} for c in (1, 1, 1, 0)]
-    rows += [{"suite": "s1", "task": "b", "correct": 0, "correct_norm": 0}]
-    rows += [{"suite": "s2", "task": "c", "correct": 1, "correct_norm": 0}]
-    out = summarise(rows)
-    assert out["suites"]["s1"]["acc"] == pytest.approx((75 + 0) / 2)
-    assert out["avg"] == pytest.approx((37.5 + 100) / 2)
-    assert out["avg_norm"] == pytest.approx((37.5 + 0) / 2)
-    assert out["n"] == 6
-
-
-def test_paired_bootstrap_interval_covers_the_gap_and_excludes_zero_when_clear():
-    base = [{"suite": "s", "task": t, "id": f"{t}{i}", "correct": i % 4 == 0} for t in "ab" for i in range(80)]
-    better = [{**r, "correct": r["correct"] or int(r["id"][1:]) % 4 == 1} for r in base]
-    lo, hi = paired_bootstrap(base, better, seed=0)
-    assert 0 < lo < 25 < hi
-    assert paired_bootstrap(base, base) == (0.0, 0.0)
-    with pytest.raises(ValueError, match="different items"):
-        paired_bootstrap(base, better[:-1])
 
 
 @pytest.fixture(scope="module")

@@ -185,7 +185,7 @@ def test_run_keeps_its_scored_items_and_they_reproduce_its_accuracy(tmp_path, mo
     """initial_items.jsonl / final_items.jsonl hold every scored item (cached or not), on the same
     items, and summarising them gives the accuracy the summary reports: a table can pair two runs
     item by item without re-scoring their adapters."""
-    from devft_lab.core.evaluate import paired_bootstrap, summarise
+    from devft_lab.stats import paired_bootstrap, summarise
     from devft_lab.runner.run import read_items
 
     monkeypatch.setenv("DEVFT_LAB_CACHE", str(tmp_path / "cache"))

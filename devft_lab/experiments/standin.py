@@ -233,7 +233,8 @@ def run_point(lab: Lab, groups: Sequence[Sequence[int]] | None, fusion: str, ste
     ``steps`` steps, copy back, measure the full model. Returns the point's record; ``keep`` (a dict)
     receives the stand-in's trained LoRA (``reps``) and the full model's after copy back (``global_lora``)."""
     from devft_lab.core.device import autocast_context
-    from devft_lab.core.evaluate import score_multiple_choice, summarise
+    from devft_lab.core.evaluate import score_multiple_choice
+    from devft_lab.stats import summarise
     from devft_lab.core.lora import get_lora_state
     from devft_lab.core.train import mean_response_loss, train_local
     from devft_lab.plans.devft import DevFTPlan

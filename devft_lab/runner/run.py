@@ -213,7 +213,7 @@ def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict], compute_dtype
 
 def item_row(r: dict[str, Any]) -> dict[str, Any]:
     """One scored item as kept in a run folder (``initial_items.jsonl``, ``final_items.jsonl``):
-    enough to pair two runs item by item (:func:`devft_lab.core.evaluate.paired_bootstrap`)."""
+    enough to pair two runs item by item (:func:`devft_lab.stats.paired_bootstrap`)."""
     return {k: r[k] for k in ("suite", "id", "task", "pred", "correct", "correct_norm", "answer_nll") if k in r}
 
 
