@@ -176,7 +176,7 @@ def test_untrained_evaluation_is_scored_once_and_shared_by_methods(tmp_path, mon
     assert "answer_nll" in ia and ia["answer_nll"] > 0  # the correct answers' loss per token
     _run(tmp_path, "c", "eval.suites=[indist]", "eval.max_per_task=3")  # other items: scored anew
     assert len(list((tmp_path / "cache" / "base_eval").glob("*.json"))) == 2
-    monkeypatch.setattr("devft_lab.core.evaluate.SCORER_VERSION", -1)  # a changed scorer: scored anew
+    monkeypatch.setattr("devft_lab.core.evaluate.scorer_digest", lambda: "changed")  # a changed scorer: scored anew
     _run(tmp_path, "d", "eval.suites=[indist]", "eval.max_per_task=3")
     assert len(list((tmp_path / "cache" / "base_eval").glob("*.json"))) == 3
 

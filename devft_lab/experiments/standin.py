@@ -190,7 +190,6 @@ def make_lab(model_name: str, holdout: int = 48, max_per_task: int | None = 25, 
              suites: Sequence[str] = ("indist",), overrides: Sequence[str] = ()) -> Lab:
     """Load ``model_name`` and the lab's data and settings (``examples``: another pool, e.g. tests';
     ``suites=()``: no accuracy). ``recorded``: the compute settings of existing points, reused."""
-    from devft_lab.core.evaluate import SCORER_VERSION
     from devft_lab.core.models import load_model
     from devft_lab.core.train import collate, encode_examples
     from devft_lab.data.lab import load_pool, load_suite
@@ -216,7 +215,7 @@ def make_lab(model_name: str, holdout: int = 48, max_per_task: int | None = 25, 
                 "beta": cfg.devft.beta, "transfer": "copy", "holdout": holdout, "split_seed": SPLIT_SEED,
                 "pool": "lab" if examples is None else f"{len(pool)} given examples",
                 "probe_examples": cfg.devft.probe_examples, "suites": list(suites), "max_per_task": max_per_task,
-                "items": sum(map(len, items.values())), "scorer": SCORER_VERSION, "dtype": compute["dtype"],
+                "items": sum(map(len, items.values())), "dtype": compute["dtype"],
                 "attention": compute.get("attention"), "compile": bool(compile)}
     return Lab(model=model, tokenizer=tok, lora_config=lcfg, train=[enc[i] for i in train_idx],
                heldout=[collate(held[i:i + 8], pad) for i in range(0, len(held), 8)],
@@ -353,7 +352,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 CHECKED = ("model", "config", "steps", "lr", "batch_size", "grad_accum", "max_grad_norm", "seq_len", "packing",
            "lora", "beta", "transfer", "holdout", "split_seed", "pool", "probe_examples", "suites", "max_per_task",
-           "items", "scorer", "dtype")  # a point file is reused only when these match (compile: speed only)
+           "items", "dtype")  # a point file is reused only when these match (compile: speed only)
 
 
 def settings_clash(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
