@@ -1,4 +1,5 @@
-"""Scoring: known answers on a hand-built toy model, equal results on every code path."""
+"""Scoring: known answers on hand-built toy models (the scorer against the plain reference:
+tests/test_evaluate_reference.py)."""
 from __future__ import annotations
 
 import math
@@ -8,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from devft_lab.core.evaluate import (answer_matches, choice_loglikelihoods, evaluate_suites, exact_match,
-                                paired_bootstrap, perplexity, score_multiple_choice, summarise)
+from devft_lab.core.evaluate import (answer_matches, choice_loglikelihoods, evaluate_suites, exact_match, perplexity,
+                                    score_multiple_choice)
 from devft_lab.core.models import byte_tokenizer, load_model
 
 
@@ -41,16 +42,36 @@ def item(choices, answer, prompt="Which?", task="toy"):
             "choices": choices, "answer": answer, "split": "test"}
 
 
+def favour_lm(tok, favoured: dict[int, float]):
+    """A Hugging Face LM whose logits ignore the input, as :class:`Favour`'s: attention and MLP
+    outputs zero, every token embedded alike, the head reading the favoured values off it."""
+    from devft_lab.core.models import tiny_model
+
+    model, _ = tiny_model("llama", num_layers=1, hidden=16, seed=0)
+    with torch.no_grad():
+        for p in model.model.layers.parameters():
+            p.zero_()
+        model.model.embed_tokens.weight.fill_(1.0)
+        head = torch.zeros(len(tok), 16)
+        for t, value in favoured.items():
+            head[t, 0] = value
+        model.lm_head.weight = nn.Parameter(head)  # untied from the embedding
+    return model
+
+
 def test_loglikelihoods_are_the_sum_over_choice_tokens(tok):
-    model = Favour(len(tok), {tid(tok, "b"): 10.0, tid(tok, " "): 5.0})
-    logp = torch.log_softmax(model.logits, -1)
+    model = favour_lm(tok, {tid(tok, "b"): 10.0, tid(tok, " "): 5.0})
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[1, 2, 3]])).logits[0]
+    assert torch.allclose(logits[0], logits[2])  # the same vector at every position
+    logp = torch.log_softmax(logits[0], -1)
     lls = choice_loglikelihoods(model, tok, [item(["b", "bb", "c"], 0)], template="plain")[0]
     expected = [float(logp[tid(tok, " ")] + k * logp[tid(tok, ch)]) for k, ch in ((1, "b"), (2, "b"), (1, "c"))]
     assert lls == pytest.approx(expected, abs=1e-4)
 
 
 def test_known_answers_are_found_raw_and_length_normalised(tok):
-    model = Favour(len(tok), {tid(tok, "b"): 10.0, tid(tok, " "): 5.0})
+    model = favour_lm(tok, {tid(tok, "b"): 10.0, tid(tok, " "): 5.0})
     rows = score_multiple_choice(model, tok, [item(["a", "b", "c"], 1), item(["b", "bb"], 0),
                                               item(["b", "bb"], 1)], template="plain")
     assert [r["pred"] for r in rows] == [1, 0, 0]  # raw sum: one more 'b' costs a little
@@ -68,39 +89,9 @@ def test_exact_match_on_toy_model(tok):
     assert answer_matches(" The Answer.", "the answer") and not answer_matches("no", "yes")
 
 
-def test_summarise_macro_averages_tasks_then_suites():
-    rows = [{"suite": "s1", "task": "a", "correct": c, "correct_norm": c} for c in (1, 1, 1, 0)]
-    rows += [{"suite": "s1", "task": "b", "correct": 0, "correct_norm": 0}]
-    rows += [{"suite": "s2", "task": "c", "correct": 1, "correct_norm": 0}]
-    out = summarise(rows)
-    assert out["suites"]["s1"]["acc"] == pytest.approx((75 + 0) / 2)
-    assert out["avg"] == pytest.approx((37.5 + 100) / 2)
-    assert out["avg_norm"] == pytest.approx((37.5 + 0) / 2)
-    assert out["n"] == 6
-
-
-def test_paired_bootstrap_interval_covers_the_gap_and_excludes_zero_when_clear():
-    base = [{"suite": "s", "task": t, "id": f"{t}{i}", "correct": i % 4 == 0} for t in "ab" for i in range(80)]
-    better = [{**r, "correct": r["correct"] or int(r["id"][1:]) % 4 == 1} for r in base]
-    lo, hi = paired_bootstrap(base, better, seed=0)
-    assert 0 < lo < 25 < hi
-    assert paired_bootstrap(base, base) == (0.0, 0.0)
-    with pytest.raises(ValueError, match="different items"):
-        paired_bootstrap(base, better[:-1])
-
-
 @pytest.fixture(scope="module")
 def tiny():
     return load_model("tiny-llama")
-
-
-def test_shared_prefix_cache_equals_full_sequences_on_tiny_llama(tiny):
-    model, tok = tiny
-    items = [item(["yes", "no", "maybe not"], 0, prompt="Is it? " * 5), item(["x", "long answer"], 1, prompt="Q")]
-    shared = choice_loglikelihoods(model, tok, items, template="plain", share_prefix=True)
-    full = choice_loglikelihoods(model, tok, items, template="plain", share_prefix=False, batch_size=2)
-    for s, f in zip(shared, full):
-        assert s == pytest.approx(f, abs=1e-3)
 
 
 def test_works_on_peft_and_submodels(tiny):

@@ -471,7 +471,7 @@ def test_paired_items_gap_is_the_accuracy_difference_and_pools_seeds():
     and collapses to zero for identical rows."""
     import random
 
-    from devft_lab.core.evaluate import summarise
+    from devft_lab.stats import summarise
     from devft_lab.experiments.reproduce.stats import paired_items
 
     rng = random.Random(0)

@@ -176,7 +176,7 @@ def test_untrained_evaluation_is_scored_once_and_shared_by_methods(tmp_path, mon
     assert "answer_nll" in ia and ia["answer_nll"] > 0  # the correct answers' loss per token
     _run(tmp_path, "c", "eval.suites=[indist]", "eval.max_per_task=3")  # other items: scored anew
     assert len(list((tmp_path / "cache" / "base_eval").glob("*.json"))) == 2
-    monkeypatch.setattr("devft_lab.core.evaluate.SCORER_VERSION", -1)  # a changed scorer: scored anew
+    monkeypatch.setattr("devft_lab.core.evaluate.scorer_digest", lambda: "changed")  # a changed scorer: scored anew
     _run(tmp_path, "d", "eval.suites=[indist]", "eval.max_per_task=3")
     assert len(list((tmp_path / "cache" / "base_eval").glob("*.json"))) == 3
 
@@ -185,7 +185,7 @@ def test_run_keeps_its_scored_items_and_they_reproduce_its_accuracy(tmp_path, mo
     """initial_items.jsonl / final_items.jsonl hold every scored item (cached or not), on the same
     items, and summarising them gives the accuracy the summary reports: a table can pair two runs
     item by item without re-scoring their adapters."""
-    from devft_lab.core.evaluate import paired_bootstrap, summarise
+    from devft_lab.stats import paired_bootstrap, summarise
     from devft_lab.runner.run import read_items
 
     monkeypatch.setenv("DEVFT_LAB_CACHE", str(tmp_path / "cache"))

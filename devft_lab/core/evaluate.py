@@ -6,20 +6,21 @@ each choice's tokens given the prompt; ``acc`` takes the choice with the highest
 choice are rendered by a :class:`~devft_lab.data.templates.PromptTemplate` and tokenised
 separately, exactly as :func:`devft_lab.core.train.encode_example` does for training.
 
-Every scorer runs under ``torch.no_grad`` in eval mode and accepts a Hugging Face causal
-LM, a PEFT model, a devft_lab submodel, or any module called as
-``model(input_ids=..., attention_mask=...)`` that returns ``.logits``. For Hugging Face
-models (PEFT included) the prompt is run once per item for all its choices, and items are
-packed several to a row of a forward pass under a tree-shaped attention mask (the prefix
-common to all prompts, e.g. the chat template's system turn, is run once per call and its KV
-cache shared); other modules get one full sequence per choice.
+Every scorer runs under ``torch.no_grad`` in eval mode. Multiple choice takes a Hugging Face
+causal LM (a PEFT model or a devft_lab submodel included) and runs one path: the prefix common
+to all prompts (e.g. the chat template's system turn) once per call, its KV cache shared; then
+items packed several to a row of a forward pass, each item's prompt once for all its choices,
+under a tree-shaped attention mask. ``tests/test_evaluate_reference.py`` keeps the plain scorer
+(one full sequence per choice) that this path must equal.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import re
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -30,12 +31,13 @@ from devft_lab.core.layers import decoder_and_head, unwrap
 from devft_lab.core.packing import first_fit_decreasing
 from devft_lab.data.records import normalise_text
 from devft_lab.data.templates import PromptTemplate, get_template
+from devft_lab.stats import summarise
 
 
-# Bumped when a change to the scorer can move its numbers (even by float rounding): cached
-# evaluations of the untrained model (devft_lab.runner.run.base_eval_cache) are keyed on it.
-# 2: items packed several to a row (2026-12-07).
-SCORER_VERSION = 2
+def scorer_digest() -> str:
+    """A digest of this module's source: evaluations kept across runs (the untrained model's,
+    :func:`devft_lab.runner.run.base_eval_cache`) are keyed on it, so a changed scorer scores anew."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- perplexity
@@ -118,42 +120,6 @@ def _common_prefix(seqs: Sequence[list[int]]) -> int:
     return max(n, 0)
 
 
-@torch.no_grad()
-def _ll_shared(model, p_ids: list[int], c_ids: list[list[int]], pad: int, device,
-               prefix: tuple[int, Any] = (0, None)) -> list[float]:
-    """Choice log-likelihoods with the prompt run once and its KV cache shared (HF models).
-
-    ``prefix = (k, cache)``: the KV cache of the first ``k`` prompt tokens (the chat
-    template's system turn, common to all items), copied rather than recomputed.
-    """
-    k, prefix_cache = prefix
-    kw = _cache_kwarg(model)
-    cache = copy.deepcopy(prefix_cache) if k else None
-    out = model(input_ids=torch.tensor([p_ids[k:]], device=device), **{kw: cache},
-                use_cache=True, logits_to_keep=1)
-    first = F.log_softmax(out.logits[0, -1].float(), dim=-1)
-    lls = [float(first[c[0]]) for c in c_ids]
-    rest = [i for i, c in enumerate(c_ids) if len(c) > 1]
-    if rest:
-        cache = _cache_of(out)
-        if len(rest) > 1:
-            cache.batch_repeat_interleave(len(rest))
-        m = max(len(c_ids[i]) - 1 for i in rest)
-        ids = torch.full((len(rest), m), pad, dtype=torch.long, device=device)
-        mask = torch.zeros((len(rest), len(p_ids) + m), dtype=torch.long, device=device)
-        mask[:, : len(p_ids)] = 1
-        for r, i in enumerate(rest):
-            k = len(c_ids[i]) - 1
-            ids[r, :k] = torch.tensor(c_ids[i][:-1])
-            mask[r, len(p_ids): len(p_ids) + k] = 1
-        logp = F.log_softmax(model(input_ids=ids, attention_mask=mask, **{kw: cache},
-                                   use_cache=True).logits.float(), dim=-1)
-        for r, i in enumerate(rest):
-            tgt = torch.tensor(c_ids[i][1:], device=device)
-            lls[i] += float(logp[r, torch.arange(len(tgt), device=device), tgt].sum())
-    return lls
-
-
 def _tree_segment(p_ids: list[int], c_ids: list[list[int]], k: int) -> tuple[list[int], list[int], list[tuple[int, int]]]:
     """One item as a segment of a row: the prompt after the shared prefix, then every choice but its last token.
 
@@ -190,15 +156,36 @@ def _tree_mask(rows: Sequence[Sequence[tuple[int, int, list[tuple[int, int]]]]],
     return mask.to(device)
 
 
+def _windowed(mask: torch.Tensor, pos: torch.Tensor, k: int, window: int) -> torch.Tensor:
+    """``mask`` cut to a sliding window: a query at position ``q`` sees keys at positions above
+    ``q - window`` (transformers' ``sliding_window_overlay``); ``pos``: the rows' position ids."""
+    keys = torch.cat([torch.arange(k, device=pos.device).expand(len(pos), k), pos], dim=1)
+    return mask & (keys[:, None, None, :] > pos[:, None, :, None] - window)
+
+
+def _attention_masks(model, mask: torch.Tensor, pos: torch.Tensor, k: int, window: int | None) -> Any:
+    """The attention mask(s) a pass hands the model: ``mask`` itself, or, where ``window`` is given
+    (a pass holding an item longer than the model's sliding window), the windowed mask for
+    sliding layers, by layer type where the model mixes types (Gemma 3)."""
+    if window is None:
+        return mask
+    near = _windowed(mask, pos, k, window)
+    types = set(getattr(unwrap(model).config, "layer_types", None) or ())
+    if not types:
+        return near
+    return {t: near if t == "sliding_attention" else mask for t in types}
+
+
 @torch.no_grad()
 def _ll_tree(model, rows: Sequence[Sequence[tuple[list[int], list[list[int]]]]], pad: int, device,
-             prefix: tuple[int, Any] = (0, None)) -> list[list[list[float]]]:
-    """Choice log-likelihoods of several rows of items in one forward pass (HF models).
+             prefix: tuple[int, Any] = (0, None), window: int | None = None) -> list[list[list[float]]]:
+    """Choice log-likelihoods of several rows of items in one forward pass.
 
     Each row packs one or more items end to end (:func:`_tree_segment`, positions restarting
     after the shared prefix for each) under a tree-shaped attention mask (:func:`_tree_mask`),
-    after the shared prefix's KV cache: the same numbers as :func:`_ll_shared`, which runs
-    two passes per item. Returns, per row, per item, one log-likelihood per choice.
+    after the shared prefix's KV cache: the same numbers as one full sequence per choice.
+    ``window``: cut the mask of sliding layers to it (:func:`_attention_masks`).
+    Returns, per row, per item, one log-likelihood per choice.
     """
     k, prefix_cache = prefix
     layout = []  # per row: per item (offset, prompt length, spans)
@@ -225,7 +212,8 @@ def _ll_tree(model, rows: Sequence[Sequence[tuple[list[int], list[list[int]]]]],
         cache = copy.deepcopy(prefix_cache)
         if len(rows) > 1:
             cache.batch_repeat_interleave(len(rows))
-    mask, pos = _tree_mask(layout, n, k, device), pos.to(device)
+    pos = pos.to(device)
+    mask = _attention_masks(model, _tree_mask(layout, n, k, device), pos, k, window)
     # the language-model head only at the (row, position) pairs where a choice token is
     # predicted: most of a row is prompt, and with a 49k vocabulary its logits (and their
     # log-softmax) would cost more than the attention does
@@ -287,100 +275,72 @@ def _plan_passes(lengths: Sequence[int], max_tokens: int, row_tokens: int,
 
 def _sliding_window(model) -> int | None:
     """The model's sliding attention window, if any. A custom 4D mask replaces sliding-window
-    masks too, so an item (the shared prefix included) must fit inside the window; packed rows
-    may be longer, since the mask keeps each item to itself."""
+    masks too: a pass holding an item (the shared prefix included) longer than the window gets
+    windowed masks (:func:`_attention_masks`); packed rows may be longer, since the mask keeps
+    each item to itself."""
     cfg = unwrap(model).config
     return getattr(cfg, "sliding_window", None) or getattr(getattr(cfg, "text_config", None), "sliding_window", None)
-
-
-@torch.no_grad()
-def _ll_full(model, seqs: list[tuple[list[int], list[int]]], pad: int, device, batch_size: int) -> list[float]:
-    """Log-likelihood of each continuation given its context, one full sequence each."""
-    order = sorted(range(len(seqs)), key=lambda i: -(len(seqs[i][0]) + len(seqs[i][1])))
-    out = [0.0] * len(seqs)
-    for b in range(0, len(order), batch_size):
-        idx = order[b : b + batch_size]
-        n = max(len(seqs[i][0]) + len(seqs[i][1]) for i in idx)
-        ids = torch.full((len(idx), n), pad, dtype=torch.long, device=device)
-        mask = torch.zeros((len(idx), n), dtype=torch.long, device=device)
-        for r, i in enumerate(idx):
-            s = seqs[i][0] + seqs[i][1]
-            ids[r, : len(s)] = torch.tensor(s)
-            mask[r, : len(s)] = 1
-        logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-        for r, i in enumerate(idx):
-            p, c = seqs[i]
-            pos = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=device)
-            out[i] = float(logp[r, pos, torch.tensor(c, device=device)].sum())
-    return out
 
 
 # --------------------------------------------------------------------------- multiple choice
 @torch.no_grad()
 def choice_loglikelihoods(model, tokenizer, items: Sequence[dict[str, Any]],
-                          template: str | PromptTemplate = "chat", batch_size: int = 16,
-                          share_prefix: bool | None = None, batched: bool = True,
-                          max_tokens: int = 4096, row_tokens: int = 128) -> list[list[float]]:
+                          template: str | PromptTemplate = "chat", max_tokens: int = 4096,
+                          row_tokens: int = 128) -> list[list[float]]:
     """Sum log-likelihood of every choice of every item (``items``: closed-ended records).
 
-    ``share_prefix``: run the prompt once and share its KV cache across the choices
-    (default: on for Hugging Face / PEFT models, off for any other module).
-    ``batched`` (HF models): several items and all their choices per forward pass, up to
-    ``max_tokens`` tokens (padding included) a pass, short items packed end to end into rows of
-    up to ``row_tokens`` tokens (:func:`_plan_passes`); ``False``: two passes per item.
+    Several items and all their choices per forward pass, up to ``max_tokens`` tokens (padding
+    included) a pass, short items packed end to end into rows of up to ``row_tokens`` tokens
+    (:func:`_plan_passes`), after the KV cache of the prefix common to all prompts.
+    ``model``: a Hugging Face causal LM (PEFT-wrapped or not).
     """
+    if not _is_hf(model):
+        raise TypeError(f"choice_loglikelihoods scores Hugging Face causal LMs (a PEFT model or a devft_lab "
+                        f"submodel included), got {type(unwrap(model)).__name__}; load the model with "
+                        "devft_lab.core.models.load_model or transformers' AutoModelForCausalLM.")
     tmpl = get_template(template)
     device, pad = _device(model), _pad_id(tokenizer)
-    share = _is_hf(model) if share_prefix is None else share_prefix
     was_training = model.training
     model.eval()
     try:
         encoded = [_encode(tokenizer, tmpl, it) for it in items]
-        if share:
-            k = _common_prefix([p for p, _ in encoded])
-            prefix = (k, _cache_of(model(input_ids=torch.tensor([encoded[0][0][:k]], device=device),
-                                         use_cache=True, logits_to_keep=1))) if k else (0, None)
-            if not batched:
-                return [_ll_shared(model, p, cs, pad, device, prefix) for p, cs in encoded]
-            lengths = [len(p) - k + sum(len(c) - 1 for c in cs) for p, cs in encoded]
-            out: list[list[float] | None] = [None] * len(encoded)
-            window = _sliding_window(model)
-            fits = []
-            for i in range(len(encoded)):
-                if window is None or k + lengths[i] <= window:
-                    fits.append(i)
-                else:  # longer than the window: two passes of its own
-                    out[i] = _ll_shared(model, *encoded[i], pad, device, prefix)
-            for rows in _plan_passes([lengths[i] for i in fits], max_tokens, row_tokens):
-                rows = [[fits[j] for j in row] for row in rows]
-                scored = _ll_tree(model, [[encoded[i] for i in row] for row in rows], pad, device, prefix)
+        if not encoded:
+            return []
+        window = _sliding_window(model)
+        k = _common_prefix([p for p, _ in encoded])
+        if window is not None:  # the sliding layers' cache keeps window - 1 tokens
+            k = min(k, window - 1)
+        prefix = (k, _cache_of(model(input_ids=torch.tensor([encoded[0][0][:k]], device=device),
+                                     use_cache=True, logits_to_keep=1))) if k else (0, None)
+        lengths = [len(p) - k + sum(len(c) - 1 for c in cs) for p, cs in encoded]
+        long = [window is not None and k + n > window for n in lengths]
+        out: list[list[float] | None] = [None] * len(encoded)
+        for group, cut in (([i for i, x in enumerate(long) if not x], None),  # items longer than the
+                           ([i for i, x in enumerate(long) if x], window)):  # window: passes of their own
+            for rows in (_plan_passes([lengths[i] for i in group], max_tokens, row_tokens) if group else []):
+                rows = [[group[j] for j in row] for row in rows]
+                scored = _ll_tree(model, [[encoded[i] for i in row] for row in rows], pad, device, prefix, cut)
                 for row, row_lls in zip(rows, scored):
                     for i, lls in zip(row, row_lls):
                         out[i] = lls
-            return out  # type: ignore[return-value]
-        flat = [(p, c) for p, cs in encoded for c in cs]
-        lls = _ll_full(model, flat, pad, device, batch_size)
-        out, k = [], 0
-        for _, cs in encoded:
-            out.append(lls[k : k + len(cs)])
-            k += len(cs)
-        return out
+        return out  # type: ignore[return-value]
     finally:
         model.train(was_training)
 
 
 def score_multiple_choice(model, tokenizer, items: Sequence[dict[str, Any]],
-                          template: str | PromptTemplate = "chat", batch_size: int = 16,
-                          share_prefix: bool | None = None, batched: bool = True) -> list[dict[str, Any]]:
+                          template: str | PromptTemplate = "chat", max_tokens: int = 4096,
+                          row_tokens: int = 128) -> list[dict[str, Any]]:
     """Per item: ``{"id", "task", "pred", "pred_norm", "correct", "correct_norm", "answer_nll", "lls"}``.
 
     ``pred`` maximises the summed log-likelihood; ``pred_norm`` the log-likelihood per
     character of the choice as rendered (lm-evaluation-harness ``acc_norm``); ``answer_nll`` is
     the held-out response-token loss: the correct choice's negative log-likelihood per token
-    (continuous, so it moves before accuracy does).
+    (continuous, so it moves before accuracy does). ``max_tokens``, ``row_tokens``: the pass
+    and row sizes of :func:`choice_loglikelihoods` (speed only).
     """
     tmpl = get_template(template)
-    lls = choice_loglikelihoods(model, tokenizer, items, tmpl, batch_size, share_prefix, batched)
+    lls = choice_loglikelihoods(model, tokenizer, items, tmpl, max_tokens, row_tokens)
     rows = []
     for it, ll in zip(items, lls):
         norm = [v / max(1, len(tmpl.response(c))) for v, c in zip(ll, it["choices"])]
@@ -444,39 +404,8 @@ def exact_match(model, tokenizer, items: Sequence[dict[str, Any]], template: str
 
 
 # --------------------------------------------------------------------------- suites
-def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per-task acc / acc_norm (percent), per-suite macro averages over tasks, and the
-    macro average over suites (``avg``). ``rows`` need ``suite``, ``task``, ``correct``, ``correct_norm``;
-    where every row has ``answer_nll`` its macro averages come too (``answer_nll``, nats per token)."""
-    by: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for r in rows:
-        by.setdefault(r["suite"], {}).setdefault(r["task"], []).append(r)
-    suites = {}
-    with_nll = bool(rows) and all("answer_nll" in r for r in rows)
-    for s, tasks in by.items():
-        per_task = {t: {"acc": 100.0 * np.mean([r["correct"] for r in rs]),
-                        "acc_norm": 100.0 * np.mean([r["correct_norm"] for r in rs]), "n": len(rs)}
-                    for t, rs in sorted(tasks.items())}
-        if with_nll:
-            for t, rs in tasks.items():
-                per_task[t]["answer_nll"] = np.mean([r["answer_nll"] for r in rs])
-        suites[s] = {"acc": float(np.mean([v["acc"] for v in per_task.values()])),
-                     "acc_norm": float(np.mean([v["acc_norm"] for v in per_task.values()])),
-                     "n": sum(v["n"] for v in per_task.values()),
-                     "tasks": {t: {k: (float(v) if k != "n" else v) for k, v in d.items()} for t, d in per_task.items()}}
-        if with_nll:
-            suites[s]["answer_nll"] = float(np.mean([v["answer_nll"] for v in per_task.values()]))
-    out = {"avg": float(np.mean([v["acc"] for v in suites.values()])) if suites else float("nan"),
-           "avg_norm": float(np.mean([v["acc_norm"] for v in suites.values()])) if suites else float("nan"),
-           "n": len(rows), "suites": suites}
-    if with_nll:  # macro over suites, like ``avg``
-        out["answer_nll"] = float(np.mean([v["answer_nll"] for v in suites.values()]))
-    return out
-
-
 def evaluate_suites(model, tokenizer, suites: Sequence[str] = ("lab",), max_per_task: int | None = None,
-                    seed: int = 0, template: str = "chat", batch_size: int = 16,
-                    max_per_file: int | None = None) -> dict[str, Any]:
+                    seed: int = 0, template: str = "chat", max_per_file: int | None = None) -> dict[str, Any]:
     """Score ``model`` on lab suites (see :data:`devft_lab.data.lab.SUITES`; ``"lab"`` = all) and
     your own ``.jsonl`` files.
 
@@ -492,7 +421,7 @@ def evaluate_suites(model, tokenizer, suites: Sequence[str] = ("lab",), max_per_
     rows = []
     for name in expand_suites(suites):
         items = load_suite(name, max_per_task=suite_cap(name, max_per_task, max_per_file), seed=seed)
-        for r in score_multiple_choice(model, tokenizer, items, template, batch_size):
+        for r in score_multiple_choice(model, tokenizer, items, template):
             r["suite"] = name
             rows.append(r)
     out = summarise(rows)
@@ -500,39 +429,3 @@ def evaluate_suites(model, tokenizer, suites: Sequence[str] = ("lab",), max_per_
                cpu_seconds=round(time.process_time() - c0, 2), template=template,
                max_per_task=max_per_task, max_per_file=max_per_file, seed=seed)
     return out
-
-
-def paired_bootstrap(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]], n_boot: int = 2000,
-                     seed: int = 0, key: str = "correct") -> tuple[float, float]:
-    """95% interval of ``avg(b) - avg(a)`` (percent points) by a paired bootstrap over items.
-
-    Items are matched by (suite, id) and resampled with replacement within each task, so
-    each replicate keeps the suite/task structure of :func:`summarise`'s ``avg``.
-    """
-    diffs = bootstrap_gaps(rows_a, rows_b, n_boot, seed, key)
-    return float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
-
-
-def bootstrap_gaps(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]], n_boot: int = 2000,
-                   seed: int = 0, key: str = "correct") -> np.ndarray:
-    """``n_boot`` paired-bootstrap replicates of ``avg(b) - avg(a)`` in percent points (see
-    :func:`paired_bootstrap`); averaging the replicates of several seeds pools them."""
-    a = {(r["suite"], r["id"]): r for r in rows_a}
-    b = {(r["suite"], r["id"]): r for r in rows_b}
-    if set(a) != set(b):
-        raise ValueError("paired_bootstrap: the two runs scored different items.")
-    strata: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    for k in sorted(a):
-        strata.setdefault((k[0], a[k]["task"]), []).append(k)
-    suites = sorted({s for s, _ in strata})
-    rng = np.random.default_rng(seed)
-    diffs = np.zeros(n_boot)
-    for s in suites:
-        task_keys = [v for (su, _), v in sorted(strata.items()) if su == s]
-        suite_diff = np.zeros(n_boot)
-        for keys in task_keys:
-            d = np.array([float(b[k][key]) - float(a[k][key]) for k in keys])
-            idx = rng.integers(0, len(d), size=(n_boot, len(d)))
-            suite_diff += d[idx].mean(axis=1)
-        diffs += suite_diff / len(task_keys)
-    return 100.0 * diffs / len(suites)

@@ -18,23 +18,19 @@ with keys as ``peft.get_peft_model_state_dict`` writes them::
 
 :func:`to_layers` and :func:`to_flat` convert between the two (one parser, one regex).
 
-Initialisation (one draw, PEFT's default)
------------------------------------------
+Initialisation (one draw, one seed rule, PEFT's default)
+--------------------------------------------------------
 ``A ~ U(-1/sqrt(in), 1/sqrt(in))`` (PEFT's ``kaiming_uniform_(a=sqrt 5)``), ``B = 0``, so a fresh
-adapter changes nothing (``B A = 0``). :func:`draw_lora_a` is the one draw; the generator comes
-from one of two seed rules, kept apart because the committed results were produced with both:
-
-* *per key* (:func:`key_seed`, used by :func:`seeded_lora_init`): each A has its own generator
-  seeded by ``(seed * 1_000_003 + crc32(canonical key)) mod 2^63``, so any party that knows
-  ``seed`` and the key rebuilds the same A (FFA-LoRA's shared A, FLoRA's per-round adapters);
-* *sequential* (:func:`devft_lab.method.submodel.init_global_lora`): one generator seeded by
-  ``seed`` draws the As layer by layer in module order (the full model's global LoRA).
+adapter changes nothing (``B A = 0``). :func:`draw_lora_a` is the one draw; one generator seeded
+by ``seed`` draws the As in module order, layer by layer: :func:`seeded_lora_init` over a flat
+template (FFA-LoRA's shared A, FLoRA's per-round adapters) and
+:func:`devft_lab.method.submodel.init_global_lora` over a model (the full model's global LoRA)
+give the same As for the same seed.
 """
 from __future__ import annotations
 
 import math
 import re
-import zlib
 from collections.abc import Mapping
 
 import torch
@@ -149,6 +145,16 @@ def set_lora_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], st
         p.copy_(v.to(device=p.device, dtype=p.dtype))
 
 
+# --------------------------------------------------------------------------- the update
+def delta(a: torch.Tensor, b: torch.Tensor, scaling: float = 1.0) -> torch.Tensor:
+    """The weight update of one adapted module, ``Delta W = scaling * B A`` (LoRA, Hu et al. 2021,
+    ``h = W x + (alpha / r) B A x``), of shape ``(out, in)`` in the inputs' dtype.
+
+    PEFT's ``LoraLayer.get_delta_weight`` (a ``Linear`` without ``fan_in_fan_out``); the one place
+    the product is formed: cast ``a`` and ``b`` first for another precision."""
+    return (b @ a) * scaling
+
+
 # --------------------------------------------------------------------------- initialisation
 def draw_lora_a(shape: tuple[int, int] | torch.Size, generator: torch.Generator) -> torch.Tensor:
     """``A ~ U(-1/sqrt(in), 1/sqrt(in))`` of shape ``(r, in)`` in float32 (PEFT's default init)."""
@@ -156,19 +162,15 @@ def draw_lora_a(shape: tuple[int, int] | torch.Size, generator: torch.Generator)
     return (torch.rand(tuple(shape), generator=generator, dtype=torch.float32) * 2 - 1) * bound
 
 
-def key_seed(seed: int, key: str) -> int:
-    """The per-key seed rule: ``(seed * 1_000_003 + crc32(canonical key)) mod 2^63``."""
-    return (int(seed) * 1_000_003 + zlib.crc32(canonical_key(key).encode())) % (2**63)
-
-
 def seeded_lora_init(template: Mapping[str, torch.Tensor], seed: int, reinit_b: bool = True) -> State:
-    """A fresh flat adapter with the template's shapes: each A drawn with :func:`key_seed`
-    (:func:`draw_lora_a`), B = 0 (or kept with ``reinit_b=False``); other tensors copied."""
+    """A fresh flat adapter with the template's shapes: one generator seeded by ``seed`` draws
+    every A in the template's order (:func:`draw_lora_a`), B = 0 (or kept with ``reinit_b=False``);
+    other tensors copied. Any party with the same template and seed rebuilds the same A."""
+    gen = torch.Generator().manual_seed(int(seed))
     out: State = {}
     for k, v in template.items():
         if is_lora_a(k):
-            a = draw_lora_a(v.shape, torch.Generator().manual_seed(key_seed(seed, k)))
-            out[k] = a.to(dtype=v.dtype, device=v.device)
+            out[k] = draw_lora_a(v.shape, gen).to(dtype=v.dtype, device=v.device)
         elif is_lora_b(k) and reinit_b:
             out[k] = torch.zeros_like(v)
         else:

@@ -6,7 +6,7 @@ For each run folder: scores the base model and base + ``adapter/`` (PEFT format)
 evaluation suites (every item the run itself scored, ``eval.max_per_task`` honoured) in the
 run's recorded compute dtype, and reports accuracy, the correct answers' loss per token
 (``answer_nll``) and a 95% paired-bootstrap interval of the accuracy gain
-(:func:`devft_lab.core.evaluate.paired_bootstrap`, resampled within tasks).
+(:func:`devft_lab.stats.paired_bootstrap`, resampled within tasks).
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def score_run(run_dir: Path, write_items: bool = False) -> dict[str, Any]:
     from peft import PeftModel
 
     from devft_lab.core.device import autocast_context
-    from devft_lab.core.evaluate import evaluate_suites, paired_bootstrap, summarise
+    from devft_lab.core.evaluate import evaluate_suites
+    from devft_lab.stats import paired_bootstrap, summarise
     from devft_lab.core.models import load_model
     from devft_lab.runner.config import load_config
 

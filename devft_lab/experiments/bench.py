@@ -25,7 +25,7 @@ neighbour's load):
 * ``gemm_ceiling``: the share of the peak that the step's own linear-layer GEMMs reach when timed
   alone at the step's shapes (:func:`gemm_ceiling`, best of one measurement a pass): an upper bound
   for any local step here;
-* ``eval``: multiple-choice items/s of the old one-item-at-a-time scorer and the batched one
+* ``eval``: multiple-choice items/s of the scorer one item a pass and packed (its defaults)
   (fp32, and in the probed dtype), with how many predictions agree and ``peak_share`` (forward
   FLOP/s, ``2 N`` per token, over the dtype's matmul peak: what bounds any further speed-up);
 * ``stage_round_cost_ratio``: one client round's time at each DevFT stage over a full-model
@@ -238,7 +238,7 @@ def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int 
 
 
 def eval_speed(model_name: str, dtype: str, n_items: int = 60, repeats: int = 2) -> dict:
-    """Items/s of the one-at-a-time scorer vs the batched one, and agreement of predictions
+    """Items/s of the scorer one item a pass vs packed (its defaults), and agreement of predictions
     (each the best of ``repeats`` interleaved passes, as in :func:`throughput`)."""
     from devft_lab.core.device import autocast_context
     from devft_lab.core.evaluate import score_multiple_choice
@@ -249,9 +249,10 @@ def eval_speed(model_name: str, dtype: str, n_items: int = 60, repeats: int = 2)
     items = [it for s in expand_suites("lab") for it in load_suite(s)]
     items = random.Random(0).sample(items, min(n_items, len(items)))
     score_multiple_choice(model, tok, items[:2], "chat")  # warm-up
-    runs = {"one_at_a_time_float32": (False, "float32"), "batched_float32": (True, "float32")}
+    one, packed = dict(max_tokens=1, row_tokens=1), {}  # pass and row sizes
+    runs = {"one_at_a_time_float32": (one, "float32"), "batched_float32": (packed, "float32")}
     if dtype != "float32":
-        runs[f"batched_{dtype}"] = (True, dtype)
+        runs[f"batched_{dtype}"] = (packed, dtype)
     from devft_lab.core.evaluate import _encode, get_template
 
     chat = get_template("chat")
@@ -259,10 +260,10 @@ def eval_speed(model_name: str, dtype: str, n_items: int = 60, repeats: int = 2)
     out, rows = {"items": len(items), "tokens": tokens}, {}
     best = {name: float("inf") for name in runs}
     for _ in range(max(1, repeats)):
-        for name, (batched, dt) in runs.items():
+        for name, (sizes, dt) in runs.items():
             t = time.perf_counter()
             with autocast_context("cpu", dt):
-                rows[name] = score_multiple_choice(model, tok, items, "chat", batched=batched)
+                rows[name] = score_multiple_choice(model, tok, items, "chat", **sizes)
             best[name] = min(best[name], time.perf_counter() - t)
     for name in runs:
         out[name] = {"items_per_s": len(items) / best[name],

@@ -87,7 +87,7 @@ def load_signal_config(path: str | Path | None, overrides: list[str] = ()) -> Si
 
 def average(base_rows: list[dict], ft_rows: list[dict], suites: list[str], cfg: SignalConfig) -> dict[str, Any]:
     """Base / fine-tuned macro average over ``suites``, the gap and its paired-bootstrap interval."""
-    from devft_lab.core.evaluate import paired_bootstrap, summarise
+    from devft_lab.stats import paired_bootstrap, summarise
 
     b = [r for r in base_rows if r["suite"] in suites]
     f = [r for r in ft_rows if r["suite"] in suites]
@@ -100,7 +100,7 @@ def average(base_rows: list[dict], ft_rows: list[dict], suites: list[str], cfg: 
 
 def suite_gaps(base: dict[str, Any], ft: dict[str, Any], cfg: SignalConfig) -> dict[str, Any]:
     """Per-suite base / fine-tuned / gap / interval, with per-task numbers."""
-    from devft_lab.core.evaluate import paired_bootstrap
+    from devft_lab.stats import paired_bootstrap
 
     out = {}
     for name, b in base["suites"].items():

@@ -185,7 +185,6 @@ def make_lab(model_name: str, holdout: int = 48, max_per_task: int | None = 25, 
              suites: Sequence[str] = ("indist",), overrides: Sequence[str] = ()) -> Lab:
     """Load ``model_name`` and the lab's data and settings (``examples``: another pool, e.g. tests';
     ``suites=()``: no accuracy). ``recorded``: the compute settings of existing points, reused."""
-    from devft_lab.core.evaluate import SCORER_VERSION
     from devft_lab.core.models import load_model
     from devft_lab.core.train import collate, encode_examples
     from devft_lab.data.lab import load_pool, load_suite
@@ -211,7 +210,7 @@ def make_lab(model_name: str, holdout: int = 48, max_per_task: int | None = 25, 
                 "beta": cfg.devft.beta, "transfer": "copy", "holdout": holdout, "split_seed": SPLIT_SEED,
                 "pool": "lab" if examples is None else f"{len(pool)} given examples",
                 "probe_examples": cfg.devft.probe_examples, "suites": list(suites), "max_per_task": max_per_task,
-                "items": sum(map(len, items.values())), "scorer": SCORER_VERSION, "dtype": compute["dtype"],
+                "items": sum(map(len, items.values())), "dtype": compute["dtype"],
                 "attention": compute.get("attention"), "compile": bool(compile)}
     return Lab(model=model, tokenizer=tok, lora_config=lcfg, train=[enc[i] for i in train_idx],
                heldout=[collate(held[i:i + 8], pad) for i in range(0, len(held), 8)],
@@ -228,7 +227,8 @@ def run_point(lab: Lab, groups: Sequence[Sequence[int]] | None, fusion: str, ste
     ``steps`` steps, copy back, measure the full model. Returns the point's record; ``keep`` (a dict)
     receives the stand-in's trained LoRA (``reps``) and the full model's after copy back (``global_lora``)."""
     from devft_lab.core.device import autocast_context
-    from devft_lab.core.evaluate import score_multiple_choice, summarise
+    from devft_lab.core.evaluate import score_multiple_choice
+    from devft_lab.stats import summarise
     from devft_lab.core.lora import get_lora_state
     from devft_lab.core.train import mean_response_loss, train_local
     from devft_lab.plans.devft import DevFTPlan
@@ -350,7 +350,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 CHECKED = ("model", "config", "steps", "lr", "batch_size", "grad_accum", "max_grad_norm", "seq_len", "packing",
            "lora", "beta", "transfer", "holdout", "split_seed", "pool", "probe_examples", "suites", "max_per_task",
-           "items", "scorer", "dtype")  # a point file is reused only when these match (compile: speed only)
+           "items", "dtype")  # a point file is reused only when these match (compile: speed only)
 
 
 def settings_clash(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:

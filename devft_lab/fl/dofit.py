@@ -71,6 +71,7 @@ from typing import Mapping, Sequence
 import torch
 
 from devft_lab.core.choices import ConfigError
+from devft_lab.core.lora import delta
 from devft_lab.fl.strategies import (ClientProfile, State, Strategy, clone_state, lora_pairs, normalise_weights,
                                      register, weighted_mean)
 
@@ -99,7 +100,7 @@ def intra_domain(uploads: Sequence[Mapping[str, torch.Tensor]], weights: Sequenc
 
 def module_importance(state: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """``||B A||_F`` of every adapted module (the lab's importance score; OPEN, see the module doc)."""
-    return {m: float(torch.linalg.matrix_norm(state[kb].double() @ state[ka].double()))
+    return {m: float(torch.linalg.matrix_norm(delta(state[ka].double(), state[kb].double())))
             for m, (ka, kb) in lora_pairs(state).items()}
 
 

@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Sequenc
 import torch
 
 from devft_lab.core.choices import ConfigError, closest
-from devft_lab.core.lora import (State, canonical_key, get_lora_state, is_lora_a, is_lora_b,  # noqa: F401
+from devft_lab.core.lora import (State, canonical_key, delta, get_lora_state, is_lora_a, is_lora_b,  # noqa: F401
                                  lora_pairs, lora_parameters, module_name, seeded_lora_init, set_lora_state)
 
 if TYPE_CHECKING:
@@ -473,7 +473,7 @@ class FLoRA(Strategy):
         for mod, (ka, kb) in lora_pairs(client_states[0]).items():
             acc = None
             for pk, sk, st in zip(p, s, client_states):
-                d = st[kb].detach().to(torch.float64) @ st[ka].detach().to(torch.float64)
+                d = delta(st[ka].detach().to(torch.float64), st[kb].detach().to(torch.float64))
                 acc = pk * sk * d if acc is None else acc + pk * sk * d
             ref = client_states[0][ka].dtype
             out[mod] = acc.to(torch.float64 if ref == torch.float64 else torch.float32)
@@ -484,7 +484,7 @@ def stacked_delta(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Dense ``B @ A`` per module of any LoRA state (for FLoRA: the stacked one), in float32."""
     out = {}
     for mod, (ka, kb) in lora_pairs(state).items():
-        out[mod] = (state[kb].detach().to(torch.float64) @ state[ka].detach().to(torch.float64)).float()
+        out[mod] = delta(state[ka].detach().to(torch.float64), state[kb].detach().to(torch.float64)).float()
     return out
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from devft_lab.core.layers import decoder_layers, num_layers
+from devft_lab.core.lora import delta
 
 SIMILARITIES = ("parameters", "function")  # devft.similarity: DGLG's W from parameters (paper) or function
 TensorDict = Mapping[str, torch.Tensor]
@@ -155,7 +156,7 @@ class _LazyMerged(Mapping):
         a_name = name[: -len(".weight")] + ".lora_A.weight" if name.endswith(".weight") else None
         if a_name in self.lora:
             a, b = self.lora[a_name], self.lora[a_name.replace(".lora_A.", ".lora_B.")]
-            w = w.float() + self.scaling * (b.float() @ a.float())
+            w = w.float() + delta(a.float(), b.float(), self.scaling)
         return w
 
     def __iter__(self):

@@ -63,7 +63,7 @@ def _targets(lora_config) -> set[str]:
 def init_global_lora(full_model: nn.Module, lora_config=None, seed: int = 0) -> GlobalLoRA:
     """A fresh global LoRA as PEFT initialises it: A ~ kaiming_uniform(a=sqrt 5), B = 0.
 
-    Seed rule (*sequential*, see :mod:`devft_lab.core.lora`): one generator seeded by ``seed``
+    The seed rule (see :mod:`devft_lab.core.lora`): one generator seeded by ``seed``
     draws every A (:func:`~devft_lab.core.lora.draw_lora_a`) layer by layer, modules in
     ``named_modules`` order. A non-zero B (e.g. for tests) is obtained by editing the tensors.
     """

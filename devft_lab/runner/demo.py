@@ -43,7 +43,7 @@ def main(model_name: str = "smollm2-135m", quiet: bool = False, overrides: list[
 
 def gain_ci(run_dir) -> str:
     """``, 95% CI [lo, hi] over N items`` from the run's scored items (paired), or ``""``."""
-    from devft_lab.core.evaluate import paired_bootstrap
+    from devft_lab.stats import paired_bootstrap
     from devft_lab.runner.run import read_items
 
     a, b = read_items(run_dir / "initial_items.jsonl"), read_items(run_dir / "final_items.jsonl")

@@ -175,19 +175,14 @@ def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict], compute_dtype
             return _evaluate(model)
 
     def _evaluate(model: torch.nn.Module) -> dict[str, float]:
-        from devft_lab.core.train import collate, lm_loss
+        from devft_lab.core.train import collate, mean_response_loss
 
         was = model.training
         model.eval()
         out: dict[str, float] = {}
-        if holdout:
-            device = next(model.parameters()).device
-            total, n = 0.0, 0
-            for i in range(0, len(holdout), 8):
-                batch = {k: v.to(device) for k, v in collate(holdout[i:i + 8], tokenizer.pad_token_id or 0).items()}
-                loss, k = lm_loss(model, batch)
-                total, n = total + float(loss), n + k
-            out["eval_loss"] = total / max(n, 1)
+        if holdout:  # already under autocast in compute_dtype
+            out["eval_loss"] = mean_response_loss(
+                model, [collate(holdout[i:i + 8], tokenizer.pad_token_id or 0) for i in range(0, len(holdout), 8)])
         if cfg.eval.suites:
             from devft_lab.core.evaluate import evaluate_suites
 
@@ -215,7 +210,7 @@ def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict], compute_dtype
 
 def item_row(r: dict[str, Any]) -> dict[str, Any]:
     """One scored item as kept in a run folder (``initial_items.jsonl``, ``final_items.jsonl``):
-    enough to pair two runs item by item (:func:`devft_lab.core.evaluate.paired_bootstrap`)."""
+    enough to pair two runs item by item (:func:`devft_lab.stats.paired_bootstrap`)."""
     return {k: r[k] for k in ("suite", "id", "task", "pred", "correct", "correct_norm", "answer_nll") if k in r}
 
 
@@ -467,19 +462,19 @@ def base_eval_cache(cfg: RunConfig, compute_dtype: str, fingerprint: str) -> Pat
     what is scored (``fingerprint``: the held-out examples and items, see make_evaluator). The
     method, LoRA and federation settings do not change it, since every adapter starts at B = 0,
     so runs that differ only in method share it. A local model's files enter the key by size and
-    modification time, and the scorer's version (:data:`devft_lab.core.evaluate.SCORER_VERSION`)
+    modification time, and the scorer's source (:func:`devft_lab.core.evaluate.scorer_digest`)
     enters it too."""
     import hashlib
     from dataclasses import asdict
 
     from devft_lab import __version__
-    from devft_lab.core.evaluate import SCORER_VERSION
+    from devft_lab.core import evaluate
     from devft_lab.core.models import cache_dir
 
     local = Path(cfg.model.name).expanduser()  # a local folder or file: changed weights, new key
     files = sorted(local.rglob("*") if local.is_dir() else [local]) if local.exists() else []
     weights = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
-    key = {"v": __version__, "scorer": SCORER_VERSION, "model": asdict(cfg.model), "weights": weights, "dtype": compute_dtype,
+    key = {"v": __version__, "scorer": evaluate.scorer_digest(), "model": asdict(cfg.model), "weights": weights, "dtype": compute_dtype,
            "what": fingerprint, "template": cfg.data.template, "device": str(device_of(cfg))}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return cache_dir() / "base_eval" / f"{cfg.model.name.replace('/', '_')}-{digest}.json"

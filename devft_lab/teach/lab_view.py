@@ -482,7 +482,7 @@ def table_figure(t: dict[str, Any], root: str | Path = "."):
 def run_expectation(run_dir: str | Path, what: str = "this config") -> str:
     """"You should see A -> B % (+g, paired 95% CI [lo, hi] over N items) in about Z minutes" from
     one committed run folder (its summary, meta and scored items)."""
-    from devft_lab.core.evaluate import paired_bootstrap
+    from devft_lab.stats import paired_bootstrap
     from devft_lab.runner.run import read_items
 
     d = Path(run_dir)

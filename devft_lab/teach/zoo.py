@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from devft_lab.core.lora import delta
 from devft_lab.fl.accounting import tensor_bytes
 from devft_lab.fl.strategies import (FedSALoRA, FLoRA, State, Strategy, get_strategy, is_lora_a,
                                      is_lora_b, lora_pairs, normalise_weights, stacked_delta)
@@ -46,7 +47,7 @@ def ideal_delta(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[
     p = _weights(states, weights)
     out = {}
     for mod, (ka, kb) in lora_pairs(states[0]).items():
-        out[mod] = sum(pk * (s[kb].double() @ s[ka].double()) for pk, s in zip(p, states))
+        out[mod] = sum(pk * delta(s[ka].double(), s[kb].double()) for pk, s in zip(p, states))
     return out
 
 
@@ -58,7 +59,7 @@ def fedavg_delta(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence
     for mod, (ka, kb) in lora_pairs(states[0]).items():
         b = sum(pk * s[kb].double() for pk, s in zip(p, states))
         a = sum(pk * s[ka].double() for pk, s in zip(p, states))
-        out[mod] = b @ a
+        out[mod] = delta(a, b)
     return out
 
 
@@ -70,7 +71,7 @@ def covariance_delta(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequ
     for mod, (ka, kb) in lora_pairs(states[0]).items():
         b = sum(pk * s[kb].double() for pk, s in zip(p, states))
         a = sum(pk * s[ka].double() for pk, s in zip(p, states))
-        out[mod] = sum(pk * ((s[kb].double() - b) @ (s[ka].double() - a)) for pk, s in zip(p, states))
+        out[mod] = sum(pk * delta(s[ka].double() - a, s[kb].double() - b) for pk, s in zip(p, states))
     return out
 
 
@@ -185,7 +186,7 @@ def strategy_delta(strategy: Strategy, global_state: Mapping[str, torch.Tensor],
         new = strategy.eval_state(new, [strategy.persist(s) for s in client_states], weights)
     if isinstance(strategy, FLoRA):
         return {m: d.double() for m, d in stacked_delta(new).items()}
-    return {m: new[kb].double() @ new[ka].double() for m, (ka, kb) in lora_pairs(new).items()}
+    return {m: delta(new[ka].double(), new[kb].double()) for m, (ka, kb) in lora_pairs(new).items()}
 
 
 def local_update(strategy: Strategy, start: Mapping[str, torch.Tensor], step: float, seed: int) -> State:

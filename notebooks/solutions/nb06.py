@@ -30,7 +30,7 @@ def exercise_1():
 def exercise_2():
     """One paired gap by hand: seed 42's DevFT − FedIT from the two runs' scored items, and its 95%
     paired-bootstrap interval, equal to what the main table recorded for that seed."""
-    from devft_lab.core.evaluate import paired_bootstrap, summarise
+    from devft_lab.stats import paired_bootstrap, summarise
     from devft_lab.runner.run import read_items
 
     t = _table("main")

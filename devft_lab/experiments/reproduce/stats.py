@@ -97,7 +97,7 @@ def paired_items(a: dict[int, list[dict]], b: dict[int, list[dict]], n_boot: int
     which ``paired``'s std shows), ``half_width`` and ``per_seed`` gaps with their own intervals."""
     import numpy as np
 
-    from devft_lab.core.evaluate import bootstrap_gaps, summarise
+    from devft_lab.stats import bootstrap_gaps, summarise
 
     seeds = sorted(set(a) & set(b))
     if not seeds:
