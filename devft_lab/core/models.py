@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from devft_lab.core.files import sha256_file
+from devft_lab.data.files import sha256_file
 
 MANIFEST = "devft_manifest.json"
 

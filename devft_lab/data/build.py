@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from devft_lab.data.files import sha256_file
 from devft_lab.data.records import DataError, check_instruction, check_mc_item, normalise_text, write_jsonl
-from devft_lab.core.files import sha256_file
 
 BIGBENCH = ("bigbench", "1.0.0", "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2")
 EVALS = ("evals", "3.0.1.post1", "0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78")
