@@ -327,7 +327,7 @@ def find_evals_wheel(sources: Path) -> Path:
 
 def main_general(args: argparse.Namespace) -> int:
     """``--pool general``: build (or ``--check``) data/general from the evals wheel."""
-    from devft_lab.data.general import build_general  # optional/heavy: none (devft_lab.data.general imports this module: a cycle)
+    from devft_lab.data.general import build_general  # optional/heavy: no, but data.general imports this module (a cycle)
 
     out = general_dir() if args.out == DEFAULT_OUT else args.out
     other = {name: read_items(data_dir() / f) for name, f in SUITE_FILES.items()}  # the lab's committed suites

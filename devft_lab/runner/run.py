@@ -43,7 +43,8 @@ from devft_lab import __version__
 from devft_lab.core.attention import choose_attention
 from devft_lab.core.compiled import compile_available
 from devft_lab.core.device import autocast_context, compute_dtype
-from devft_lab.core.evaluate import SCORER_VERSION, evaluate_suites
+from devft_lab.core import evaluate as scorer  # scorer.SCORER_VERSION read when a key is made
+from devft_lab.core.evaluate import evaluate_suites
 from devft_lab.core.layers import num_layers
 from devft_lab.core.models import cache_dir, load_model
 from devft_lab.data import DataError, load_examples
@@ -449,7 +450,7 @@ def base_eval_cache(cfg: RunConfig, compute_dtype: str, fingerprint: str) -> Pat
     local = Path(cfg.model.name).expanduser()  # a local folder or file: changed weights, new key
     files = sorted(local.rglob("*") if local.is_dir() else [local]) if local.exists() else []
     weights = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
-    key = {"v": __version__, "scorer": SCORER_VERSION, "model": asdict(cfg.model), "weights": weights, "dtype": compute_dtype,
+    key = {"v": __version__, "scorer": scorer.SCORER_VERSION, "model": asdict(cfg.model), "weights": weights, "dtype": compute_dtype,
            "what": fingerprint, "template": cfg.data.template, "device": str(device_of(cfg))}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return cache_dir() / "base_eval" / f"{cfg.model.name.replace('/', '_')}-{digest}.json"
