@@ -19,14 +19,20 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
+
+from devft_lab.experiments.reproduce import add_reproduce_parser
+from devft_lab.experiments.sweep import add_sweep_parser
+from devft_lab.runner.report import main as report_main
+from devft_lab.runner.tensorboard import export
 
 EXIT_BAD_INPUT = 2
 SUMMARY_KEYS = ("rounds", "paper_bytes", "full_bytes", "final", "scored")  # printed when a run ends
 
 
 def _cmd_model_list(args) -> int:
-    from devft_lab.core.models import GGUF_PRESETS, TINY_PRESETS
+    from devft_lab.core.models import GGUF_PRESETS, TINY_PRESETS  # optional/heavy: torch
 
     for p in GGUF_PRESETS.values():
         print(f"{p.name:14s} {p.description}\n{'':14s} package {p.package}=={p.version}; licence: {p.licence}")
@@ -38,7 +44,7 @@ def _cmd_model_list(args) -> int:
 
 
 def _cmd_model_prepare(args) -> int:
-    from devft_lab.core.models import GGUF_PRESETS, TINY_PRESETS, ModelLoadError, gguf_file_of, prepare_model
+    from devft_lab.core.models import GGUF_PRESETS, TINY_PRESETS, ModelLoadError, gguf_file_of, prepare_model  # optional/heavy: torch
 
     if args.name in TINY_PRESETS:
         print(f"{args.name} is built in memory; nothing to prepare.")
@@ -55,8 +61,8 @@ def _cmd_model_prepare(args) -> int:
 
 
 def _cmd_model_ask(args) -> int:
-    from devft_lab.core.generate import answer
-    from devft_lab.core.models import load_model
+    from devft_lab.core.generate import answer  # optional/heavy: torch
+    from devft_lab.core.models import load_model  # optional/heavy: torch
 
     model, tok = load_model(args.name)
     print(answer(model, tok, args.question, max_new_tokens=args.max_new_tokens))
@@ -64,14 +70,14 @@ def _cmd_model_ask(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from devft_lab.runner.demo import main as demo_main
+    from devft_lab.runner.demo import main as demo_main  # optional/heavy: torch
 
     return demo_main(model_name=args.model, quiet=args.quiet)
 
 
 def _cmd_run(args) -> int:
-    from devft_lab.runner.config import load_config
-    from devft_lab.runner.run import start
+    from devft_lab.runner.config import load_config  # optional/heavy: torch
+    from devft_lab.runner.run import start  # optional/heavy: torch
 
     cfg = load_config(args.config, args.overrides)
     summary = start(cfg, force=args.force, quiet=args.quiet,
@@ -81,7 +87,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_resume(args) -> int:
-    from devft_lab.runner.run import resume
+    from devft_lab.runner.run import resume  # optional/heavy: torch
 
     summary = resume(args.run_dir, quiet=args.quiet)
     print(json.dumps({k: summary[k] for k in SUMMARY_KEYS if k in summary}))
@@ -89,19 +95,15 @@ def _cmd_resume(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from devft_lab.runner.report import main as report_main
-
     print(report_main(args.run_dirs, args.out))
     if args.tensorboard:
-        from devft_lab.runner.tensorboard import export
-
         for d in args.run_dirs:
             print(f"tensorboard: {export(d)}  (tensorboard --logdir {Path(d) / 'tensorboard'})")
     return 0
 
 
 def _cmd_config(args) -> int:
-    from devft_lab.runner.config import load_config, shipped_configs, to_yaml
+    from devft_lab.runner.config import load_config, shipped_configs, to_yaml  # optional/heavy: torch
 
     if args.config_command == "list":
         print("\n".join(shipped_configs()))
@@ -148,11 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--tensorboard", action="store_true",
                     help="also export each run's log as TensorBoard events to RUN_DIR/tensorboard/")
     rp.set_defaults(func=_cmd_report)
-    from devft_lab.experiments.reproduce import add_reproduce_parser
-
     add_reproduce_parser(sub)  # devft-lab reproduce TABLE --scale lab|paper|smoke
-    from devft_lab.experiments.sweep import add_sweep_parser
-
     add_sweep_parser(sub)  # devft-lab sweep --scale lab|smoke [--factors ...]
     dp = sub.add_parser("data", help="the lab benchmark: devft-lab data build --help")
     dp.add_argument("data_command", choices=["build"])
@@ -168,21 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from devft_lab.core.layers import UnsupportedArchitectureError
-    from devft_lab.fl.checkpoint import CheckpointError
-    from devft_lab.core.models import ModelLoadError, presets
-    from devft_lab.runner.run import RunError
-
-    import warnings
+    from devft_lab.core.layers import UnsupportedArchitectureError  # optional/heavy: torch
+    from devft_lab.fl.checkpoint import CheckpointError  # optional/heavy: torch
+    from devft_lab.core.models import ModelLoadError, presets  # optional/heavy: torch
+    from devft_lab.runner.run import RunError  # optional/heavy: torch
 
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # PEFT -> transformers 5 noise
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["data", "build"]:  # its own parser: devft-lab data build [--check ...]
-        from devft_lab.data.build import main as build_main
+        from devft_lab.data.build import main as build_main  # optional/heavy: numpy
 
         return build_main(argv[2:])
     if argv[:1] == ["flower"]:  # its own parser: devft-lab flower sim|local|app-dir|run-config ...
-        from devft_lab.flower.cli import main as flower_main
+        from devft_lab.flower.cli import main as flower_main  # optional/heavy: yaml, flwr
 
         return flower_main(argv[1:])
     args = build_parser().parse_args(argv)

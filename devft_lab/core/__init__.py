@@ -1,1 +1,1 @@
-"""Foundations: models (presets, loading, GGUF cache), layers (architecture adapter), lora (the LoRA state: forms, parser, init), train (the local step), evaluate (scoring), generate, files, choices (ConfigError and the closest-name hint), tables (the Markdown table writer)."""
+"""Foundations: models (presets, loading, GGUF cache), layers (architecture adapter), lora (the LoRA state: forms, parser, init), train (the local step), evaluate (scoring), generate, choices (ConfigError and the closest-name hint), tables (the Markdown table writer)."""

@@ -23,6 +23,10 @@ rebuilt.
 """
 from __future__ import annotations
 
+import ctypes
+import gc
+import hashlib
+import importlib
 import importlib.metadata as md
 import json
 import os
@@ -34,8 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
+from safetensors.torch import save_model
 
-from devft_lab.core.files import sha256_file
+from devft_lab.data.files import sha256_file
 
 MANIFEST = "devft_manifest.json"
 
@@ -109,8 +115,8 @@ def default_dtype(device: str) -> torch.dtype:
 # --------------------------------------------------------------------------- tiny models
 def byte_tokenizer():
     """A byte-level tokenizer (256 bytes + 3 specials) that needs no download."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # optional/heavy: tokenizers
+    from transformers import PreTrainedTokenizerFast  # optional/heavy: transformers
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
@@ -131,7 +137,7 @@ def byte_tokenizer():
 
 def tiny_config(model_type: str, num_layers: int = 8, hidden: int = 64, vocab_size: int = 259):
     """Config of a small random model of the given architecture."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # optional/heavy: transformers
 
     common = dict(
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
@@ -148,7 +154,7 @@ def tiny_config(model_type: str, num_layers: int = 8, hidden: int = 64, vocab_si
 
 def tiny_model(model_type: str = "llama", num_layers: int = 8, hidden: int = 64, seed: int = 0):
     """A randomly initialised causal LM and its byte tokenizer (seeded)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # optional/heavy: transformers
 
     tok = byte_tokenizer()
     cfg = tiny_config(model_type, num_layers, hidden, vocab_size=len(tok))
@@ -173,7 +179,6 @@ def gguf_path(preset: GGUFPreset) -> Path:
         ) from None
     if preset.assembler:
         # Chunked packages: join the parts once (the assembler checks the SHA-256).
-        import importlib
 
         target = cache_dir() / "gguf" / f"{preset.name}{preset.gguf_suffix}"
         try:
@@ -231,8 +236,7 @@ def cache_is_valid(folder: Path, check_hashes: bool = True) -> bool:
 
 def _convert_gguf(src: Path, dst: Path) -> None:
     """Dequantize a GGUF file to an fp32 safetensors folder that from_pretrained reads."""
-    from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # optional/heavy: transformers
 
     tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
     model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
@@ -251,9 +255,6 @@ def release_freed_memory() -> None:
     """Collect garbage and return freed heap pages to the OS (glibc ``malloc_trim``; a no-op
     elsewhere). After a GGUF conversion this drops the resident size by about the model's
     fp32 size, which glibc otherwise keeps for reuse."""
-    import ctypes
-    import gc
-
     gc.collect()
     if sys.platform.startswith("linux"):
         try:
@@ -277,8 +278,6 @@ def prepare_preset(name: str, install: bool = False, verbose: bool = True) -> Pa
 
 def _cached_conversion(src: Path, folder: Path, verbose: bool = True) -> Path:
     """Convert ``src`` into ``folder`` once (under a file lock, atomically); return ``folder``."""
-    from filelock import FileLock
-
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if cache_is_valid(folder, check_hashes=False) and _source_matches(folder, src):
@@ -325,8 +324,6 @@ def gguf_file_of(name: str | os.PathLike) -> Path | None:
 
 def gguf_cache_folder(src: Path) -> Path:
     """Cache folder of a user's GGUF file: ``gguf-<stem>-<8 hex of its absolute path>``."""
-    import hashlib
-
     tag = hashlib.sha256(str(Path(src).resolve()).encode()).hexdigest()[:8]
     return cache_dir() / f"gguf-{Path(src).stem}-{tag}"
 
@@ -380,8 +377,8 @@ def quantization_kwargs(quantization: str, device: str, dtype: torch.dtype) -> d
         raise ModelLoadError(f"model.quantization={quantization} needs a CUDA GPU (bitsandbytes); "
                              "on CPU set model.quantization=none (fp32).")
     try:
-        import bitsandbytes  # noqa: F401
-        from transformers import BitsAndBytesConfig
+        import bitsandbytes  # noqa: F401  optional/heavy: bitsandbytes (CUDA only)
+        from transformers import BitsAndBytesConfig  # optional/heavy: bitsandbytes (CUDA only)
     except ImportError:
         raise ModelLoadError(f"model.quantization={quantization} needs bitsandbytes: pip install bitsandbytes") from None
     if quantization == "int4":
@@ -406,7 +403,7 @@ def load_model(
     ``install=True`` pip-installs a missing preset package first. ``quantization`` "int4"
     or "int8" loads the frozen base through bitsandbytes (CUDA only; the paper used INT4).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # optional/heavy: transformers
 
     device = device or default_device()
     dtype = dtype or default_dtype(device)

@@ -1,4 +1,4 @@
-"""Data: records on disk, prompt templates, the lab benchmark (see data/README.md)."""
+"""Data, the lowest layer: records on disk, prompt templates, file hashes, the lab benchmark (see data/README.md)."""
 from devft_lab.data.records import (DataError, check_instruction, check_mc_item, iter_jsonl,
                                     normalise_text, write_jsonl)
 from devft_lab.data.templates import PromptTemplate, get_template

@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from devft_lab.data.files import sha256_file
 from devft_lab.data.records import DataError, check_instruction, check_mc_item, normalise_text, write_jsonl
-from devft_lab.core.files import sha256_file
+from devft_lab.data.lab import SUITE_FILES, data_dir, general_dir, read_items
 
 BIGBENCH = ("bigbench", "1.0.0", "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2")
 EVALS = ("evals", "3.0.1.post1", "0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78")
@@ -326,8 +327,7 @@ def find_evals_wheel(sources: Path) -> Path:
 
 def main_general(args: argparse.Namespace) -> int:
     """``--pool general``: build (or ``--check``) data/general from the evals wheel."""
-    from devft_lab.data.general import build_general
-    from devft_lab.data.lab import SUITE_FILES, data_dir, general_dir, read_items
+    from devft_lab.data.general import build_general  # optional/heavy: no, but data.general imports this module (a cycle)
 
     out = general_dir() if args.out == DEFAULT_OUT else args.out
     other = {name: read_items(data_dir() / f) for name, f in SUITE_FILES.items()}  # the lab's committed suites

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import yaml
+
 from devft_lab.data.build import EVALS, SEED, _rng, render_prompt, write_files
 from devft_lab.data.records import (DataError, chat_instruction, check_instruction, check_mc_item, compact_chat,
                                      normalise_text)
@@ -520,8 +522,6 @@ def candidates(evals_wheel: Path) -> dict[str, dict[str, Any]]:
     """Registry data folders that qualify for the pool (see the rule above :data:`POOL_TASKS`),
     before :data:`EXCLUDED`: ``{folder: {"members": [...], "usable": n}}``. Reads every registry
     eval YAML and every sample file of an exact/inclusion/fuzzy-match eval (slow: minutes)."""
-    import yaml
-
     files: dict[str, None] = {}
     with zipfile.ZipFile(evals_wheel) as zf:
         names = set(zf.namelist())

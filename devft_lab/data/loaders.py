@@ -101,7 +101,7 @@ def _item_lines(text: str, count: int) -> list[int] | None:
 def _read_hub(name: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """Rows of a Hugging Face dataset (``datasets`` imported lazily)."""
     try:
-        import datasets
+        import datasets  # optional/heavy: datasets (pip install devft-lab[hub])
     except ImportError:
         raise DataError(f"{name!r} is not a local file or a builtin ({', '.join(BUILTINS)}); loading it "
                         "as a Hugging Face dataset needs `pip install datasets` and a network. "
@@ -166,7 +166,7 @@ def _load_builtin(name: str, split: str) -> list[dict[str, Any]]:
     if name == "tiny":
         return tiny_examples(split)
     try:
-        from devft_lab.data import lab  # the lab benchmark; imported only when asked for
+        from devft_lab.data import lab  # optional/heavy: the lab benchmark, read only when asked for
     except ImportError as e:
         raise DataError(f"the builtin 'lab' pool is unavailable ({e}); update devft_lab, "
                         "or pass a local .json/.jsonl file or 'tiny'.") from None

@@ -236,7 +236,7 @@ def category_skew(parts: Sequence[Sequence[int]], categories: Sequence[Any]) -> 
 def plot_partition(parts: Sequence[Sequence[int]], categories: Sequence[Any], ax=None,
                    title: str | None = None):
     """Stacked bars of client x category counts (matplotlib); returns the axes."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional/heavy: matplotlib
 
     counts, names = partition_counts(parts, categories)
     if ax is None:

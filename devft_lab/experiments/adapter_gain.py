@@ -17,20 +17,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
+
+from devft_lab.core.device import autocast_context
+from devft_lab.core.evaluate import evaluate_suites
+from devft_lab.core.models import load_model
+from devft_lab.runner.config import load_config
+from devft_lab.runner.run import item_row, write_items as write
+from devft_lab.stats import paired_bootstrap, summarise
 
 
 def score_run(run_dir: Path, write_items: bool = False) -> dict[str, Any]:
     """Base vs adapter on ``run_dir``'s suites, paired on the same items; with ``write_items``
     the scored items go into the run folder as ``initial_items.jsonl`` / ``final_items.jsonl``
     where it has none (runs made before runs kept them)."""
-    from peft import PeftModel
-
-    from devft_lab.core.device import autocast_context
-    from devft_lab.core.evaluate import evaluate_suites
-    from devft_lab.stats import paired_bootstrap, summarise
-    from devft_lab.core.models import load_model
-    from devft_lab.runner.config import load_config
+    from peft import PeftModel  # optional/heavy: peft
 
     cfg = load_config(run_dir / "config.yaml")
     meta = json.loads((run_dir / "meta.json").read_text())
@@ -48,8 +48,6 @@ def score_run(run_dir: Path, write_items: bool = False) -> dict[str, Any]:
         tuned = evaluate_suites(tuned_model, tok, **kw)
     rows_base = base["items"]
     if write_items:
-        from devft_lab.runner.run import item_row, write_items as write
-
         for name, res in (("initial_items.jsonl", base), ("final_items.jsonl", tuned)):
             if not (run_dir / name).exists():
                 write(run_dir / name, [item_row({**r}) for r in res["items"]])

@@ -48,12 +48,34 @@ import json
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from collections import Counter
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
-from devft_lab.core.device import matmul_gflops as _gemm
+from devft_lab.core.device import autocast_context, matmul_gflops as _gemm, probe_compute_dtype
+from devft_lab.core.attention import choose_attention
+from devft_lab.core.compiled import compile_available
+from devft_lab.core.evaluate import _encode, get_template, score_multiple_choice
+from devft_lab.core.layers import decoder_layers, num_layers, unwrap
+from devft_lab.core.models import load_model
+from devft_lab.core.train import encode_examples, train_local
+from devft_lab.data import load_examples
+from devft_lab.data.lab import expand_suites, load_suite
+from devft_lab.experiments.trainer_peer import compare
+from devft_lab.fl.accounting import peak_rss_mb, tensor_bytes, training_flops
+from devft_lab.fl.client import LocalTraining
+from devft_lab.fl.simulation import Simulation, SimulationSettings
+from devft_lab.fl.strategies import get_strategy
+from devft_lab.method.grouping import even_groups
+from devft_lab.method.schedule import stage_capacities
+from devft_lab.method.submodel import build_submodel, default_lora_config
+from devft_lab.plans.devft import DevFTPlan
+from devft_lab.runner.config import DevFTConfig
+from devft_lab.runner.run import machine
 
 
 def matmul_gflops(n: int = 2048, repeat: int = 10, dtype: torch.dtype = torch.float32) -> float:
@@ -63,8 +85,6 @@ def matmul_gflops(n: int = 2048, repeat: int = 10, dtype: torch.dtype = torch.fl
 
 def _examples(n: int = 64) -> list[dict]:
     """``n`` pool examples drawn across tasks (seeded), so lengths vary as in a real batch."""
-    from devft_lab.data import load_examples
-
     try:
         pool = load_examples("lab")
     except Exception:  # the lab pool is not built: the synthetic set has the same shape
@@ -74,8 +94,6 @@ def _examples(n: int = 64) -> list[dict]:
 
 def _client_round_s(model, enc, steps: int, batch_size: int, pad_id: int, packing: bool = True,
                     dtype: str = "float32", compile: bool = False, attention: str = "sdpa") -> tuple[float, int]:
-    from devft_lab.core.train import train_local
-
     kw = dict(batch_size=batch_size, lr=1e-4, pad_id=pad_id, packing=packing, compute_dtype=dtype, compile=compile,
               attention=attention)
     torch.manual_seed(0)
@@ -93,10 +111,6 @@ def gemm_ceiling(model: torch.nn.Module, tokens: int, dtype: str, repeat: int = 
     LoRA or casts. ``train_gflops`` of that is what perfect fusion of everything else would give;
     over the square-GEMM peak it bounds ``peak_share`` from above.
     """
-    from collections import Counter
-
-    from devft_lab.core.layers import decoder_layers, unwrap
-
     shapes: Counter = Counter()
     for layer in decoder_layers(unwrap(model)):
         for name, mod in layer.named_modules():
@@ -135,10 +149,6 @@ def step_breakdown(model, enc, batch_size: int, pad_id: int, packing: bool, dtyp
     Shows what stands between the step and the GEMM peak. In a compiled step, ``fused (compiled)``
     holds every loop inductor fused (norms, rotary, SiLU, casts, and the softmax of ``eager``
     attention, whose two matmuls count as GEMMs)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from devft_lab.core.train import train_local
-
     kw = dict(batch_size=batch_size, lr=1e-4, pad_id=pad_id, packing=packing, compute_dtype=dtype, compile=compile,
               attention=attention)
     train_local(model, enc, steps=2 if compile else 1, seed=1, **kw)  # warm-up (and compilation)
@@ -162,16 +172,6 @@ def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int 
     the process's warm-up and for neighbours' load (that version measured ``train.compile`` at 1.35x
     over eager; interleaved best-of-3 measured 1.18x). ``seconds_all`` keeps every pass.
     """
-    from devft_lab.core.attention import choose_attention
-    from devft_lab.core.compiled import compile_available
-    from devft_lab.core.layers import num_layers
-    from devft_lab.core.models import load_model
-    from devft_lab.core.train import encode_examples
-    from devft_lab.fl.accounting import training_flops
-    from devft_lab.method.grouping import even_groups
-    from devft_lab.method.schedule import stage_capacities
-    from devft_lab.method.submodel import build_submodel, default_lora_config
-
     if repeats < 1:
         raise ValueError(f"repeats={repeats}: give at least 1.")
     model, tok = load_model(model_name, device="cpu")
@@ -240,11 +240,6 @@ def throughput(model_name: str, dtype: str, peaks: dict[str, float], steps: int 
 def eval_speed(model_name: str, dtype: str, n_items: int = 60, repeats: int = 2) -> dict:
     """Items/s of the scorer one item a pass vs packed (its defaults), and agreement of predictions
     (each the best of ``repeats`` interleaved passes, as in :func:`throughput`)."""
-    from devft_lab.core.device import autocast_context
-    from devft_lab.core.evaluate import score_multiple_choice
-    from devft_lab.core.models import load_model
-    from devft_lab.data.lab import expand_suites, load_suite
-
     model, tok = load_model(model_name, device="cpu")
     items = [it for s in expand_suites("lab") for it in load_suite(s)]
     items = random.Random(0).sample(items, min(n_items, len(items)))
@@ -253,7 +248,6 @@ def eval_speed(model_name: str, dtype: str, n_items: int = 60, repeats: int = 2)
     runs = {"one_at_a_time_float32": (one, "float32"), "batched_float32": (packed, "float32")}
     if dtype != "float32":
         runs[f"batched_{dtype}"] = (packed, dtype)
-    from devft_lab.core.evaluate import _encode, get_template
 
     chat = get_template("chat")
     tokens = sum(len(p) + sum(len(c) - 1 for c in cs) for p, cs in (_encode(tok, chat, it) for it in items))
@@ -278,20 +272,6 @@ def eval_speed(model_name: str, dtype: str, n_items: int = 60, repeats: int = 2)
 
 def _rss_child(model_name: str, clients: int) -> None:
     """Run in a fresh process: a FedSA-LoRA run where every client trains once; print peak RSS."""
-    import tempfile
-
-    from devft_lab.fl.accounting import peak_rss_mb, tensor_bytes
-    from devft_lab.fl.client import LocalTraining
-    from devft_lab.fl.simulation import Simulation, SimulationSettings
-    from devft_lab.fl.strategies import get_strategy
-    from devft_lab.method.schedule import stage_capacities
-    from devft_lab.plans.devft import DevFTPlan
-    from devft_lab.runner.config import DevFTConfig
-    from devft_lab.core.layers import num_layers
-    from devft_lab.method.submodel import default_lora_config
-    from devft_lab.core.models import load_model
-    from devft_lab.core.train import encode_examples
-
     model, tok = load_model(model_name, device="cpu")
     enc = encode_examples(tok, _examples(8), "chat", 64)
     data = [[enc[i % len(enc)]] for i in range(clients)]
@@ -333,9 +313,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.rss_child is not None:
         _rss_child(args.model, args.rss_child)
         return 0
-    from devft_lab.core.device import probe_compute_dtype
-    from devft_lab.experiments.trainer_peer import compare
-    from devft_lab.runner.run import machine
 
     t0 = time.perf_counter()
     res = {"model": args.model, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -34,15 +34,20 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from devft_lab.core.tables import markdown_table
+from devft_lab.experiments.reproduce.cells import Plan, SCALES, TABLES, V, cells_of, seeds_of
+from devft_lab.experiments.reproduce.stats import collect
+from devft_lab.runner.report import read_run
+
 
 def model_shape(name: str, r: int, target_modules: Sequence[str]):
     """:class:`devft_lab.experiments.paper_shapes.ShapeCounts` of model ``name`` (a preset, a cached
     preset folder or a hub id), built on the meta device from its config: no weights are loaded."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    import torch  # optional/heavy: torch
+    from transformers import AutoConfig, AutoModelForCausalLM  # optional/heavy: transformers
 
-    from devft_lab.core.models import TINY_PRESETS, byte_tokenizer, cache_dir, prepare_model, tiny_config
-    from devft_lab.experiments.paper_shapes import count_shape
+    from devft_lab.core.models import TINY_PRESETS, byte_tokenizer, cache_dir, prepare_model, tiny_config  # optional/heavy: torch (devft_lab.core.models)
+    from devft_lab.experiments.paper_shapes import count_shape  # optional/heavy: torch (devft_lab.experiments.paper_shapes)
 
     if name in TINY_PRESETS:
         config = tiny_config(TINY_PRESETS[name].model_type, vocab_size=len(byte_tokenizer()))
@@ -59,7 +64,7 @@ def stage_flops_per_token(counts, k: int) -> float:
     """Client training FLOPs per token of a ``k``-layer stage, as the ledger counts them:
     ``training_flops(N_k, 1, k * lora_per_layer, lora_only=True)`` = ``4 N_k + 6 N_lora``,
     ``N_k = k * layer + embed + head + norm`` (the stage model's frozen parameters)."""
-    from devft_lab.fl.accounting import training_flops
+    from devft_lab.fl.accounting import training_flops  # optional/heavy: torch (devft_lab.fl.accounting)
 
     if not 1 <= k <= counts.num_layers:
         raise ValueError(f"stage capacity {k} is outside 1..{counts.num_layers} layers.")
@@ -79,8 +84,6 @@ def matched_rounds(counts, capacities: Sequence[int], rounds: Sequence[int]) -> 
 
 def points(run_dir: Path) -> list[dict[str, float]]:
     """One point per evaluation of a run: ``flops``, ``train_s``, ``acc``, ``answer_nll``, ``round``."""
-    from devft_lab.runner.report import read_run
-
     run = read_run(run_dir)
     out = []
     if "acc" in run.initial:
@@ -149,11 +152,11 @@ def build(runs: dict[str, dict[int, Path]], reference: str = "fedit") -> dict[st
 
 def plot(data: dict[str, Any], out: str | Path | None = None, labels: dict[str, str] | None = None):
     """Four panels: accuracy and answer_nll against client FLOPs and against training seconds."""
-    import matplotlib
+    import matplotlib  # optional/heavy: matplotlib
 
     if out is not None:
         matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional/heavy: matplotlib
 
     labels = labels or {}
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.2), sharex="col")
@@ -192,8 +195,6 @@ def plot(data: dict[str, Any], out: str | Path | None = None, labels: dict[str, 
 
 
 def markdown(data: dict[str, Any], labels: dict[str, str], command: str) -> str:
-    from devft_lab.core.tables import markdown_table
-
     def f(ms: tuple[float | None, float | None], d: int = 2) -> str:
         return "-" if ms[0] is None else f"{ms[0]:.{d}f} ± {ms[1]:.{d}f}"
 
@@ -222,9 +223,6 @@ def markdown(data: dict[str, Any], labels: dict[str, str], command: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from devft_lab.experiments.reproduce.cells import SCALES, TABLES, V, Plan, cells_of, seeds_of
-    from devft_lab.experiments.reproduce.stats import collect
-
     p = argparse.ArgumentParser(prog="python -m devft_lab.experiments.compute_matched",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("table", choices=list(TABLES))

@@ -32,6 +32,11 @@ from pathlib import Path
 import torch
 
 from devft_lab.experiments.paper_shapes import PAPER_SHAPES, llama_config
+from devft_lab.core.train import train_local
+from devft_lab.method.grouping import even_groups
+from devft_lab.method.schedule import stage_capacities
+from devft_lab.method.submodel import build_submodel, default_lora_config
+from devft_lab.runner.config import load_config
 
 
 @contextmanager
@@ -46,7 +51,7 @@ def default_dtype(dtype: torch.dtype):
 
 def random_model(config, device: str | torch.device, dtype: torch.dtype = torch.bfloat16):
     """``LlamaForCausalLM(config)`` created on ``device`` in ``dtype`` (random init, no copy in fp32)."""
-    from transformers import LlamaForCausalLM
+    from transformers import LlamaForCausalLM  # optional/heavy: transformers
 
     torch.manual_seed(0)
     with default_dtype(dtype), torch.device(device):
@@ -75,10 +80,6 @@ def _bytes_not_in(full: torch.nn.Module, sub: torch.nn.Module) -> int:
 def stage_costs(config, capacities: Sequence[int], lora_config, *, steps: int, batch_size: int, seq_len: int,
                 device: str, dtype: torch.dtype = torch.bfloat16, beta: float = 0.1) -> list[dict]:
     """One row per stage: step time, tokens/s, peak memory, parameter counts."""
-    from devft_lab.core.train import train_local
-    from devft_lab.method.grouping import even_groups
-    from devft_lab.method.submodel import build_submodel
-
     cuda = torch.device(device).type == "cuda"
     model = random_model(config, device, dtype)
     L = config.num_hidden_layers
@@ -146,10 +147,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         return finish({"ran": False, "reason": "no CUDA device"})
-
-    from devft_lab.method.schedule import stage_capacities
-    from devft_lab.method.submodel import default_lora_config
-    from devft_lab.runner.config import load_config
 
     cfg = load_config(args.config)
     over = {}

@@ -26,6 +26,8 @@ import yaml
 from devft_lab.core.choices import closest
 from devft_lab.core.tables import markdown_table
 from devft_lab.data.records import DataError
+from devft_lab.data.lab import expand_suites, load_pool
+from devft_lab.stats import paired_bootstrap, summarise
 
 
 @dataclass
@@ -73,7 +75,7 @@ def load_signal_config(path: str | Path | None, overrides: list[str] = ()) -> Si
         if key not in names:
             raise DataError(f"{path or '--set'}: unknown field {key!r}.{closest(key, names)} "
                             f"Fields: {', '.join(names)}.")
-    from devft_lab.runner.config import ConfigError, build_dataclass
+    from devft_lab.runner.config import ConfigError, build_dataclass  # optional/heavy: torch (devft_lab.runner.config)
 
     try:
         cfg = build_dataclass(SignalConfig, raw)
@@ -87,7 +89,6 @@ def load_signal_config(path: str | Path | None, overrides: list[str] = ()) -> Si
 
 def average(base_rows: list[dict], ft_rows: list[dict], suites: list[str], cfg: SignalConfig) -> dict[str, Any]:
     """Base / fine-tuned macro average over ``suites``, the gap and its paired-bootstrap interval."""
-    from devft_lab.stats import paired_bootstrap, summarise
 
     b = [r for r in base_rows if r["suite"] in suites]
     f = [r for r in ft_rows if r["suite"] in suites]
@@ -100,7 +101,6 @@ def average(base_rows: list[dict], ft_rows: list[dict], suites: list[str], cfg: 
 
 def suite_gaps(base: dict[str, Any], ft: dict[str, Any], cfg: SignalConfig) -> dict[str, Any]:
     """Per-suite base / fine-tuned / gap / interval, with per-task numbers."""
-    from devft_lab.stats import paired_bootstrap
 
     out = {}
     for name, b in base["suites"].items():
@@ -118,13 +118,12 @@ def suite_gaps(base: dict[str, Any], ft: dict[str, Any], cfg: SignalConfig) -> d
 
 def run(cfg: SignalConfig, command: str) -> dict[str, Any]:
     """Evaluate, fine-tune, evaluate; return the result record (also written to ``cfg.out``)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
+    import torch  # optional/heavy: torch
+    from peft import LoraConfig, get_peft_model  # optional/heavy: peft
 
-    from devft_lab.data.lab import expand_suites, load_pool
-    from devft_lab.core.evaluate import evaluate_suites
-    from devft_lab.core.models import load_model
-    from devft_lab.core.train import encode_examples, train_local
+    from devft_lab.core.evaluate import evaluate_suites  # optional/heavy: torch (devft_lab.core.evaluate)
+    from devft_lab.core.models import load_model  # optional/heavy: torch (devft_lab.core.models)
+    from devft_lab.core.train import encode_examples, train_local  # optional/heavy: torch (devft_lab.core.train)
 
     headline = expand_suites(cfg.suites)  # unknown suite: fail before the slow parts
     every = headline + [s for s in expand_suites(cfg.extra_suites or []) if s not in headline]

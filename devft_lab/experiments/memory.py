@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 def rss_mb() -> float:
     """Current resident set size of this process, MB."""
-    import psutil
+    import psutil  # optional/heavy: psutil
 
     return psutil.Process().memory_info().rss / 2**20
 
@@ -66,11 +66,11 @@ class Probe:
 
 def run(model: str, fresh_conversion: bool = False, rounds: int = 4) -> dict[str, Any]:
     """Measure a load and a short DevFT run of ``model`` (tiny data, 4 stages, 1 round each)."""
-    import torch
+    import torch  # optional/heavy: torch
 
-    from devft_lab.core import models
-    from devft_lab.runner.config import load_config
-    from devft_lab.runner.run import build, run_dir_of, start
+    from devft_lab.core import models  # optional/heavy: torch (devft_lab.core.models)
+    from devft_lab.runner.config import load_config  # optional/heavy: torch (devft_lab.runner.config)
+    from devft_lab.runner.run import build, run_dir_of, start  # optional/heavy: torch (devft_lab.runner.run)
 
     probe = Probe()
     overrides = [f"model.name={model}", "data.source=tiny", "data.num_clients=4", "data.min_samples=4",

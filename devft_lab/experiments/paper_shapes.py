@@ -37,6 +37,8 @@ from torch import nn
 
 from devft_lab.fl.accounting import training_flops
 from devft_lab.method.schedule import stage_capacities
+from devft_lab.core.layers import decoder_layers
+from devft_lab.runner.config import load_config
 
 #: The three shapes of the paper (public model cards): LlamaConfig keyword arguments.
 PAPER_SHAPES: dict[str, dict] = {
@@ -57,7 +59,7 @@ INT4 = 0.5
 
 def llama_config(shape: str | dict, **overrides):
     """A ``LlamaConfig`` of one of :data:`PAPER_SHAPES` (or a dict of its arguments)."""
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig  # optional/heavy: transformers
 
     kw = dict(PAPER_SHAPES[shape]) if isinstance(shape, str) else dict(shape)
     kw.update(overrides)
@@ -66,7 +68,7 @@ def llama_config(shape: str | dict, **overrides):
 
 def meta_model(config) -> nn.Module:
     """``LlamaForCausalLM(config)`` on the meta device: shapes only, no memory, no download."""
-    from transformers import LlamaForCausalLM
+    from transformers import LlamaForCausalLM  # optional/heavy: transformers
 
     with torch.device("meta"):
         return LlamaForCausalLM(config)
@@ -91,8 +93,6 @@ class ShapeCounts:
 
 def count_shape(model: nn.Module, r: int, target_modules: Sequence[str]) -> ShapeCounts:
     """Count a (meta) ``*ForCausalLM`` model's parts and one layer's LoRA at rank ``r``."""
-    from devft_lab.core.layers import decoder_layers
-
     layers = decoder_layers(model)
     sizes = {sum(p.numel() for p in layer.parameters()) for layer in layers}
     if len(sizes) != 1:
@@ -143,8 +143,6 @@ def with_ratios(rows: list[dict]) -> list[dict]:
 
 def shape_report(name: str, lora_bytes_per_param: int = 4) -> dict:
     """Counts and per-stage costs of one paper shape, schedule and LoRA from its shipped config."""
-    from devft_lab.runner.config import load_config
-
     cfg = load_config(name)
     model = meta_model(llama_config(name))
     counts = count_shape(model, cfg.lora.r, cfg.lora.target_modules)

@@ -12,12 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
+
+from devft_lab.core.evaluate import perplexity
+from devft_lab.core.layers import num_layers
+from devft_lab.core.models import load_model
+from devft_lab.method.grouping import group_layers
+from devft_lab.method.schedule import make_schedule
+from devft_lab.method.similarity import layer_parameter_similarity
+from devft_lab.method.submodel import build_submodel, default_lora_config
 
 # 32 plain English sentences written for devft_lab (no licence attached; free to reuse).
 HELDOUT_TEXTS: list[str] = [
@@ -63,15 +73,6 @@ def run(model_name: str = "smollm2-135m", beta: float = 0.1, capacities: list[in
 
     ``compare``: other grouping rules (e.g. "even", "contiguous") measured the same way.
     """
-    import warnings
-    from devft_lab.core.evaluate import perplexity
-    from devft_lab.core.layers import num_layers
-    from devft_lab.method.grouping import group_layers
-    from devft_lab.method.schedule import make_schedule
-    from devft_lab.method.similarity import layer_parameter_similarity
-    from devft_lab.method.submodel import build_submodel, default_lora_config
-    from devft_lab.core.models import load_model
-
     torch.manual_seed(seed)
     model, tok = load_model(model_name, device=device)
     L = num_layers(model)
@@ -178,8 +179,6 @@ def facts(result: dict) -> dict:
 
 def default_out(model_name: str) -> Path:
     """``results/submodels_<model>.json``, the model's preset name, file stem or hub id made a file name."""
-    import re
-
     p = Path(model_name)
     base = p.stem if model_name.startswith((".", "/", "~")) or p.suffix == ".gguf" else model_name
     return Path("results") / f"submodels_{re.sub(r'[^A-Za-z0-9._-]+', '_', base).strip('_')}.json"

@@ -32,6 +32,18 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from devft_lab.core.attention import choose_attention
+from devft_lab.core.compiled import compile_available
+from devft_lab.core.device import compute_dtype
+from devft_lab.core.lora import get_lora_state
+from devft_lab.core.models import load_model
+from devft_lab.core.train import encode_examples
+from devft_lab.data import load_examples
+from devft_lab.fl.accounting import peak_rss_mb
+from devft_lab.fl.client import LocalTraining, client_update
+from devft_lab.fl.strategies import get_strategy
+from devft_lab.method.submodel import default_lora_config
+
 DEFAULTS: dict[str, Any] = dict(clients=2, per_client=16, steps=4, batch_size=8, seq_len=192, lr=1e-4,
                                 r=8, alpha=16, dropout=0.05, targets=("q_proj", "v_proj"), seed=0,
                                 dtype="float32")
@@ -40,8 +52,6 @@ DEFAULTS: dict[str, Any] = dict(clients=2, per_client=16, steps=4, batch_size=8,
 # --------------------------------------------------------------------------- shared pieces
 def lab_examples(n: int) -> list[dict]:
     """The first ``n`` examples of the lab pool (the synthetic ``tiny`` set if it is not built)."""
-    from devft_lab.data import load_examples
-
     try:
         ex = load_examples("lab")
     except Exception:  # the lab pool is not built: the synthetic set has the same shape
@@ -78,10 +88,7 @@ def fedavg(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float
 
 def _peft_model(model_name: str, *, r: int, alpha: int, dropout: float, targets: Sequence[str], seed: int):
     """``(peft model, tokenizer)``: the model wrapped once, its LoRA initialised from ``seed``."""
-    from peft import get_peft_model
-
-    from devft_lab.core.models import load_model
-    from devft_lab.method.submodel import default_lora_config
+    from peft import get_peft_model  # optional/heavy: peft
 
     model, tok = load_model(model_name)
     torch.manual_seed(seed)  # PEFT draws A from the global RNG: both sides start from the same A
@@ -89,8 +96,6 @@ def _peft_model(model_name: str, *, r: int, alpha: int, dropout: float, targets:
 
 
 def _client_data(tok, examples: Sequence[Mapping], clients: int, seq_len: int) -> list[list[dict]]:
-    from devft_lab.core.train import encode_examples
-
     return split_clients(encode_examples(tok, examples, "chat", seq_len), clients)
 
 
@@ -112,7 +117,7 @@ class _Encoded(torch.utils.data.Dataset):
 def _training_args(out_dir: str, *, steps: int, batch_size: int, lr: float, seed: int, dtype: str = "float32"):
     """TrainingArguments of one client round (names checked against transformers 5.x);
     ``dtype = bfloat16``: the Trainer's own bf16 mixed precision (autocast), on CPU too."""
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments  # optional/heavy: transformers
 
     cuda = torch.cuda.is_available()
     bf16 = dtype == "bfloat16" or (cuda and torch.cuda.is_bf16_supported())
@@ -126,8 +131,8 @@ def _training_args(out_dir: str, *, steps: int, batch_size: int, lr: float, seed
 
 
 def _trainer_client(model, tok, rows, global_state, *, steps, batch_size, lr, seed, out_dir, dtype="float32") -> dict:
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict  # optional/heavy: peft
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer  # optional/heavy: transformers
 
     set_peft_model_state_dict(model, global_state)
     trainer = Trainer(model=model, args=_training_args(out_dir, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
@@ -149,7 +154,7 @@ def trainer_round(model_name: str, examples: Sequence[Mapping], *, clients: int 
     ``rounds_s`` lists them all), ``warmup_s``,
     ``state`` (the FedAvg global LoRA after the timed round), ``init_state`` and ``client_states``.
     """
-    from peft import get_peft_model_state_dict
+    from peft import get_peft_model_state_dict  # optional/heavy: peft
 
     model, tok = _peft_model(model_name, r=r, alpha=alpha, dropout=dropout, targets=targets, seed=seed)
     data = _client_data(tok, examples, clients, seq_len)
@@ -180,11 +185,6 @@ def ours_round(model_name: str, examples: Sequence[Mapping], *, clients: int = 2
     decoder layers compiled while training (``train.compile``; the compile time falls in the warm-up
     round, ``warmup_s``). ``attention``: ``train.attention`` (``auto``: the runtime's probe decides).
     """
-    from devft_lab.core.attention import choose_attention
-    from devft_lab.core.lora import get_lora_state
-    from devft_lab.fl.client import LocalTraining, client_update
-    from devft_lab.fl.strategies import get_strategy
-
     model, tok = _peft_model(model_name, r=r, alpha=alpha, dropout=dropout, targets=targets, seed=seed)
     data = _client_data(tok, examples, clients, seq_len)
     weights = [len(d) for d in data]
@@ -211,8 +211,6 @@ SIDES = {"trainer": trainer_round, "ours": ours_round}
 
 def _child(side: str, model_name: str, settings: Mapping[str, Any], threads: int | None) -> dict:
     """Run one side in this (fresh) process; the JSON line it prints."""
-    from devft_lab.fl.accounting import peak_rss_mb
-
     if threads:
         torch.set_num_threads(threads)
     s = dict(settings)
@@ -245,7 +243,6 @@ def compare(model_name: str = "smollm2-135m", *, threads: int | None = 1, repeat
     """
     if passes < 1 or repeats < 1:
         raise ValueError(f"compare(): passes={passes}, repeats={repeats}; give at least 1 of each.")
-    from devft_lab.core.device import compute_dtype
 
     unknown = set(settings) - set(DEFAULTS)
     if unknown:
@@ -256,7 +253,6 @@ def compare(model_name: str = "smollm2-135m", *, threads: int | None = 1, repeat
     env = dict(os.environ)
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    from devft_lab.core.compiled import compile_available
 
     runs = [("trainer", "trainer", s["dtype"], {}), ("ours", "ours", s["dtype"], {})]
     if compile_available()[0]:

@@ -36,7 +36,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from devft_lab.core.files import sha256_file
+from devft_lab.data.files import sha256_file
 
 SEP = "::"
 TENSORS = "tensors.safetensors"

@@ -35,6 +35,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from devft_lab.core.layers import share_tensors_copy
+
 FUSION_METHODS = ("dblf", "laco", "mean", "r-one", "sum")
 ANCHOR_RULES = ("first", "middle", "last")
 DEFAULT_BETA = 0.1
@@ -134,8 +136,6 @@ def fuse_layers(layers: Sequence[nn.Module], weights: Sequence[float], anchor_po
     fused parameter is a new tensor. When the weights pick the anchor alone (a singleton
     group, R-ONE) the representative *shares* the anchor's base tensors: no weight memory.
     """
-    from devft_lab.core.layers import share_tensors_copy
-
     if not 0 <= anchor_pos < len(layers):
         raise ValueError(f"anchor position {anchor_pos} is outside a group of {len(layers)} layers.")
     if len(weights) != len(layers):

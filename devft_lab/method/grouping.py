@@ -119,7 +119,7 @@ def spectral_groups(similarity: torch.Tensor | np.ndarray, k: int, negatives: st
     Lap = D - W,  U = eigenvectors of the k smallest eigenvalues of Lap (L x k),
     groups = k-means(rows of U, k).
     """
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # optional/heavy: sklearn
 
     w = affinity(similarity, negatives)
     n = len(w)

@@ -41,7 +41,7 @@ from devft_lab.method.grouping import Groups, canonical, validate_groups
 def default_lora_config(r: int = 32, alpha: int = 64, dropout: float = 0.05,
                         target_modules: Sequence[str] = ("q_proj", "v_proj")):
     """The paper's common recipe: r=32, alpha=64, dropout 0.05 on q_proj and v_proj."""
-    from peft import LoraConfig
+    from peft import LoraConfig  # optional/heavy: peft
 
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
                       bias="none", task_type="CAUSAL_LM")
@@ -115,7 +115,7 @@ def layer_key_pattern_of(peft_model) -> re.Pattern:
 
 def submodel_lora_state(peft_model) -> GlobalLoRA:
     """The PEFT model's adapters as {layer position: {name relative to the layer: tensor}}."""
-    from peft import get_peft_model_state_dict
+    from peft import get_peft_model_state_dict  # optional/heavy: peft
 
     state = {k: t.detach().clone() for k, t in get_peft_model_state_dict(peft_model).items()}
     return to_layers(state, layer_key_pattern_of(peft_model))[0]
@@ -123,7 +123,7 @@ def submodel_lora_state(peft_model) -> GlobalLoRA:
 
 def set_submodel_lora_state(peft_model, state: Mapping[int, Mapping[str, torch.Tensor]]) -> None:
     """Write {layer position: {name: tensor}} into the PEFT model's adapters (all must be given)."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict  # optional/heavy: peft
 
     pat = layer_key_pattern_of(peft_model)
     current = get_peft_model_state_dict(peft_model)
@@ -182,7 +182,7 @@ def build_submodel(full_model: nn.Module, groups: Sequence[Sequence[int]], beta:
     :func:`init_global_lora` (seeded). Note: PEFT freezes every non-LoRA parameter of the
     submodel, and so the shared embeddings/head of the full model too (requires_grad=False).
     """
-    from peft import get_peft_model
+    from peft import get_peft_model  # optional/heavy: peft
 
     L = num_layers(full_model)
     groups = [list(map(int, g)) for g in groups]

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import time
 
+from devft_lab.runner.config import load_config
+from devft_lab.runner.run import read_items, run_dir_of, start
+from devft_lab.stats import paired_bootstrap
+
 
 def main(model_name: str = "smollm2-135m", quiet: bool = False, overrides: list[str] | None = None) -> int:
-    from devft_lab.runner.config import load_config
-    from devft_lab.runner.run import run_dir_of, start
-
     t0 = time.perf_counter()
     cfg = load_config("demo", [f"model.name={model_name}", *(overrides or [])])
     summary = start(cfg, force=True, quiet=quiet, command="devft-lab demo")
@@ -43,9 +44,6 @@ def main(model_name: str = "smollm2-135m", quiet: bool = False, overrides: list[
 
 def gain_ci(run_dir) -> str:
     """``, 95% CI [lo, hi] over N items`` from the run's scored items (paired), or ``""``."""
-    from devft_lab.stats import paired_bootstrap
-    from devft_lab.runner.run import read_items
-
     a, b = read_items(run_dir / "initial_items.jsonl"), read_items(run_dir / "final_items.jsonl")
     if not a or len(a) != len(b):
         return ""

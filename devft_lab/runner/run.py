@@ -16,17 +16,19 @@ newest checkpoint with the config saved in the folder. A run folder holds::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from devft_lab.runner.config import (ConfigError, RunConfig, clients_per_round_count, config_hash, load_config,
                                     stage_rounds, to_yaml, validate_against_model)
@@ -34,9 +36,24 @@ from devft_lab.fl.client import LocalTraining, get_lora_state
 from devft_lab.fl.simulation import Simulation, SimulationSettings, dump_json, final_state
 from devft_lab.core.lora import to_flat, to_layers
 from devft_lab.core.dropout import mask_sampler
-from devft_lab.core.train import PACK_LAYOUT
+from devft_lab.core.train import IGNORE, PACK_LAYOUT, collate, encode_examples, mean_response_loss
 from devft_lab.fl.stages import FullModelPlan, StagePlan
-from devft_lab.fl.strategies import Strategy, client_profiles, from_config
+from devft_lab.fl.strategies import STRATEGIES, Strategy, client_profiles, from_config
+from devft_lab import __version__
+from devft_lab.core.attention import choose_attention
+from devft_lab.core.compiled import compile_available
+from devft_lab.core.device import autocast_context, compute_dtype
+from devft_lab.core import evaluate as scorer  # scorer.scorer_digest() read when a key is made
+from devft_lab.core.evaluate import evaluate_suites
+from devft_lab.core.layers import num_layers
+from devft_lab.core.models import cache_dir, load_model
+from devft_lab.data import DataError, load_examples
+from devft_lab.data.lab import coverage, expand_suites, is_suite_file, load_suite, suite_cap, suite_name
+from devft_lab.data.partition import feasible_split, partition
+from devft_lab.method.submodel import default_lora_config, init_global_lora
+from devft_lab.plans.devft import DevFTPlan
+from devft_lab.plans.hooks import default_hooks
+from devft_lab.plans.progfed import ProgFedPlan
 
 LOG_NAME = "run.log"
 
@@ -72,8 +89,6 @@ def machine() -> str:
 
 def lora_config_of(cfg: RunConfig):
     """The PEFT LoraConfig of a run."""
-    from devft_lab.method.submodel import default_lora_config
-
     lo = cfg.lora
     return default_lora_config(r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=list(lo.target_modules))
 
@@ -95,24 +110,18 @@ def build_plan(cfg: RunConfig, model: torch.nn.Module, capacities: Sequence[int]
 
     ``probe_batches`` (collated examples, see :func:`probe_set`) feed DevFT's stage loss probe
     (``devft.probe_loss``) and the functional similarity (``devft.similarity=function``)."""
-    from devft_lab.method.submodel import init_global_lora
-
     lcfg = lora_config_of(cfg)
     rounds = stage_rounds(cfg)
     seed = cfg.train.seed
     if not cfg.devft.enabled:
-        from peft import get_peft_model
+        from peft import get_peft_model  # optional/heavy: peft
 
         init = init_global_lora(model, lcfg, seed)
         peft_model = get_peft_model(model, lcfg)
         prefix = to_layers(get_lora_state(peft_model))[1]
         return FullModelPlan(peft_model, to_flat(init, prefix), rounds[0])
     if cfg.devft.plan == "progfed":
-        from devft_lab.plans.progfed import ProgFedPlan
-
         return ProgFedPlan(model, lcfg, capacities, rounds, seed=seed)
-    from devft_lab.plans.devft import DevFTPlan
-    from devft_lab.plans.hooks import default_hooks
 
     d = cfg.devft
     probing = d.probe_loss or d.similarity == "function"
@@ -126,8 +135,6 @@ def probe_set(cfg: RunConfig, held: Sequence[dict], pool: Sequence[dict], pad_id
     ``devft.probe_examples`` held-out examples (``eval.holdout``), else training-pool examples,
     evenly spaced through the set (so a pool stored task by task gives every task), encoded,
     right-padded in batches of ``batch_size``."""
-    from devft_lab.core.train import IGNORE, collate
-
     src = [e for e in (held or pool) if any(l != IGNORE for l in e["labels"])]
     n = min(cfg.devft.probe_examples, len(src))
     chosen = [src[(i * len(src)) // n] for i in range(n)] if n else []
@@ -143,9 +150,6 @@ def resolve_compute(cfg: RunConfig, model: torch.nn.Module,
     training attention kernel of a run. A resumed run reuses what its meta.json recorded (so it
     continues bit for bit); a new one asks the device probes for ``model.dtype = auto`` and
     ``train.attention = auto``."""
-    from devft_lab.core.attention import choose_attention
-    from devft_lab.core.device import compute_dtype
-
     if recorded and recorded.get("dtype"):
         out = {**recorded, "reused": True}
         if cfg.train.attention != "auto":
@@ -169,14 +173,10 @@ def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict], compute_dtype
 
     @torch.no_grad()
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
-        from devft_lab.core.device import autocast_context
-
         with autocast_context(_device_of_model(model), compute_dtype):
             return _evaluate(model)
 
     def _evaluate(model: torch.nn.Module) -> dict[str, float]:
-        from devft_lab.core.train import collate, mean_response_loss
-
         was = model.training
         model.eval()
         out: dict[str, float] = {}
@@ -184,12 +184,9 @@ def make_evaluator(cfg: RunConfig, tokenizer, holdout: list[dict], compute_dtype
             out["eval_loss"] = mean_response_loss(
                 model, [collate(holdout[i:i + 8], tokenizer.pad_token_id or 0) for i in range(0, len(holdout), 8)])
         if cfg.eval.suites:
-            from devft_lab.core.evaluate import evaluate_suites
-
             res = evaluate_suites(model, tokenizer, list(cfg.eval.suites), max_per_task=cfg.eval.max_per_task,
                                   max_per_file=cfg.eval.max_per_file, seed=cfg.train.seed,
                                   template=cfg.data.template)
-            from devft_lab.data.lab import is_suite_file, suite_name
 
             evaluate.last_items = [item_row(r) for r in res["items"]]  # kept by _run beside the summary
             out["acc"] = float(res["avg"])
@@ -231,10 +228,6 @@ def read_items(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def _eval_fingerprint(cfg: RunConfig, holdout: list[dict]) -> str:
     """SHA-256 of the held-out examples' tokens and of every evaluation item."""
-    import hashlib
-
-    from devft_lab.data.lab import expand_suites, is_suite_file, load_suite, suite_cap
-
     h = hashlib.sha256(json.dumps([[e["input_ids"], e["labels"]] for e in holdout]).encode())
     for name in expand_suites(list(cfg.eval.suites)) if cfg.eval.suites else []:
         cap = suite_cap(name, cfg.eval.max_per_task, cfg.eval.max_per_file)
@@ -248,8 +241,6 @@ def _eval_fingerprint(cfg: RunConfig, holdout: list[dict]) -> str:
 def scoring(cfg: RunConfig) -> dict[str, str]:
     """One line per evaluation suite: how many of its items a run scores, the config key that
     capped it (nothing is left out silently), and for your own file what its two scores mean."""
-    from devft_lab.data.lab import coverage, expand_suites, is_suite_file, suite_cap, suite_name
-
     out = {}
     for spec in expand_suites(list(cfg.eval.suites)) if cfg.eval.suites else []:
         c = coverage(spec, suite_cap(spec, cfg.eval.max_per_task, cfg.eval.max_per_file), cfg.train.seed)
@@ -272,12 +263,6 @@ def build(cfg: RunConfig, progress: bool = True, compute: dict[str, Any] | None 
     """Load the model and data, partition, encode, and make the plan; writes nothing.
 
     ``compute``: the compute dtype recorded by an earlier start (see :func:`resolve_compute`)."""
-    from devft_lab.data import DataError, load_examples
-    from devft_lab.data.partition import partition
-    from devft_lab.core.layers import num_layers
-    from devft_lab.core.models import load_model
-    from devft_lab.core.train import encode_examples
-
     if cfg.model.quantization != "none" and cfg.devft.enabled:
         raise ConfigError(f"model.quantization={cfg.model.quantization} with DevFT/ProgFed stages is not supported "
                           "yet (fusing layers needs dense base weights); set model.quantization=none, or "
@@ -287,8 +272,6 @@ def build(cfg: RunConfig, progress: bool = True, compute: dict[str, Any] | None 
     capacities = validate_against_model(cfg, num_layers(model))
     strategy = from_config(cfg.fed)
     if cfg.devft.enabled and strategy.single_stage:
-        from devft_lab.fl.strategies import STRATEGIES
-
         staged = ", ".join(n for n, c in STRATEGIES.items() if not c.single_stage)
         raise ConfigError(f"fed.strategy = {strategy.name} {strategy.single_stage}, so staged plans (DevFT, "
                           f"ProgFed) cannot run it; set devft.enabled=false, or use {staged}.")
@@ -336,8 +319,6 @@ def build(cfg: RunConfig, progress: bool = True, compute: dict[str, Any] | None 
 def split_suggestion(categories: list[str], cfg: RunConfig) -> str:
     """What to lower when the pool cannot give every client ``data.min_samples`` examples:
     the most clients that work and the largest min_samples that works (same seed, partitioner)."""
-    from devft_lab.data.partition import feasible_split
-
     da = cfg.data
     clients, min_samples = feasible_split(categories, da.partitioner, da.num_clients, seed=cfg.train.seed,
                                           min_samples=da.min_samples, **dict(da.partitioner_params))
@@ -402,8 +383,6 @@ def start(cfg: RunConfig, force: bool = False, quiet: bool = False, command: str
 def _compiles(cfg: RunConfig) -> bool:
     """Whether this run's training steps run compiled decoder layers (``train.compile`` and a
     machine that can compile)."""
-    from devft_lab.core.compiled import compile_available
-
     return bool(cfg.train.compile and compile_available()[0])
 
 
@@ -464,17 +443,10 @@ def base_eval_cache(cfg: RunConfig, compute_dtype: str, fingerprint: str) -> Pat
     so runs that differ only in method share it. A local model's files enter the key by size and
     modification time, and the scorer's source (:func:`devft_lab.core.evaluate.scorer_digest`)
     enters it too."""
-    import hashlib
-    from dataclasses import asdict
-
-    from devft_lab import __version__
-    from devft_lab.core import evaluate
-    from devft_lab.core.models import cache_dir
-
     local = Path(cfg.model.name).expanduser()  # a local folder or file: changed weights, new key
     files = sorted(local.rglob("*") if local.is_dir() else [local]) if local.exists() else []
     weights = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
-    key = {"v": __version__, "scorer": evaluate.scorer_digest(), "model": asdict(cfg.model), "weights": weights, "dtype": compute_dtype,
+    key = {"v": __version__, "scorer": scorer.scorer_digest(), "model": asdict(cfg.model), "weights": weights, "dtype": compute_dtype,
            "what": fingerprint, "template": cfg.data.template, "device": str(device_of(cfg))}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return cache_dir() / "base_eval" / f"{cfg.model.name.replace('/', '_')}-{digest}.json"
@@ -544,8 +516,6 @@ def _run(parts: Parts, run_dir: Path, quiet: bool, resume: bool) -> dict[str, An
 
 def export_adapter(parts: Parts, state: dict[str, torch.Tensor], folder: Path) -> Path:
     """The final full-model adapter in PEFT's format (``PeftModel.from_pretrained`` loads it)."""
-    from safetensors.torch import save_file
-
     folder.mkdir(parents=True, exist_ok=True)
     lcfg = lora_config_of(parts.cfg)
     lcfg.base_model_name_or_path = parts.cfg.model.name
@@ -558,8 +528,6 @@ def export_adapter(parts: Parts, state: dict[str, torch.Tensor], folder: Path) -
 
 def load_adapter(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The final adapter tensors of a finished run."""
-    from safetensors.torch import load_file
-
     path = Path(run_dir) / "adapter" / "adapter_model.safetensors"
     if not path.exists():
         raise RunError(f"{path} does not exist: the run has not finished (devft-lab resume {run_dir}).")

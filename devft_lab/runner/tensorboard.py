@@ -58,7 +58,7 @@ def export(run_dir: str | os.PathLike, logdir: str | os.PathLike | None = None) 
     run has one, is step 0. Old event files in ``logdir`` are removed first.
     """
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional/heavy: tensorboard
     except ImportError:
         raise ImportError("TensorBoard export needs the tensorboard package: "
                           "pip install 'devft-lab[tensorboard]' (or pip install tensorboard).") from None

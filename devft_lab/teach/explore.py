@@ -20,7 +20,10 @@ from torch import nn
 from devft_lab.core.layers import decoder_layers, num_layers
 from devft_lab.method.fusion import DEFAULT_BETA, anchor_position, fuse_tensors, fusion_weights
 from devft_lab.method.grouping import Groups, affinity, cut_value, group_layers
-from devft_lab.method.submodel import Submodel, build_submodel, default_lora_config
+from devft_lab.method.submodel import Submodel, build_submodel, default_lora_config, layer_key_pattern_of
+from devft_lab.core.evaluate import perplexity
+from devft_lab.fl.accounting import training_flops
+from devft_lab.method.similarity import client_update_conflict
 
 # Short plain sentences in four clearly different registers, written for devft_lab (free to
 # reuse). They play the clients' local data in notebook 02: non-IID = one category per client.
@@ -161,8 +164,6 @@ def stage_cost(full_model: nn.Module, capacity: int, lora_config=None) -> StageC
     Every decoder layer of one model has the same shape, so the representative layers of a
     capacity-k submodel weigh k / L of the full stack, whatever the grouping.
     """
-    from devft_lab.fl.accounting import training_flops
-
     cfg = lora_config or default_lora_config()
     layer = decoder_layers(full_model)[0]
     per_layer = _numel(layer)
@@ -193,8 +194,6 @@ def quiet_build(full_model: nn.Module, groups: Groups, beta: float = DEFAULT_BET
 def submodel_perplexity(full_model: nn.Module, tokenizer, texts: Sequence[str], groups: Groups,
                         beta: float = DEFAULT_BETA, method: str = "dblf") -> float:
     """Perplexity of the (untrained) stage submodel built from ``groups``."""
-    from devft_lab.core.evaluate import perplexity
-
     sub = quiet_build(full_model, groups, beta=beta, method=method)
     try:
         return perplexity(sub.model, tokenizer, list(texts))
@@ -219,7 +218,7 @@ def lora_gradients(sub: Submodel, tokenizer, texts: Sequence[str], batch_size: i
     of training B = 0, so every gradient of A is exactly 0 (dL/dA = s B^T ...) and the
     information sits in the B gradients.
     """
-    from peft import get_peft_model_state_dict
+    from peft import get_peft_model_state_dict  # optional/heavy: peft
 
     model = sub.model
     was_training = model.training
@@ -251,9 +250,7 @@ def lora_gradients(sub: Submodel, tokenizer, texts: Sequence[str], batch_size: i
 
 
 def _key_to_position(sub: Submodel) -> dict[str, tuple[int, str]]:
-    from peft import get_peft_model_state_dict
-
-    from devft_lab.method.submodel import layer_key_pattern_of
+    from peft import get_peft_model_state_dict  # optional/heavy: peft
 
     pat = layer_key_pattern_of(sub.model)
     out = {}
@@ -274,8 +271,6 @@ def flatten_layers(grads: Mapping[int, Mapping[str, torch.Tensor]],
 def client_conflict_per_layer(client_grads: Sequence[Mapping[int, Mapping[str, torch.Tensor]]]
                               ) -> tuple[np.ndarray, np.ndarray]:
     """Per layer: the mean pairwise cosine and mean sign-conflict rate between clients' gradients."""
-    from devft_lab.method.similarity import client_update_conflict
-
     layers = sorted(client_grads[0])
     cos, sign = [], []
     off = ~torch.eye(len(client_grads), dtype=torch.bool)

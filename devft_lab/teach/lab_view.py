@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from devft_lab.experiments import compute_matched as cm
+from devft_lab.experiments.reproduce.stats import paired_items
+from devft_lab.stats import paired_bootstrap
 
 LABELS = {"fedit": "FedIT", "devft": "DevFT", "progfed": "ProgFed", "fedsa-lora": "FedSA-LoRA"}
 
@@ -73,7 +75,7 @@ def expectation_line(exp: dict[str, dict[str, Any]], method: str = "devft") -> s
 def vocab_size(model: str) -> int:
     """The vocabulary size of ``model`` (a preset or a cached / local model folder), from its
     config: no weights are loaded. A tiny preset's byte tokenizer counts as its vocabulary."""
-    from devft_lab.core.models import TINY_PRESETS, byte_tokenizer, cache_dir
+    from devft_lab.core.models import TINY_PRESETS, byte_tokenizer, cache_dir  # optional/heavy: torch (devft_lab.core.models)
 
     if model in TINY_PRESETS:
         return len(byte_tokenizer())
@@ -99,7 +101,7 @@ def uniform_nats(model: str | None = None, vocab: int | None = None) -> float:
 
 def model_of(run_dir: str | Path) -> str:
     """The model name in a run folder's ``config.yaml``."""
-    from devft_lab.runner.config import load_config
+    from devft_lab.runner.config import load_config  # optional/heavy: torch (devft_lab.runner.config)
 
     return load_config(Path(run_dir) / "config.yaml").model.name
 
@@ -230,7 +232,7 @@ def figure(cells: dict[str, dict[int, Path]], own: dict[str, Path] | None = None
     FLOPs. The loss panels show the untrained model and the uniform guess ln V (``vocab``, or the
     vocabulary of the runs' model). ``own`` runs (label -> run folder) are single-seed series on
     top (a line where they evaluate during training, else their final point); ``x`` adds ``"train_s"`` for a row against training time. Returns the pyplot figure."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional/heavy: matplotlib.pyplot
 
     data = figure_data(cells, own, budgets)
     series, base = data["series"], data["untrained"]
@@ -298,8 +300,7 @@ def figure(cells: dict[str, dict[int, Path]], own: dict[str, Path] | None = None
 def paired_gap(cells: dict[str, dict[int, Path]], a: str = "devft", b: str = "fedit") -> dict[str, Any]:
     """``a - b`` in accuracy points, paired item by item within each seed and pooled over seeds
     (:func:`devft_lab.experiments.reproduce.stats.paired_items`), from the runs' scored items."""
-    from devft_lab.experiments.reproduce.stats import paired_items
-    from devft_lab.runner.run import read_items
+    from devft_lab.runner.run import read_items  # optional/heavy: torch (devft_lab.runner.run)
 
     def items(m: str) -> dict[int, list[dict]]:
         out = {}
@@ -426,7 +427,7 @@ def table_figure(t: dict[str, Any], root: str | Path = "."):
     (mean ± sd over seeds, dots: the seeds; dashed: the untrained model; the y axis spans the
     values, not 0-100) and each row's gap to the table's reference row, paired item by item and
     pooled over seeds, with its 95% interval (rows without kept items are left out of the right panel)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional/heavy: matplotlib.pyplot
 
     rows = [r for r in t["rows"] if r.get("metrics")]
     metric = t["metric"]
@@ -482,8 +483,7 @@ def table_figure(t: dict[str, Any], root: str | Path = "."):
 def run_expectation(run_dir: str | Path, what: str = "this config") -> str:
     """"You should see A -> B % (+g, paired 95% CI [lo, hi] over N items) in about Z minutes" from
     one committed run folder (its summary, meta and scored items)."""
-    from devft_lab.stats import paired_bootstrap
-    from devft_lab.runner.run import read_items
+    from devft_lab.runner.run import read_items  # optional/heavy: torch (devft_lab.runner.run)
 
     d = Path(run_dir)
     s = json.loads((d / "summary.json").read_text())

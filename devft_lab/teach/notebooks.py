@@ -111,8 +111,8 @@ def execute(path: str | Path, timeout: float = 1800, save: bool = True, env: dic
     """Run every code cell of the notebook at ``path`` in a fresh ``python3`` kernel of this
     Python (nbclient, working directory: the notebook's folder); store outputs (``save``);
     return the wall time in seconds. Raises ``nbclient.exceptions.CellExecutionError`` on a cell error."""
-    import nbformat
-    from nbclient import NotebookClient
+    import nbformat  # optional/heavy: nbformat
+    from nbclient import NotebookClient  # optional/heavy: nbclient
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     st = sub.add_parser("stale", help="list notebooks whose outputs are older than their inputs")
     st.add_argument("paths", nargs="+")
     args = p.parse_args(argv)
-    import nbformat
+    import nbformat  # optional/heavy: nbformat
 
     if args.cmd == "stale":
         bad = 0

@@ -19,6 +19,7 @@ Profiles change numbers, never the code path: every cell runs in both.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal, TypeVar
@@ -62,11 +63,10 @@ def quiet() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
-    import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation chatter of transformers/peft
     try:
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # optional/heavy: transformers
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
@@ -76,7 +76,7 @@ def quiet() -> None:
 
 def load_profile_model(device: str = "cpu"):
     """``(model, tokenizer)`` of the active profile, fp32, eval mode, progress bars off."""
-    from devft_lab.core.models import load_model
+    from devft_lab.core.models import load_model  # optional/heavy: torch (devft_lab.core.models)
 
     quiet()
     return load_model(profile_model(), device=device)

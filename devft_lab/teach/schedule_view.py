@@ -9,11 +9,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
 from devft_lab.data.partition import category_skew, partition, partition_counts
+from devft_lab.core.lora import to_layers
+from devft_lab.fl.client import client_update
+from devft_lab.method.grouping import validate_groups
+from devft_lab.teach import viz
+from devft_lab.teach.lab_view import loss_references
 
 DPI = 80
 
@@ -27,8 +33,6 @@ PARTITIONS: dict[str, tuple[str, dict]] = {
 
 # --------------------------------------------------------------------------- partitions
 def _stacked_bars(ax, parts: Sequence[Sequence[int]], categories: Sequence, names_all: Sequence[str], title: str):
-    import matplotlib
-
     counts, names = partition_counts(parts, categories)
     cmap = matplotlib.colormaps["tab10" if len(names_all) <= 10 else "tab20"]
     bottom = np.zeros(len(parts))
@@ -126,10 +130,6 @@ def run_stages(parts, rounds_per_stage: int = 1, clients: Sequence[int] = (0, 1)
     before and after the transfer), ``cosine`` (:func:`lora_cosine` of the B tensors after it)
     and ``holds_representative``.
     """
-    from devft_lab.fl.client import client_update
-    from devft_lab.core.lora import to_layers
-    from devft_lab.method.grouping import validate_groups
-
     plan, strategy, s = parts.plan, parts.strategy, parts.settings
     if not hasattr(plan, "global_lora"):
         raise ValueError("run_stages needs a DevFT plan (devft.enabled = true, devft.plan = devft).")
@@ -164,8 +164,6 @@ def transfer_view(history: Sequence[Mapping], stage: int) -> dict:
     """Widget callback: after stage ``stage`` (0-based), the cosine similarity of the layers' LoRA B,
     with the stage's groups marked. Inside a group it is exactly 1: every member holds the
     representative's copy. Returns the record's ``groups``, ``cosine`` and ``figure``."""
-    from devft_lab.teach import viz
-
     if not 0 <= stage < len(history):
         raise ValueError(f"stage must be in 0..{len(history) - 1}, got {stage}")
     rec = history[stage]
@@ -177,8 +175,6 @@ def transfer_view(history: Sequence[Mapping], stage: int) -> dict:
 
 def transfer_figure(history: Sequence[Mapping]) -> Figure:
     """Every stage's :func:`transfer_view` heatmap side by side."""
-    from devft_lab.teach import viz
-
     fig = Figure(figsize=(3.9 * len(history), 3.6), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, len(history), squeeze=False)[0]
     for ax, rec in zip(axes, history):
@@ -221,8 +217,6 @@ def train_loss_figure(runs: Sequence, untrained: float | None = None, vocab: int
     """Mean client training loss per round (log scale): for DevFT, the loss of each stage's submodel.
     ``untrained``: the untrained model's loss on training examples (dashed); ``vocab``: the
     vocabulary size, for the uniform guess ln V (dotted): a loss above it is worse than guessing."""
-    from devft_lab.teach.lab_view import loss_references
-
     fig = Figure(figsize=(9, 3.2), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     for run in runs:

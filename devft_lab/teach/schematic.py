@@ -28,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+import matplotlib
+from matplotlib.patches import ConnectionPatch, Rectangle
 
 from devft_lab.method.grouping import validate_groups
+from devft_lab.runner.config import load_config, stage_rounds
 
 SINGLETON_COLOR = "#d4d4d4"  # a layer alone in its group: the submodel runs it unchanged
 # one colour per multi-layer group of a stage: tab10 without its grey, then Set2 and Dark2 (23 colours)
@@ -44,8 +47,6 @@ _LAYER_X, _REP_X, _BOX_W, _PANEL_W = 1.0, 6.0, 2.0, 10.6
 
 def _group_colors(groups: Sequence[Sequence[int]]) -> list:
     """One colour per group: a palette colour per multi-layer group (in anchor order), grey for singletons."""
-    import matplotlib
-
     palette = [c for name in PALETTE for c in matplotlib.colormaps[name].colors
                if not (c[0] == c[1] == c[2])]  # greys are for singletons
     out, k = [], 0
@@ -93,8 +94,6 @@ def schedule_diagram(stages: Sequence[Mapping[str, Any]], num_layers: int, title
 
     Layer boxes carry the gid ``layer:<i>:group:<g>``, representative boxes ``rep:<g>``
     (g: the group's place in anchor order), so a test or a reader can find them."""
-    from matplotlib.patches import ConnectionPatch, Rectangle
-
     stages = check_stages(stages, num_layers)
     L, n = num_layers, len(stages)
     fig = Figure(figsize=(2.9 * n + 0.3, 5.8), dpi=100, layout="constrained")
@@ -167,7 +166,6 @@ def stages_from(path: str | Path = DEFAULT_SOURCE, config: str | None = DEFAULT_
     if any("rounds" not in st for st in stages):
         if config is None:
             raise ValueError(f"{path} holds no rounds per stage: name a config (e.g. config='demo') to take them from.")
-        from devft_lab.runner.config import load_config, stage_rounds
 
         rounds = stage_rounds(load_config(config))
         if len(rounds) != len(stages):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from devft_lab.teach.viz import _fig
+from devft_lab.experiments.sweep import probe_correlation
 
 
 def load_sweep(root: str | Path = ".", scale: str = "lab", tag: str = "") -> dict[str, Any] | None:
@@ -246,8 +247,6 @@ def probe_vs_gap(d: dict[str, Any], uniform: float | None = None) -> dict[str, A
     data: the first stage's sub − full loss gap at its start against DevFT − matched FedIT, and the
     Spearman rank correlation over settings (None with fewer than 5). With ``uniform`` (ln V), a
     vertical line marks the gap a uniform guess would have against the untrained model."""
-    from devft_lab.experiments.sweep import probe_correlation
-
     c = probe_correlation(d["rows"])  # one point per DevFT setting (the center is a level of every factor)
     names = {s["key"]: s["name"] for s in settings(d)}
     pts = [{"key": p["key"], "name": names.get(p["key"], p["key"]), "probe_gap": p["probe_gap"], "gap": p["gap"]}
@@ -274,7 +273,7 @@ def probe_vs_gap(d: dict[str, Any], uniform: float | None = None) -> dict[str, A
 
 def sweep_model(d: dict[str, Any], root: str | Path = ".") -> str | None:
     """The model the sweep trained, from the center's first run folder (``config.yaml``), or None."""
-    from devft_lab.runner.config import load_config
+    from devft_lab.runner.config import load_config  # optional/heavy: torch (devft_lab.runner.config)
 
     for cfg in sorted((Path(root) / d.get("runs", "results/repro/lab")).glob(f"*/{center_key(d)}-s*/config.yaml")):
         return load_config(cfg).model.name

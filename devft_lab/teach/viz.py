@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from devft_lab.core.tables import markdown_table
 
 DPI = 80
 GROUP_CMAP = "tab20"
@@ -23,7 +27,7 @@ def _fig(w: float = 6.4, h: float = 3.6, ncols: int = 1, nrows: int = 1, **kw):
 
 def _np(x) -> np.ndarray:
     try:
-        import torch
+        import torch  # optional/heavy: torch
 
         if isinstance(x, torch.Tensor):
             return x.detach().cpu().double().numpy()
@@ -88,14 +92,10 @@ def heatmap(matrix, title: str = "", groups: Sequence[Sequence[int]] | None = No
 
 
 def _rect(x, y, w, h, color):
-    from matplotlib.patches import Rectangle
-
     return Rectangle((x, y), w, h, color=color, clip_on=False, lw=0)
 
 
 def _group_colors(k: int) -> list:
-    import matplotlib
-
     cmap = matplotlib.colormaps[GROUP_CMAP]
     return [cmap(g % 20) for g in range(max(k, 1))]
 
@@ -367,7 +367,7 @@ def short_name(name: str) -> str:
 
 def table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = None, floatfmt: str = "{:.4g}"):
     """A Markdown table (IPython ``Markdown`` object) from a list of dicts."""
-    from IPython.display import Markdown
+    from IPython.display import Markdown  # optional/heavy: IPython
 
     cols = list(columns or (rows[0].keys() if rows else []))
 
@@ -375,8 +375,6 @@ def table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = 
         if isinstance(x, float):
             return floatfmt.format(x)
         return str(x)
-
-    from devft_lab.core.tables import markdown_table
 
     return Markdown("\n".join(markdown_table(cols, [[cell(r.get(c, "")) for c in cols] for r in rows])))
 

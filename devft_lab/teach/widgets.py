@@ -9,13 +9,16 @@ notebook opened without a kernel still shows it (the widgets' static fallback).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+import warnings
 
 from torch import nn
 
 from devft_lab.teach import explore, viz
 from devft_lab.core.layers import num_layers
-from devft_lab.method.fusion import DEFAULT_BETA, anchor_weight
+from devft_lab.method.fusion import DEFAULT_BETA, anchor_weight, fusion_weights
 from devft_lab.method.grouping import Groups, group_layers
+from devft_lab.core.evaluate import perplexity
+from devft_lab.method.similarity import layer_parameter_similarity
 
 
 # --------------------------------------------------------------------------- notebook 01
@@ -31,16 +34,12 @@ def capacity_view(model: nn.Module, capacity: int, beta: float = DEFAULT_BETA, g
     """
     L = num_layers(model)
     if grouping in ("spectral", "contiguous") and similarity is None:
-        from devft_lab.method.similarity import layer_parameter_similarity
-
         similarity = layer_parameter_similarity(model)
     groups = group_layers(similarity, L, capacity, method=grouping, seed=seed)
     sub = explore.quiet_build(model, groups, beta=beta, method=method)
     weights = [list(w) for w in sub.weights]
     ppl = None
     if tokenizer is not None and texts:
-        from devft_lab.core.evaluate import perplexity
-
         ppl = perplexity(sub.model, tokenizer, list(texts))
     del sub
     cost = explore.stage_cost(model, capacity)
@@ -104,9 +103,6 @@ def fusion_view(model: nn.Module, group: Sequence[int], beta: float = DEFAULT_BE
     (members x tensors, see :func:`devft_lab.teach.explore.fused_vs_members`), ``names`` and
     ``figure`` (cosine of the fused tensor with each member's).
     """
-    from devft_lab.method.fusion import fusion_weights
-    import warnings
-
     m = len(group)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -121,7 +117,7 @@ def fusion_view(model: nn.Module, group: Sequence[int], beta: float = DEFAULT_BE
 
 # --------------------------------------------------------------------------- wiring
 def _control(name: str, spec):
-    import ipywidgets as W
+    import ipywidgets as W  # optional/heavy: ipywidgets
 
     if isinstance(spec, W.ValueWidget):
         return spec
@@ -150,8 +146,8 @@ def interact(render: Callable[..., object], **controls) -> None:
         interact(lambda capacity, beta: capacity_view(model, capacity, beta)["figure"],
                  capacity=(1, 30, 1, 8), beta=(0.0, 0.5, 0.05, 0.1))
     """
-    import ipywidgets as W
-    from IPython.display import display
+    import ipywidgets as W  # optional/heavy: ipywidgets
+    from IPython.display import display  # optional/heavy: IPython
 
     ws = {k: _control(k, v) for k, v in controls.items()}
 
