@@ -16,7 +16,7 @@ PACKAGE = "devft_lab"
 # a node may import only nodes of a strictly lower rank. Names that share a rank (teach, flower)
 # may not import each other.
 LAYERS: list[tuple[str, ...]] = [
-    (PACKAGE,),  # devft_lab/__init__.py: __version__
+    (PACKAGE, "stats"),  # devft_lab/__init__.py: __version__; devft_lab/stats.py: bootstrap statistics (pure numpy)
     ("data",),
     ("core",),
     ("method",),
