@@ -55,6 +55,7 @@ import yaml
 
 from devft_lab.core.attention import KERNELS as ATTENTION_KERNELS
 from devft_lab.core.choices import ConfigError
+from devft_lab.core.device import AUTO as AUTO_DTYPE, DTYPES as TORCH_DTYPES
 from devft_lab.core.choices import closest as _closest
 from devft_lab.core.train import LR_SCOPES
 from devft_lab.fl.strategies import STRATEGY_ALIASES, STRATEGY_PARAMS, canonical_strategy, get_strategy  # noqa: F401
@@ -76,7 +77,7 @@ FUSIONS = FUSION_METHODS
 ANCHORS = ANCHOR_RULES
 PLANS = tuple(PLAN_CLASSES)
 TEMPLATES = ("chat", "alpaca", "plain")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = (AUTO_DTYPE, *TORCH_DTYPES)
 QUANTIZATIONS = ("none", "int4", "int8")
 # ConfigError, STRATEGY_ALIASES, STRATEGY_PARAMS and canonical_strategy are re-exported from here.
 
