@@ -13,9 +13,9 @@ Start with ``from devft_lab.core.models import load_model``.
 """
 import os as _os
 
-# OpenMP threads that spin while waiting make small models 20x slower when another process
-# shares the cores (measured on 2 cores: 0.26 s -> 6.9 s for 10 tiny training steps).
-# Passive waiting costs nothing measurable when the machine is idle. Set before torch loads.
+# OpenMP threads that spin while waiting make small models many times slower when another process
+# shares the cores (docs/performance.md#measurements-behind-the-code). Passive waiting costs nothing
+# measurable when the machine is idle. Set before torch loads.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

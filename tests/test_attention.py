@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from devft_lab.core import attention
 from devft_lab.core.attention import attention_kernel, attention_of, choose_attention, probe_attention
 from devft_lab.core.models import load_model
-from devft_lab.core.train import encode_example, lm_loss, pack, train_local
+from devft_lab.core.train import Compute, encode_example, lm_loss, pack, train_local
 
 
 def _submodel(name="tiny-llama"):
@@ -57,7 +57,8 @@ def test_train_local_trains_with_the_kernel_it_is_given(monkeypatch):
         return real(model, kernel, rows)
 
     monkeypatch.setattr("devft_lab.core.train.attention_kernel", spy)
-    train_local(sub, _examples(tok), steps=1, batch_size=4, lr=1e-3, pad_id=tok.pad_token_id, attention="eager")
+    train_local(sub, _examples(tok), steps=1, batch_size=4, lr=1e-3,
+                compute=Compute(attention="eager", pad_id=tok.pad_token_id))
     assert seen == ["eager"] and attention_of(sub) == {"sdpa"}  # restored after training
 
 

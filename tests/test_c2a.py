@@ -111,6 +111,7 @@ def test_local_step_trains_the_hypernetwork_through_the_generated_lora():
     client's generated adapter and no parametrization."""
     peft = pytest.importorskip("peft")
     from devft_lab.core.models import tiny_model
+    from devft_lab.core.train import Compute
     from devft_lab.fl.client import LocalTraining, client_update, get_lora_state
 
     model, tok = tiny_model("llama", num_layers=2)
@@ -119,7 +120,7 @@ def test_local_step_trains_the_hypernetwork_through_the_generated_lora():
     s = bound([ClientProfile({"a": 4}, data), ClientProfile({"b": 1}, data[:1])], pm.get_input_embeddings())
     h0 = s.init_global(get_lora_state(pm))
     assert {k for k, *_ in lora_keys(h0)} == set(get_lora_state(pm))
-    training = LocalTraining(steps=1, batch_size=2, lr=1e-2, packing=False)
+    training = LocalTraining(steps=1, batch_size=2, lr=1e-2, compute=Compute(packing=False))
     res = client_update(pm, h0, data, s, training, client=0, round_idx=0, seed=0)
     changed = {k for k in h0 if not torch.equal(res.upload[k], h0[k])}
     assert changed == {k for k in h0 if k.startswith(f"{PREFIX}B/")}
@@ -128,7 +129,8 @@ def test_local_step_trains_the_hypernetwork_through_the_generated_lora():
     lora, want = get_lora_state(pm), s.adapter(res.upload, 0)
     assert all(torch.allclose(lora[k], want[k], atol=1e-6) for k in want)
     assert any(float(lora[k].abs().sum()) > 0 for k in lora if is_lora_b(k))  # the generated B moved
-    more = client_update(pm, res.upload, data, s, LocalTraining(steps=2, batch_size=2, lr=1e-2, packing=False),
+    more = client_update(pm, res.upload, data, s,
+                         LocalTraining(steps=2, batch_size=2, lr=1e-2, compute=Compute(packing=False)),
                          client=0, round_idx=1, seed=0)
     assert {k for k in h0 if not torch.equal(more.upload[k], res.upload[k])} == set(h0)  # now everything trains
 

@@ -7,7 +7,7 @@ import torch
 from devft_lab.core.compiled import compile_available, compiled_layers
 from devft_lab.core.layers import decoder_layers
 from devft_lab.core.models import load_model
-from devft_lab.core.train import encode_example, train_local
+from devft_lab.core.train import Compute, encode_example, train_local
 from devft_lab.fl.client import get_lora_state, set_lora_state
 
 pytestmark = pytest.mark.skipif(not compile_available()[0], reason=compile_available()[1])
@@ -34,8 +34,8 @@ def test_compiled_training_matches_eager_training_and_leaves_the_layers_eager(dr
         set_lora_state(pm, start)
         torch.manual_seed(0)  # dropout: compiled layers draw from torch's generator, as eager does
         losses = []
-        s = train_local(pm, enc, steps=4, batch_size=4, lr=1e-2, seed=0, pad_id=tok.pad_token_id,
-                        compile=compile, progress=lambda i, l: losses.append(l))
+        s = train_local(pm, enc, steps=4, batch_size=4, lr=1e-2, seed=0, progress=lambda i, l: losses.append(l),
+                        compute=Compute(compile=compile, pad_id=tok.pad_token_id))
         runs.append((s, losses, get_lora_state(pm)))
     (s0, l0, a), (s1, l1, b) = runs
     assert s0.tokens == s1.tokens and len(l0) == len(l1) == 4

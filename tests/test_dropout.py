@@ -5,7 +5,7 @@ import torch
 
 from devft_lab.core.dropout import BitsDropout, bits_dropout, drop_threshold, mask_sampler
 from devft_lab.core.models import load_model
-from devft_lab.core.train import encode_example, train_local
+from devft_lab.core.train import Compute, encode_example, train_local
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
@@ -82,7 +82,7 @@ def test_cpu_training_draws_bits_dropout_masks(monkeypatch):
     calls = []
     forward = BitsDropout.forward
     monkeypatch.setattr(BitsDropout, "forward", lambda self, x: calls.append(1) or forward(self, x))
-    train_local(pm, enc, steps=1, batch_size=4, lr=1e-3, pad_id=tok.pad_token_id)
+    train_local(pm, enc, steps=1, batch_size=4, lr=1e-3, compute=Compute(pad_id=tok.pad_token_id))
     assert calls
     assert not any(isinstance(m, BitsDropout) for m in pm.modules())
 

@@ -7,7 +7,7 @@ import torch
 from devft_lab.core.attention import attention_kernel, attention_of
 from devft_lab.core.models import load_model
 from devft_lab.core.packed_attention import rows_layout
-from devft_lab.core.train import collate, encode_example, lm_loss, pack, train_local
+from devft_lab.core.train import Compute, collate, encode_example, lm_loss, pack, train_local
 from devft_lab.fl.client import lora_parameters
 
 
@@ -91,10 +91,12 @@ def test_packed_training_runs_the_rows_kernel_and_restores_the_model(monkeypatch
     real = pa._rows_attention
     monkeypatch.setattr(pa, "_rows_attention", lambda *a, **k: calls.append(k["kernel"]) or real(*a, **k))
     before = attention_of(sub)
-    train_local(sub, _examples(tok), steps=1, batch_size=4, lr=1e-3, pad_id=tok.pad_token_id, attention="eager")
+    train_local(sub, _examples(tok), steps=1, batch_size=4, lr=1e-3,
+                compute=Compute(attention="eager", pad_id=tok.pad_token_id))
     assert calls and set(calls) == {"eager"} and attention_of(sub) == before
     calls.clear()
-    train_local(sub, _examples(tok), steps=1, batch_size=4, lr=1e-3, pad_id=tok.pad_token_id, packing=False)
+    train_local(sub, _examples(tok), steps=1, batch_size=4, lr=1e-3,
+                compute=Compute(packing=False, pad_id=tok.pad_token_id))
     assert not calls  # padded batches keep transformers' own kernels
 
 

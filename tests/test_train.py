@@ -7,7 +7,8 @@ import torch
 from devft_lab.fl.client import get_lora_state, lora_parameters, set_lora_state, set_trainable
 from devft_lab.fl.strategies import get_strategy, is_lora_a
 from devft_lab.core.models import load_model
-from devft_lab.core.train import IGNORE, batch_order, collate, encode_example, lm_loss, round_lr, train_local
+from devft_lab.core.train import (IGNORE, Compute, batch_order, collate, encode_example, lm_loss, round_lr,
+                                  train_local)
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +79,12 @@ def test_training_lowers_the_loss_and_is_reproducible(tiny):
     start = get_lora_state(pm)
     batch = collate(enc, tok.pad_token_id)
     before = float(lm_loss(pm, batch)[0].detach())
-    s1 = train_local(pm, enc, steps=15, batch_size=4, lr=1e-2, seed=0, pad_id=tok.pad_token_id)
+    s1 = train_local(pm, enc, steps=15, batch_size=4, lr=1e-2, seed=0, compute=Compute(pad_id=tok.pad_token_id))
     after = float(lm_loss(pm, batch)[0].detach())
     trained = get_lora_state(pm)
     assert after < before and s1.steps == 15 and s1.samples == 60
     set_lora_state(pm, start)
-    train_local(pm, enc, steps=15, batch_size=4, lr=1e-2, seed=0, pad_id=tok.pad_token_id)
+    train_local(pm, enc, steps=15, batch_size=4, lr=1e-2, seed=0, compute=Compute(pad_id=tok.pad_token_id))
     assert all(torch.equal(trained[k], v) for k, v in get_lora_state(pm).items())
 
 
@@ -166,7 +167,8 @@ def test_packed_training_matches_padded_training(tiny):
     results = []
     for packing in (False, True):
         set_lora_state(pm, start)
-        s = train_local(pm, enc, steps=4, batch_size=4, lr=1e-2, seed=0, pad_id=tok.pad_token_id, packing=packing)
+        s = train_local(pm, enc, steps=4, batch_size=4, lr=1e-2, seed=0,
+                        compute=Compute(packing=packing, pad_id=tok.pad_token_id))
         results.append((s, get_lora_state(pm)))
     (s0, a), (s1, b) = results
     assert s0.tokens == s1.tokens and s0.target_tokens == s1.target_tokens

@@ -2,13 +2,11 @@
 
 transformers offers ``sdpa`` (``torch.nn.functional.scaled_dot_product_attention``) and
 ``eager`` (two matmuls and a softmax in fp32, written out); packed training runs the row-wise
-form of either (:mod:`devft_lab.core.packed_attention`: ``rows_sdpa``, ``rows_eager``). On the
-2-core CPU of this project, under bf16 autocast, SDPA's CPU flash kernel ran a packed
-micro-batch's attention (forward and backward, with the block-diagonal mask packing needs)
-several times slower than the plain matmuls, and attention took a fifth of the LoRA step; in
-fp32 the flash kernel was the faster (``python -m devft_lab.bench``: ``attention_probe``,
-``step_breakdown``). So :func:`probe_attention` times both at the model's head shape in the
-compute dtype, and the training step uses the faster; evaluation keeps ``sdpa`` (its
+form of either (:mod:`devft_lab.core.packed_attention`: ``rows_sdpa``, ``rows_eager``). Which is
+faster depends on the CPU and the dtype (``python -m devft_lab.bench``: ``attention_probe``,
+``step_breakdown``; measurements in ``docs/performance.md#measurements-behind-the-code``). So
+:func:`probe_attention` times both at the model's head shape in the compute dtype, and the
+training step uses the faster; evaluation keeps ``sdpa`` (its
 tree-shaped boolean masks, :mod:`devft_lab.core.evaluate`, are what SDPA takes).
 
     train.attention: auto   -> probe (the choice recorded in the run's meta.json)

@@ -14,9 +14,9 @@ not per layer or per stage (PyTorch's "regional compilation" recipe).
 Shapes are compiled dynamic (``dynamic=True``), so packed batches of any length reuse the graph.
 Random numbers (the LoRA dropout masks) come from PyTorch's own generator, as in eager mode
 (inductor's ``fallback_random``): inductor's own generator draws them element by element inside
-the fused RMSNorm + dropout loop, which made that loop the largest cost between the GEMMs of a
-compiled SmolLM2 step on the 2-core CPU; with the fallback the step is faster (``python -m
-devft_lab.bench``: ``local_step``, ``step_breakdown``), and compiled training draws eager's masks.
+the fused RMSNorm + dropout loop, which is slower (``python -m devft_lab.bench``: ``local_step``,
+``step_breakdown``; ``docs/performance.md#measurements-behind-the-code``), and with the fallback
+compiled training draws eager's masks.
 Numerics: the same maths in another order, so not bit for bit: in fp32 the losses and trained
 LoRA agree with eager within 1e-4, LoRA dropout included (``tests/test_compiled.py``). A resumed run reads the setting
 it started with from its config.yaml.

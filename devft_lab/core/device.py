@@ -1,7 +1,7 @@
 """Which dtype to compute in: measured on the device in use, not assumed.
 
-Machines differ: on one CPU seen here bf16 matmul ran 60x slower than fp32, on another bf16
-autocast made the LoRA step 2.4x faster. :func:`probe_compute_dtype` times a small GEMM in
+Machines differ: bf16 matmul is far slower than fp32 on some CPUs and far faster on others
+(``docs/performance.md#measurements-behind-the-code``). :func:`probe_compute_dtype` times a small GEMM in
 each dtype and picks bf16 where it is clearly faster; :func:`autocast_context` then runs a
 forward pass in that dtype (weights and LoRA stay in their own dtype, fp32 on CPU, so the
 optimizer state is full precision).
@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # the one list of names
+AUTO = "auto"  # model.dtype: fp32 weights, the compute dtype probed
 BF16_MARGIN = 1.1  # bf16 must beat fp32 by this factor to be chosen (the probe is noisy)
 
 
@@ -77,7 +78,7 @@ def compute_dtype(requested: str, device: str | torch.device) -> tuple[str, dict
 
     ``requested`` is ``model.dtype``: ``auto`` probes; any other name is taken as it is.
     """
-    if requested == "auto":
+    if requested == AUTO:
         probe = probe_compute_dtype(device)
         return probe["chosen"], probe
     if requested not in DTYPES:

@@ -3,8 +3,8 @@
 PEFT applies dropout to the input of every LoRA ``A`` (with LoRA on q and v: two masks the
 size of the hidden states, per layer and micro-batch). On the CPU, PyTorch draws a Bernoulli
 mask one element at a time from its Mersenne Twister (its vectorised MKL path serves Intel
-CPUs only): on the 2-core AMD machine that was 11 % of a compiled SmolLM2 LoRA step
-(``python -m devft_lab.bench``, ``step_breakdown``), about 4 ms for a 1040 x 576 mask.
+CPUs only), a visible share of a compiled LoRA step (``python -m devft_lab.bench``,
+``step_breakdown``; measurements in ``docs/performance.md#measurements-behind-the-code``).
 
 :class:`BitsDropout` draws int64 random words instead (63 random bits each), four mask elements per word, and
 drops an element when its 15 random bits fall below ``round(p * 2**15)``: ``p`` is met to within
@@ -12,8 +12,7 @@ drops an element when its 15 random bits fall below ``round(p * 2**15)``: ``p`` 
 exact, as in ``nn.Dropout``. The words come from ``torch.randint`` and PyTorch's global
 generator, so a seed gives the same masks, eager and under ``torch.compile`` alike (with
 inductor's ``fallback_random``, :mod:`devft_lab.core.compiled`). PyTorch's CPU generator costs about
-the same per word, 32 bits or 64, so the wider words halve the cost: a 901 x 576 mask took 0.5 ms
-(int32 words, two elements each: 1.0 ms; ``bernoulli_``: 2.6 ms) on that machine.
+the same per word, 32 bits or 64, so 64-bit words halve the cost of 32-bit words with two elements each.
 
     with bits_dropout(model, enabled=mask_sampler(device) == SAMPLER):
         ...  # training: every PEFT LoRA dropout draws its masks this way; nn.Dropout again afterwards

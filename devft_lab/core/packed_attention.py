@@ -10,9 +10,9 @@ within itself, and the outputs are scattered back to the flat sequence::
     scores    [R, kv_heads, groups * C, C]    (grouped-query heads share their key row; no repeat)
     out       [R, C, heads, d]   --scatter-->  [1, T, heads, d]
 
-The old layout ran every layer on ``R x C`` slots, the padding tails of the rows included (16 % of
-the slots of a SmolLM2 micro-batch in the bench); now only attention sees them, where the row
-layout is what keeps its score matrices small (``C^2`` per row, not ``T^2``).
+Only attention sees the padding tails of the rows (running every layer on the ``R x C`` slots would
+spend work on them, ``docs/performance.md#measurements-behind-the-code``), and there the row layout is what keeps its
+score matrices small (``C^2`` per row, not ``T^2``).
 
 The layout travels as the ``packed_rows`` keyword of the model call, which transformers hands
 down to every attention function; :func:`attention_kernel`'s ``rows=True`` selects

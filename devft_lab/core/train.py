@@ -1,38 +1,41 @@
 """Local training: the plain-PyTorch loop a client (or a centralised fine-tune) runs.
 
-Three pieces, each small:
+The pieces, each small:
 
 ``encode_example``  an instruction example -> token ids and labels; the labels are
                     ``IGNORE`` on the prompt, so the loss is on the response (and EOS) only.
+``collate``/``pack`` a micro-batch: right-padded rows, or (``pack``) the examples end to end in
+                    one sequence, ``position_ids`` restarting at 0 for each one; attention gathers
+                    them into rows where no example sees another
+                    (:mod:`devft_lab.core.packed_attention`). The loss equals the padded batch's
+                    within float tolerance.
 ``lm_loss``         summed cross-entropy over the response tokens. The LM head is applied
                     only where a label exists: with a 49k vocabulary the head dominates a
                     shallow submodel's cost, and prompt positions need no logits at all.
-``pack``            a micro-batch without padding: examples laid end to end in one sequence,
-                    ``position_ids`` restarting at 0 for each one; attention gathers them into
-                    rows where no example sees another (:mod:`devft_lab.core.packed_attention`).
-                    The loss equals the padded batch's within float tolerance.
-``train_local``     AdamW steps over shuffled batches with gradient accumulation and
-                    clipping; a fixed learning rate (the federated runtime sets it per round
-                    from a cosine across rounds, :func:`round_lr`); packed batches and the
-                    compute dtype the device probe chose (:mod:`devft_lab.core.device`).
-                    With a :class:`Reparametrization` (C2A) the optimiser steps tensors that
-                    *generate* the model's trainable ones, by the chain rule.
+``Compute``         how the step runs fast (packed rows, autocast dtype, attention kernel,
+                    compiled layers, the CPU dropout sampler), chosen once per run and applied in
+                    one place, :func:`speedups`. None of it changes the method (see :class:`Compute`).
+``train_local``     the loop: shuffled batches, forward, loss, backward, clip, AdamW step; a
+                    fixed learning rate (the federated runtime sets it per round from a cosine
+                    across rounds, :func:`round_lr`). With a :class:`Reparametrization` (C2A) the
+                    optimiser steps tensors that *generate* the model's trainable ones.
 
 No TRL, no Trainer: nothing here breaks when those APIs move.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from devft_lab.core.attention import attention_kernel
 from devft_lab.core.compiled import compiled_layers
-from devft_lab.core.device import autocast_context
+from devft_lab.core.device import AUTO, autocast_context
 from devft_lab.core.dropout import SAMPLER, bits_dropout, mask_sampler
 from devft_lab.core.layers import decoder_and_head
 from devft_lab.core.packed_attention import rows_bias, rows_layout
@@ -40,8 +43,8 @@ from devft_lab.data.templates import PromptTemplate, get_template
 
 IGNORE = -100
 # How pack lays a micro-batch out (recorded in a run's meta.json): "flat_rows", one sequence for the
-# linear layers and attention rows (since 2026-12-07); runs before recorded nothing and ran whole
-# rows with padding tails. The layout fixes the dropout masks' shapes, so it changes which masks a seed draws.
+# linear layers and attention rows (the earlier layout: docs/performance.md#packing). The layout fixes
+# the dropout masks' shapes, so it changes which masks a seed draws.
 PACK_LAYOUT = "flat_rows"
 ROWS_KEY = "rows_"  # prefix of pack's attention-layout entries in a batch (rows_index, rows_slot, rows_allowed)
 
@@ -174,6 +177,67 @@ def lm_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[
     return loss, n
 
 
+# --------------------------------------------------------------------------- speed
+@dataclass(frozen=True)
+class Compute:
+    """How the training steps are computed: speed, not the method. The maths stay the same up to
+    float rounding (bf16 autocast rounds more); packing also sets the dropout masks' shapes, so a
+    seed draws other masks packed than padded.
+
+    Chosen once per run from its config (:func:`devft_lab.runner.run.build`, where the device
+    probes pick ``dtype`` and ``attention``) and applied in one place: :meth:`batch` and
+    :meth:`autocast` in the loop, :func:`speedups` around it.
+
+    ``packing``    micro-batches via :func:`pack` (no work on padding) rather than :func:`collate`;
+                   packed batches run the row-wise attention (:mod:`devft_lab.core.packed_attention`).
+    ``dtype``      the autocast dtype of the forward pass (``float32``: none; ``auto``: bf16 on
+                   CUDA, fp32 elsewhere; a run passes what :func:`~devft_lab.core.device.compute_dtype`
+                   measured).
+    ``attention``  the attention kernel while training, ``sdpa`` | ``eager``
+                   (:func:`~devft_lab.core.attention.attention_kernel`); ``None``: the model's own.
+    ``compile``    the decoder layers run ``torch.compile``d while training
+                   (:func:`~devft_lab.core.compiled.compiled_layers`), eager again afterwards.
+    ``pad_id``     the padding token of :func:`collate`'s rows (packed batches have none).
+
+    One speed-up follows from the device alone and has no field: on the CPU the LoRA dropout
+    masks are drawn 15 random bits an element (:mod:`devft_lab.core.dropout`).
+    """
+
+    packing: bool = True
+    dtype: str = AUTO
+    attention: str | None = None
+    compile: bool = False
+    pad_id: int = 0
+
+    def batch(self, examples: Sequence[Mapping[str, list[int]]], device: torch.device) -> dict[str, torch.Tensor]:
+        """One micro-batch of encoded ``examples`` on ``device``: :func:`pack`'s or :func:`collate`'s."""
+        make = pack if self.packing else collate
+        return {k: v.to(device) for k, v in make(examples, self.pad_id).items()}
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """Autocast of the forward pass on ``device`` in :attr:`dtype` (a no-op for fp32)."""
+        dtype = self.dtype
+        if dtype == AUTO:
+            dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
+        return autocast_context(device, dtype)
+
+
+@contextlib.contextmanager
+def speedups(model: torch.nn.Module, compute: Compute, device: torch.device) -> Iterator[None]:
+    """Run the body (training steps) with the model-wide speed-ups; every one undone afterwards:
+
+    - on the CPU, every LoRA dropout draws its masks from the cheap sampler
+      (:func:`~devft_lab.core.dropout.bits_dropout`);
+    - the attention kernel ``compute.attention``, row-wise when ``compute.packing``
+      (:func:`~devft_lab.core.attention.attention_kernel`);
+    - compiled decoder layers when ``compute.compile`` (:func:`~devft_lab.core.compiled.compiled_layers`).
+    """
+    with bits_dropout(model, mask_sampler(device) == SAMPLER), \
+            attention_kernel(model, compute.attention, rows=compute.packing), \
+            compiled_layers(model, compute.compile):
+        yield
+
+
 # --------------------------------------------------------------------------- loop
 @dataclass
 class TrainStats:
@@ -248,67 +312,52 @@ def batch_order(n: int, steps: int, batch_size: int, generator: torch.Generator)
 
 
 def train_local(model: torch.nn.Module, encoded: Sequence[Mapping[str, list[int]]], *, steps: int,
-                batch_size: int, lr: float, grad_accum: int = 1, max_grad_norm: float | None = 1.0,
-                weight_decay: float = 0.0, seed: int = 0, pad_id: int = 0,
-                penalty: Callable[[], torch.Tensor] | None = None, device: str | torch.device | None = None,
-                progress: Callable[[int, float], None] | None = None, packing: bool = True,
-                compute_dtype: str = "auto", compile: bool = False, attention: str | None = None,
-                reparam: Reparametrization | None = None) -> TrainStats:
-    """Train the parameters with ``requires_grad`` for ``steps`` optimizer steps (AdamW).
+                batch_size: int, lr: float, seed: int = 0, grad_accum: int = 1, max_grad_norm: float | None = 1.0,
+                penalty: Callable[[], torch.Tensor] | None = None,
+                progress: Callable[[int, float], None] | None = None,
+                reparam: Reparametrization | None = None, compute: Compute = Compute()) -> TrainStats:
+    """Train the parameters with ``requires_grad`` for ``steps`` optimizer steps (AdamW, no weight decay).
 
     Each step accumulates ``grad_accum`` micro-batches of ``batch_size`` examples; the loss
-    is the mean over response tokens (plus ``penalty()``, e.g. FedProx's proximal term).
-    Batches come from ``seed`` alone, and dropout from the global torch RNG, which the
-    caller seeds: the same seed and state give the same result. On the CPU the LoRA dropout
-    masks are drawn 15 random bits an element (:mod:`devft_lab.core.dropout`: PyTorch's CPU
-    Bernoulli sampler is slow outside Intel's MKL).
+    is the mean over response tokens (plus ``penalty()``, e.g. FedProx's proximal term); the
+    gradient is clipped to norm ``max_grad_norm`` (None: not clipped). Batches come from ``seed``
+    alone, and dropout from the global torch RNG, which the caller seeds: the same seed and state
+    give the same result. ``progress(step, loss)`` is called after each step.
 
-    ``packing``: micro-batches via :func:`pack` (no padding waste) rather than :func:`collate`.
-    ``compute_dtype``: the autocast dtype of the forward pass (``float32``: none; ``auto``:
-    bf16 on CUDA, fp32 elsewhere; the runner passes what :func:`~devft_lab.core.device.compute_dtype`
-    measured).
-    ``compile``: the decoder layers run ``torch.compile``d during these steps
-    (:func:`~devft_lab.core.compiled.compiled_layers`), eager again afterwards.
-    ``attention``: the attention kernel of these steps (``sdpa`` | ``eager``,
-    :func:`~devft_lab.core.attention.attention_kernel`); ``None``: the model's own.
+    ``compute``: how the steps run fast (:class:`Compute`, applied by :func:`speedups`).
     ``reparam``: step its ``params``, which generate the model's trainable tensors
     (:class:`Reparametrization`); the model ends holding what the final ``params`` generate.
     """
     params = list(reparam.params) if reparam is not None else [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("train_local: the model has no trainable parameters (is the LoRA attached?).")
-    device = torch.device(device) if device is not None else params[0].device
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(int(seed))
-    batches = batch_order(len(encoded), steps * grad_accum, batch_size, gen)
-    if compute_dtype == "auto":
-        compute_dtype = "bfloat16" if device.type == "cuda" else "float32"
-    make_batch = pack if packing else collate
+    device = params[0].device
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    batches = batch_order(len(encoded), steps * grad_accum, batch_size, torch.Generator().manual_seed(int(seed)))
     was_training = model.training
     model.train()
     t0, total, n_tok, n_target, seen = time.perf_counter(), 0.0, 0, 0, 0
-    with bits_dropout(model, mask_sampler(device) == SAMPLER), attention_kernel(model, attention, rows=packing), compiled_layers(model, compile):
+    with speedups(model, compute, device):
         for step in range(steps):
             opt.zero_grad(set_to_none=True)
             if reparam is not None:
-                reparam.load()
+                reparam.load()  # the generated tensors into the model
             step_loss = 0.0
             for micro in range(grad_accum):
-                idx = batches[step * grad_accum + micro]
-                chunk = [encoded[i] for i in idx]
-                batch = {k: v.to(device) for k, v in make_batch(chunk, pad_id).items()}
-                with autocast_context(device, compute_dtype):
-                    loss_sum, n = lm_loss(model, batch)
+                examples = [encoded[i] for i in batches[step * grad_accum + micro]]
+                batch = compute.batch(examples, device)
+                with compute.autocast(device):
+                    loss_sum, n = lm_loss(model, batch)  # forward: summed cross-entropy over n response tokens
                 loss = loss_sum / max(n, 1)
                 if penalty is not None:
                     loss = loss + penalty()
                 (loss / grad_accum).backward()
                 step_loss += float(loss_sum.detach()) / max(n, 1) / grad_accum
-                n_tok += sum(len(e["input_ids"]) for e in chunk)
+                n_tok += sum(len(e["input_ids"]) for e in examples)
                 n_target += n
-                seen += len(idx)
+                seen += len(examples)
             if reparam is not None:
-                reparam.backward()
+                reparam.backward()  # the model tensors' gradients on into reparam.params
             if max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             opt.step()

@@ -62,7 +62,7 @@ from devft_lab.core.compiled import compile_available
 from devft_lab.core.evaluate import _encode, get_template, score_multiple_choice
 from devft_lab.core.layers import decoder_layers, num_layers, unwrap
 from devft_lab.core.models import load_model
-from devft_lab.core.train import encode_examples, train_local
+from devft_lab.core.train import Compute, encode_examples, train_local
 from devft_lab.data import load_examples
 from devft_lab.data.lab import expand_suites, load_suite
 from devft_lab.experiments.trainer_peer import compare
@@ -94,8 +94,8 @@ def _examples(n: int = 64) -> list[dict]:
 
 def _client_round_s(model, enc, steps: int, batch_size: int, pad_id: int, packing: bool = True,
                     dtype: str = "float32", compile: bool = False, attention: str = "sdpa") -> tuple[float, int]:
-    kw = dict(batch_size=batch_size, lr=1e-4, pad_id=pad_id, packing=packing, compute_dtype=dtype, compile=compile,
-              attention=attention)
+    kw = dict(batch_size=batch_size, lr=1e-4,
+              compute=Compute(packing=packing, dtype=dtype, attention=attention, compile=compile, pad_id=pad_id))
     torch.manual_seed(0)
     train_local(model, enc, steps=2 if compile else 1, seed=1, **kw)  # warm-up (and compilation)
     s = train_local(model, enc, steps=steps, seed=0, **kw)
@@ -149,8 +149,8 @@ def step_breakdown(model, enc, batch_size: int, pad_id: int, packing: bool, dtyp
     Shows what stands between the step and the GEMM peak. In a compiled step, ``fused (compiled)``
     holds every loop inductor fused (norms, rotary, SiLU, casts, and the softmax of ``eager``
     attention, whose two matmuls count as GEMMs)."""
-    kw = dict(batch_size=batch_size, lr=1e-4, pad_id=pad_id, packing=packing, compute_dtype=dtype, compile=compile,
-              attention=attention)
+    kw = dict(batch_size=batch_size, lr=1e-4,
+              compute=Compute(packing=packing, dtype=dtype, attention=attention, compile=compile, pad_id=pad_id))
     train_local(model, enc, steps=2 if compile else 1, seed=1, **kw)  # warm-up (and compilation)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         train_local(model, enc, steps=steps, seed=0, **kw)
@@ -279,7 +279,8 @@ def _rss_child(model_name: str, clients: int) -> None:
     plan = DevFTPlan(model, default_lora_config(r=8, alpha=16, dropout=0.0), [stage_capacities(L)[0]], [1],
                      DevFTConfig(grouping="even"))
     settings = SimulationSettings(clients_per_round=clients, seed=0, progress=False, checkpoint_every=0,
-                                  training=LocalTraining(steps=1, batch_size=1, lr=1e-4, pad_id=tok.pad_token_id or 0),
+                                  training=LocalTraining(steps=1, batch_size=1, lr=1e-4,
+                                                         compute=Compute(pad_id=tok.pad_token_id or 0)),
                                   lr=1e-4)
     with tempfile.TemporaryDirectory() as d:
         sim = Simulation(plan, get_strategy("fedsa-lora"), data, settings, d)

@@ -90,12 +90,12 @@ def stage_costs(config, capacities: Sequence[int], lora_config, *, steps: int, b
         params = sum(p.numel() for p in sub.model.parameters())
         lora = sum(p.numel() for p in sub.model.parameters() if p.requires_grad)
         torch.manual_seed(0)
-        train_local(sub.model, data, steps=1, batch_size=batch_size, lr=1e-4, seed=1, device=device)  # warm-up
+        train_local(sub.model, data, steps=1, batch_size=batch_size, lr=1e-4, seed=1)  # warm-up
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        stats = train_local(sub.model, data, steps=steps, batch_size=batch_size, lr=1e-4, seed=0, device=device)
+        stats = train_local(sub.model, data, steps=steps, batch_size=batch_size, lr=1e-4, seed=0)
         if cuda:
             torch.cuda.synchronize()
         secs = time.perf_counter() - t0

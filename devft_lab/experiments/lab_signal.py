@@ -123,7 +123,7 @@ def run(cfg: SignalConfig, command: str) -> dict[str, Any]:
 
     from devft_lab.core.evaluate import evaluate_suites  # optional/heavy: torch (devft_lab.core.evaluate)
     from devft_lab.core.models import load_model  # optional/heavy: torch (devft_lab.core.models)
-    from devft_lab.core.train import encode_examples, train_local  # optional/heavy: torch (devft_lab.core.train)
+    from devft_lab.core.train import Compute, encode_examples, train_local  # optional/heavy: torch (devft_lab.core.train)
 
     headline = expand_suites(cfg.suites)  # unknown suite: fail before the slow parts
     every = headline + [s for s in expand_suites(cfg.extra_suites or []) if s not in headline]
@@ -148,7 +148,8 @@ def run(cfg: SignalConfig, command: str) -> dict[str, Any]:
 
     print(f"[signal] fine-tuning LoRA r={cfg.lora_r} on {len(pool)} pool examples, {cfg.steps} steps ...", flush=True)
     stats = train_local(peft_model, encoded, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                        grad_accum=cfg.grad_accum, seed=cfg.seed, pad_id=tok.pad_token_id or 0, progress=progress)
+                        grad_accum=cfg.grad_accum, seed=cfg.seed, progress=progress,
+                        compute=Compute(pad_id=tok.pad_token_id or 0))
     print(f"[signal] trained in {stats.seconds:.0f} s (mean loss {stats.loss:.4f})", flush=True)
     ft = evaluate_suites(peft_model, tok, **ev)
     head = average(base["items"], ft["items"], headline, cfg)

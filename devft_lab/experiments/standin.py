@@ -230,7 +230,7 @@ def run_point(lab: Lab, groups: Sequence[Sequence[int]] | None, fusion: str, ste
     from devft_lab.core.evaluate import score_multiple_choice
     from devft_lab.stats import summarise
     from devft_lab.core.lora import get_lora_state
-    from devft_lab.core.train import mean_response_loss, train_local
+    from devft_lab.core.train import Compute, mean_response_loss, train_local
     from devft_lab.plans.devft import DevFTPlan
     from devft_lab.plans.hooks import default_hooks
     from devft_lab.runner.config import DevFTConfig
@@ -247,8 +247,9 @@ def run_point(lab: Lab, groups: Sequence[Sequence[int]] | None, fusion: str, ste
     if steps > 0:
         torch.manual_seed(seed)  # the LoRA dropout masks
         st = train_local(stage.model, lab.train, steps=steps, batch_size=lab.batch_size, lr=lab.lr,
-                         grad_accum=lab.grad_accum, max_grad_norm=lab.max_grad_norm, seed=seed, pad_id=lab.pad_id,
-                         packing=True, compute_dtype=lab.dtype, compile=lab.compile, attention=lab.attention)
+                         grad_accum=lab.grad_accum, max_grad_norm=lab.max_grad_norm, seed=seed,
+                         compute=Compute(packing=True, dtype=lab.dtype, attention=lab.attention, compile=lab.compile,
+                                         pad_id=lab.pad_id))
         train = {"steps": st.steps, "loss": st.loss, "tokens": st.tokens, "target_tokens": st.target_tokens,
                  "seconds": round(st.seconds, 2)}
     state = get_lora_state(stage.model)

@@ -37,7 +37,7 @@ from devft_lab.core.compiled import compile_available
 from devft_lab.core.device import compute_dtype
 from devft_lab.core.lora import get_lora_state
 from devft_lab.core.models import load_model
-from devft_lab.core.train import encode_examples
+from devft_lab.core.train import Compute, encode_examples
 from devft_lab.data import load_examples
 from devft_lab.fl.accounting import peak_rss_mb
 from devft_lab.fl.client import LocalTraining, client_update
@@ -190,8 +190,8 @@ def ours_round(model_name: str, examples: Sequence[Mapping], *, clients: int = 2
     weights = [len(d) for d in data]
     strategy = get_strategy("fedit")
     kernel, _ = choose_attention(attention, dtype, model)
-    training = LocalTraining(steps=steps, batch_size=batch_size, lr=lr, pad_id=tok.pad_token_id or 0,
-                             compute_dtype=dtype, compile=compile, attention=kernel)  # packing: the default
+    compute = Compute(dtype=dtype, attention=kernel, compile=compile, pad_id=tok.pad_token_id or 0)  # packing: default
+    training = LocalTraining(steps=steps, batch_size=batch_size, lr=lr, compute=compute)
     init = strategy.init_global(get_lora_state(model))
     glob, times = init, []
     for rnd in range(warmup + repeats):

@@ -15,7 +15,7 @@ import torch
 
 from devft_lab.core.lora import get_lora_state, lora_parameters, set_lora_state  # noqa: F401 (re-exported)
 from devft_lab.fl.strategies import State, Strategy, set_trainable  # noqa: F401 (set_trainable re-exported)
-from devft_lab.core.train import TrainStats, train_local
+from devft_lab.core.train import Compute, TrainStats, train_local
 
 
 @dataclass
@@ -27,11 +27,7 @@ class LocalTraining:
     lr: float
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
-    pad_id: int = 0
-    packing: bool = True  # micro-batches without padding (devft_lab.core.train.pack)
-    compute_dtype: str = "auto"  # autocast dtype of the forward pass (devft_lab.core.device)
-    compile: bool = False  # torch.compile the decoder layers while training (devft_lab.core.compiled)
-    attention: str | None = None  # attention kernel while training, sdpa | eager (devft_lab.core.attention)
+    compute: Compute = Compute()  # how the steps run fast: packing, dtype, kernel, compile (devft_lab.core.train)
 
 
 @dataclass
@@ -70,9 +66,7 @@ def client_update(model: torch.nn.Module, start: Mapping[str, torch.Tensor], dat
             penalised = strategy.local_penalty(params, ref) is not None  # the default hook: None
         penalty = (lambda: strategy.local_penalty(params, ref)) if penalised else None  # noqa: E731
         stats = train_local(model, data, steps=training.steps, batch_size=training.batch_size, lr=training.lr,
-                            grad_accum=training.grad_accum, max_grad_norm=training.max_grad_norm, seed=s,
-                            pad_id=training.pad_id, penalty=penalty, packing=training.packing,
-                            compute_dtype=training.compute_dtype, compile=training.compile,
-                            attention=training.attention, reparam=local.reparam)
+                            seed=s, grad_accum=training.grad_accum, max_grad_norm=training.max_grad_norm,
+                            penalty=penalty, reparam=local.reparam, compute=training.compute)
         trained = local.state()
     return ClientResult(client, strategy.uplink(trained), strategy.persist(trained), len(data), stats)

@@ -58,9 +58,9 @@ from annotated_types import Ge, Gt, Le, Lt
 
 from devft_lab.core.attention import KERNELS as ATTENTION_KERNELS
 from devft_lab.core.choices import ConfigError
+from devft_lab.core.device import AUTO as AUTO_DTYPE, DTYPES as TORCH_DTYPES
 from devft_lab.core.choices import closest as _closest
 from devft_lab.core.choices import not_one_of
-from devft_lab.core.device import DTYPES as COMPUTE_DTYPES
 from devft_lab.core.train import LR_SCOPES
 from devft_lab.data.partition import PARTITIONERS
 from devft_lab.data.templates import TEMPLATES
@@ -80,7 +80,7 @@ from devft_lab.plans import PLANS as PLAN_CLASSES
 SCHEDULES = ("cosine", "linear", "constant")  # devft_lab.core.train.round_lr
 PLANS = tuple(PLAN_CLASSES)
 PARTITIONER_NAMES = tuple(PARTITIONERS)  # devft_lab.data.partition
-DTYPES = ("auto", *COMPUTE_DTYPES)
+DTYPES = (AUTO_DTYPE, *TORCH_DTYPES)
 QUANTIZATIONS = ("none", "int4", "int8")  # devft_lab.core.models
 ATTENTIONS = ("auto", *ATTENTION_KERNELS)
 # Ranges, checked by pydantic from the annotations (a miss says the bound and the default).

@@ -35,8 +35,9 @@ from devft_lab.runner.config import (ConfigError, RunConfig, clients_per_round_c
 from devft_lab.fl.client import LocalTraining, get_lora_state
 from devft_lab.fl.simulation import Simulation, SimulationSettings, dump_json, final_state
 from devft_lab.core.lora import to_flat, to_layers
+from devft_lab.core.device import AUTO as AUTO_DTYPE, DTYPES as TORCH_DTYPES
 from devft_lab.core.dropout import mask_sampler
-from devft_lab.core.train import IGNORE, PACK_LAYOUT, collate, encode_examples, mean_response_loss
+from devft_lab.core.train import IGNORE, PACK_LAYOUT, Compute, collate, encode_examples, mean_response_loss
 from devft_lab.fl.stages import FullModelPlan, StagePlan
 from devft_lab.fl.strategies import STRATEGIES, Strategy, client_profiles, from_config
 from devft_lab import __version__
@@ -100,8 +101,7 @@ def device_of(cfg: RunConfig) -> str:
 
 
 def _dtype(cfg: RunConfig):
-    return {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16,
-            "float16": torch.float16}[cfg.model.dtype]
+    return None if cfg.model.dtype == AUTO_DTYPE else TORCH_DTYPES[cfg.model.dtype]
 
 
 def build_plan(cfg: RunConfig, model: torch.nn.Module, capacities: Sequence[int],
@@ -305,9 +305,10 @@ def build(cfg: RunConfig, progress: bool = True, compute: dict[str, Any] | None 
     settings = SimulationSettings(
         clients_per_round=cfg.fed.clients_per_round, seed=t.seed,
         training=LocalTraining(steps=t.local_steps, batch_size=t.batch_size, lr=t.lr, grad_accum=t.grad_accum,
-                               max_grad_norm=t.max_grad_norm, pad_id=tok.pad_token_id or 0, packing=t.packing,
-                               compute_dtype=compute["dtype"], compile=t.compile,
-                               attention=compute["attention"]),
+                               max_grad_norm=t.max_grad_norm,
+                               compute=Compute(packing=t.packing, dtype=compute["dtype"],
+                                               attention=compute["attention"], compile=t.compile,
+                                               pad_id=tok.pad_token_id or 0)),
         lr=t.lr, lr_min=t.lr_min, lr_schedule=t.schedule, lr_scope=t.schedule_scope, lr_start=t.schedule_start,
         lr_length=t.schedule_rounds, eval_every=cfg.eval.every_n_rounds,
         eval_stage_ends=cfg.eval.stage_ends,
