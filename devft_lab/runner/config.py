@@ -163,7 +163,7 @@ class DevFTConfig:
     affinity: Literal[AFFINITIES] = "clip"  # how negative similarities enter the graph: clip | shift
     fusion: Literal[FUSION_METHODS] = "dblf"  # dblf | r-one | sum | mean | laco
     anchor: Literal[ANCHOR_RULES] = "first"
-    transfer: Literal[TRANSFER_RULES] = "copy"  # knowledge transfer: copy (paper) | copy-scaled | anchor-only | increment
+    transfer: Literal[tuple(TRANSFER_RULES)] = "copy"  # knowledge transfer: copy (paper) | copy-scaled | anchor-only | increment
     similarity: Literal[SIMILARITIES] = "parameters"  # DGLG's W: parameters (paper) | function (residual updates on a probe set)
     probe_loss: Flag = False  # record sub/full model loss on a probe set at each stage's start and end
     probe_examples: Count = 16  # size of that probe set (also the one similarity=function runs)
