@@ -211,6 +211,19 @@ def efficiency(fin: dict[str, Finished], metric: str, higher: bool) -> dict[str,
                                           if per[s] and dev_hit.get(s) and dev_hit[s][q] > 0])
                              for q in ("time_s", "paper_bytes", "full_bytes")}
                        for key, per in reached.items() if key != "devft"}
+    # whole runs against DevFT's (the paper's headline ratios, 4.59x and 10.67x, compare whole runs of
+    # DevFT and C2A): each method's total over DevFT's, per seed (x > 1: DevFT needed less)
+    dev_sums = fin.get("devft", Finished()).summaries
+
+    def totals(sm: dict) -> dict[str, float]:
+        return {"time_s": sm["train_s"] + sm.get("aggregate_s", 0.0), "paper_bytes": sm["paper_bytes"],
+                "full_bytes": sm["full_bytes"], "flops": sm["flops_estimate"]}
+
+    out["whole_run_vs_devft"] = {
+        key: {q: mean_std([totals(f.summaries[s])[q] / totals(dev_sums[s])[q] for s in f.summaries
+                           if s in dev_sums and totals(dev_sums[s])[q] > 0])
+              for q in ("time_s", "paper_bytes", "full_bytes", "flops")}
+        for key, f in fin.items() if key != "devft"}
     # per-round cost: DevFT's first / last stage against FedIT's full-model rounds
     def rounds_of(f: Finished) -> dict[int, list[dict]]:
         return {s: read_run(p).rows for s, p in f.paths.items()}

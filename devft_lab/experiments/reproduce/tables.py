@@ -292,6 +292,16 @@ def to_markdown(t: dict[str, Any]) -> str:
         out += markdown_table(["method", "time x less", "LoRA uplink x less", "seeds"],
                               [[V[k].label, fmt(v["time_s"]), fmt(v["paper_bytes"]), v["time_s"]["n"]]
                                for k, v in t.get("devft_vs", {}).items()])
+    if t["table"] == "efficiency" and t.get("whole_run_vs_devft"):
+        pe = PAPER_EFFICIENCY
+        out += ["", "Whole runs (every method 10 rounds): each method's total over DevFT's, per seed (x > 1: DevFT "
+                "needed less). The paper's headline ratios are of this kind, DevFT against C2A: "
+                f"{pe['time_to_convergence_h_llama2_7b']['speedup']}x less time to convergence (LLaMA2-7B) and "
+                f"{pe['communication_gb_llama2_13b']['reduction']}x less communication (LLaMA2-13B). Wall time on a "
+                "shared CPU mixes method and machine load; client FLOPs and bytes do not.", ""]
+        out += markdown_table(["method", "train+agg time x", "client FLOPs x", "LoRA uplink x", "full traffic x", "seeds"],
+                              [[V[k].label, fmt(v["time_s"]), fmt(v["flops"]), fmt(v["paper_bytes"]),
+                                fmt(v["full_bytes"]), v["flops"]["n"]] for k, v in t["whole_run_vs_devft"].items()])
     if t.get("verdicts"):
         out += ["", "## Verdicts (computed from the numbers above)", "",
                 "a − b, positive: a is better. By seed: mean ± std of the per-seed differences of the final "
