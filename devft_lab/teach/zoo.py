@@ -265,10 +265,11 @@ def real_round(parts, strategy: Strategy, clients: Sequence[int] | None = None, 
     clients = list(range(min(4, len(parts.client_data)))) if clients is None else list(clients)
     trained, weights = [], []
     for c in clients:
-        res = client_update(sm.model, strategy.client_init(start), parts.client_data[c], strategy,
+        begin = strategy.client_init(start, client=c)  # DoFIT: the client's domain adapter; most: ``start``
+        res = client_update(sm.model, begin, parts.client_data[c], strategy,
                             parts.settings.training, client=c, round_idx=round_idx, seed=parts.settings.seed,
                             global_state=start)
-        trained.append({**start, **res.upload, **res.keep})
+        trained.append({**begin, **res.upload, **res.keep})
         weights.append(float(res.num_samples))
     return start, trained, weights
 
