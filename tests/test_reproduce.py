@@ -281,7 +281,12 @@ def _efficiency_case(plan, machines=("fake", "fake")):
     assert "| DevFT | 1 of 1 | 10.0 |" in md and "| 2.00 | 1.33 |" in md  # time and uplink x less than FedIT
     assert "| ProgFed | 0 of 1 | - |" in md and "| C2A | not run yet |" in md
     assert "| FedIT | 2.00 | 1.33 | 1 |" in md and "| ProgFed | - | - | 0 |" in md  # DevFT vs each, both reached
-    assert t["verdicts"] == []  # time and bytes to the target are this table's numbers
+    v = {x["b"]: x for x in t["verdicts"]}  # DevFT against each method: accuracy, no paper value
+    assert set(v) == {"fedit", "progfed", "fedsa-lora", "c2a"}
+    assert v["fedit"]["by_seed"]["mean"] == 1.0 and v["progfed"]["by_seed"]["mean"] == 2.0  # 41 - 40, 41 - 39
+    assert v["c2a"]["by_seed"]["n"] == 0 and v["fedit"]["paper_direction"] == "-"
+    w = t["whole_run_vs_devft"]  # each method's totals over DevFT's
+    assert w["fedit"]["flops"]["n"] == 1 and w["c2a"]["flops"]["n"] == 0 and "devft" not in w
 
 
 def test_efficiency_compares_devft_with_c2a_once_c2a_has_run(tmp_path):

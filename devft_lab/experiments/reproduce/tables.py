@@ -49,8 +49,8 @@ def comparisons(table: str) -> list[tuple[str, str, dict[str, float | None]]]:
 
     main: DevFT against every method with a published score (the paper's differences of its
     table); ablation and growth: DevFT minus each variant (the paper's drop, in %); compat:
-    FedSA-LoRA + DevFT minus FedSA-LoRA (the paper's gain, in %); efficiency: none (time and
-    bytes to the target are its numbers)."""
+    FedSA-LoRA + DevFT minus FedSA-LoRA (the paper's gain, in %); efficiency: DevFT against each
+    method, accuracy only (the paper's efficiency numbers are times and bytes, not scores)."""
     if table == "main":
         dev = PAPER_MAIN["devft"]
         return [("devft", k, {c: round(dev[c] - PAPER_MAIN[k][c], 2) for c in PAPER_COLUMNS})
@@ -61,6 +61,8 @@ def comparisons(table: str) -> list[tuple[str, str, dict[str, float | None]]]:
         return [("devft", k, {"LLaMA2-13B drop %": PAPER_GROWTH["drop_pct_x4_x8_vs_x2"]}) for k in TABLES["growth"][1:]]
     if table == "compat":
         return [("fedsa-lora-devft", "fedsa-lora", {"LLaMA2-7B gain %": PAPER_COMPAT["score_gain_pct"]})]
+    if table == "efficiency":
+        return [("devft", k, {}) for k in TABLES["efficiency"] if k != "devft"]
     return []
 
 
