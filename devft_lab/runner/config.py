@@ -82,6 +82,7 @@ from devft_lab.plans import PLANS as PLAN_CLASSES
 SCHEDULES = ("cosine", "linear", "constant")  # devft_lab.core.train.round_lr
 PLANS = tuple(PLAN_CLASSES)
 PARTITIONER_NAMES = tuple(PARTITIONERS)  # devft_lab.data.partition
+TRANSFERS = tuple(TRANSFER_RULES)  # devft_lab.method.transfer: name -> rule
 DTYPES = ("auto", *COMPUTE_DTYPES)
 QUANTIZATIONS = ("none", "int4", "int8")  # devft_lab.core.models
 ATTENTIONS = ("auto", *ATTENTION_KERNELS)
@@ -165,7 +166,7 @@ class DevFTConfig:
     affinity: Literal[AFFINITIES] = "clip"  # how negative similarities enter the graph: clip | shift
     fusion: Literal[FUSION_METHODS] = "dblf"  # dblf | r-one | sum | mean | laco
     anchor: Literal[ANCHOR_RULES] = "first"
-    transfer: Literal[TRANSFER_RULES] = "copy"  # knowledge transfer: copy (paper) | copy-scaled | anchor-only | increment
+    transfer: Literal[TRANSFERS] = "copy"  # knowledge transfer: copy (paper) | copy-scaled | anchor-only | increment
     similarity: Literal[SIMILARITIES] = "parameters"  # DGLG's W: parameters (paper) | function (residual updates on a probe set)
     probe_loss: Flag = False  # record sub/full model loss on a probe set at each stage's start and end
     probe_examples: Count = 16  # size of that probe set (also the one similarity=function runs)
