@@ -177,15 +177,7 @@ def test_no_import_up_the_declared_order():
 
 # Files whose function-local imports another part of issue 34 still has to hoist or mark (their
 # bodies were being rewritten in parallel); empty this set as each is done.
-PENDING_LOCAL_IMPORTS = {
-    "core/attention.py", "core/evaluate.py", "core/packed_attention.py", "core/train.py",
-    "experiments/reproduce/cells.py", "experiments/reproduce/cli.py", "experiments/reproduce/stats.py",
-    "experiments/reproduce/tables.py", "experiments/standin.py", "experiments/sweep.py",
-    "fl/simulation.py", "plans/devft.py", "plans/progfed.py", "runner/config.py", "runner/report.py",
-    "teach/zoo.py",
-    "flower/cli.py", "flower/client_app.py", "flower/deploy.py", "flower/devft_workload.py",
-    "flower/records.py", "flower/server_app.py", "flower/simulate.py", "flower/tls.py", "flower/workload.py",
-}
+PENDING_LOCAL_IMPORTS = {"core/attention.py", "core/packed_attention.py", "core/train.py"}
 TAG = "optional/heavy:"
 
 

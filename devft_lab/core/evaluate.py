@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import math
 import re
 import time
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 
 from devft_lab.core.layers import decoder_and_head, unwrap
 from devft_lab.core.packing import first_fit_decreasing
+from devft_lab.data.lab import expand_suites, load_suite, suite_cap
 from devft_lab.data.records import normalise_text
 from devft_lab.data.templates import PromptTemplate, get_template
 from devft_lab.stats import summarise
@@ -74,7 +76,7 @@ def _device(model) -> torch.device:
 
 def _is_hf(model) -> bool:
     """A transformers model (or a PEFT wrapper around one): it takes a KV cache."""
-    from transformers import PreTrainedModel
+    from transformers import PreTrainedModel  # optional/heavy: transformers
 
     return isinstance(unwrap(model), PreTrainedModel)
 
@@ -82,8 +84,6 @@ def _is_hf(model) -> bool:
 def _cache_kwarg(model) -> str:
     """The forward keyword of the KV cache: ``cache`` in recent transformers 5.x,
     ``past_key_values`` before (the old name is deprecated, to be removed in 5.40)."""
-    import inspect
-
     return "cache" if "cache" in inspect.signature(unwrap(model).forward).parameters else "past_key_values"
 
 
@@ -415,8 +415,6 @@ def evaluate_suites(model, tokenizer, suites: Sequence[str] = ("lab",), max_per_
     "items": [per-item rows], "seconds", "cpu_seconds", "template", "max_per_task", "seed"}``; accuracies in
     percent; ``avg`` is the macro average over suites of the macro average over their tasks.
     """
-    from devft_lab.data.lab import expand_suites, load_suite, suite_cap
-
     t0, c0 = time.perf_counter(), time.process_time()
     rows = []
     for name in expand_suites(suites):

@@ -79,6 +79,20 @@ from typing import Any, Sequence
 import torch
 
 from devft_lab.experiments.compute_matched import mean_sd  # seed mean and sample sd, one owner
+from devft_lab.core.device import autocast_context
+from devft_lab.core.evaluate import score_multiple_choice
+from devft_lab.core.layers import num_layers
+from devft_lab.core.lora import get_lora_state, to_layers
+from devft_lab.core.models import load_model
+from devft_lab.core.tables import markdown_table
+from devft_lab.core.train import Compute, collate, encode_examples, mean_response_loss, train_local
+from devft_lab.data.lab import load_pool, load_suite
+from devft_lab.experiments.compute_matched import matched_rounds, model_shape, stage_flops_per_token
+from devft_lab.plans.devft import DevFTPlan
+from devft_lab.plans.hooks import default_hooks
+from devft_lab.runner.config import DevFTConfig, load_config
+from devft_lab.runner.run import item_row, lora_config_of, machine, probe_set, resolve_compute
+from devft_lab.stats import summarise
 
 KINDS = ("dblf", "drop", "pairs", "dglg")
 DEFAULT_KINDS = ("dblf", "drop", "pairs")
@@ -128,15 +142,11 @@ def stand_in_groups(kind: str, num_layers: int, size: int) -> list[list[int]] | 
 def matched_steps(counts, size: int, steps: int) -> int:
     """Full-model steps of the same client FLOPs as ``steps`` steps of a ``size``-layer stand-in:
     ``max(1, floor(steps x F(size) / F(L) + 0.5))`` (:func:`compute_matched.matched_rounds`)."""
-    from devft_lab.experiments.compute_matched import matched_rounds
-
     return matched_rounds(counts, [size], [steps])
 
 
 def flops_per_token(counts, size: int) -> float:
     """F(size): client training FLOPs per token of a ``size``-layer stage (the ledger's count)."""
-    from devft_lab.experiments.compute_matched import stage_flops_per_token
-
     return stage_flops_per_token(counts, size)
 
 
@@ -166,8 +176,6 @@ class Lab:
 
     @property
     def num_layers(self) -> int:
-        from devft_lab.core.layers import num_layers
-
         return num_layers(self.model)
 
 
@@ -185,12 +193,6 @@ def make_lab(model_name: str, holdout: int = 48, max_per_task: int | None = 25, 
              suites: Sequence[str] = ("indist",), overrides: Sequence[str] = ()) -> Lab:
     """Load ``model_name`` and the lab's data and settings (``examples``: another pool, e.g. tests';
     ``suites=()``: no accuracy). ``recorded``: the compute settings of existing points, reused."""
-    from devft_lab.core.models import load_model
-    from devft_lab.core.train import collate, encode_examples
-    from devft_lab.data.lab import load_pool, load_suite
-    from devft_lab.runner.config import load_config
-    from devft_lab.runner.run import lora_config_of, probe_set, resolve_compute
-
     cfg = load_config(CONFIG, [f"model.name={model_name}", "device=cpu", *overrides])
     t = cfg.train
     model, tok = load_model(model_name, device="cpu")
@@ -226,16 +228,6 @@ def run_point(lab: Lab, groups: Sequence[Sequence[int]] | None, fusion: str, ste
     """Build the stand-in (``groups``; None: DGLG of ``size`` groups), measure its probe gap, train it
     ``steps`` steps, copy back, measure the full model. Returns the point's record; ``keep`` (a dict)
     receives the stand-in's trained LoRA (``reps``) and the full model's after copy back (``global_lora``)."""
-    from devft_lab.core.device import autocast_context
-    from devft_lab.core.evaluate import score_multiple_choice
-    from devft_lab.stats import summarise
-    from devft_lab.core.lora import get_lora_state
-    from devft_lab.core.train import Compute, mean_response_loss, train_local
-    from devft_lab.plans.devft import DevFTPlan
-    from devft_lab.plans.hooks import default_hooks
-    from devft_lab.runner.config import DevFTConfig
-    from devft_lab.runner.run import item_row
-
     t0 = time.perf_counter()
     k = len(groups) if groups is not None else int(size)
     d = DevFTConfig(beta=lab.beta, grouping="spectral", fusion=fusion, transfer="copy", probe_loss=True)
@@ -255,8 +247,6 @@ def run_point(lab: Lab, groups: Sequence[Sequence[int]] | None, fusion: str, ste
     state = get_lora_state(stage.model)
     plan.end(0, state)
     if keep is not None:
-        from devft_lab.core.lora import to_layers
-
         keep.update(reps=to_layers(state)[0], global_lora=plan.global_lora)
     trained = time.perf_counter()
     full = plan.full_model()
@@ -361,8 +351,6 @@ def settings_clash(recorded: dict[str, Any], current: dict[str, Any]) -> list[st
 
 def make_point(lab: Lab, p: Point) -> dict[str, Any]:
     """Train and measure one :class:`Point` (a full or untrained point is a stand-in of singletons)."""
-    from devft_lab.runner.run import machine
-
     L = lab.num_layers
     if p.kind in ("full", "untrained"):
         groups, fusion = [[i] for i in range(L)], "dblf"
@@ -395,7 +383,7 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     """Spearman's rank correlation (scipy; average ranks for ties); None under three pairs or for a constant side."""
     if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
         return None
-    from scipy.stats import spearmanr
+    from scipy.stats import spearmanr  # optional/heavy: scipy
 
     return float(spearmanr(xs, ys).statistic)
 
@@ -484,8 +472,6 @@ def probe_loss_correlation(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(data: dict[str, Any]) -> str:
-    from devft_lab.core.tables import markdown_table
-
     s, st, t = data["summary"], data["settings"], data["timing"]
     L = s["num_layers"]
     lines = [f"# How close must a stand-in be? {st['model']} ({L} layers), central, {s['steps']} steps", "",
@@ -562,11 +548,11 @@ def markdown(data: dict[str, Any]) -> str:
 
 def plot(data: dict[str, Any], out: str | Path | None = None):
     """Held-out loss and accuracy of the full model after copy back, against the probe gap and against L_s."""
-    import matplotlib
+    import matplotlib  # optional/heavy: matplotlib
 
     if out is not None:
         matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional/heavy: matplotlib
 
     s, st = data["summary"], data["settings"]
     L, steps = s["num_layers"], s["steps"]
@@ -666,10 +652,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="list the points and their budgets; train nothing")
     p.add_argument("--out", required=True, help="folder stem: OUT/points/*.json and OUT.json, OUT.md, OUT.png")
     args = p.parse_args(argv)
-    from devft_lab.experiments.compute_matched import model_shape
-    from devft_lab.runner.config import load_config
-    from devft_lab.runner.run import lora_config_of
-
     lcfg = lora_config_of(load_config(CONFIG))
     counts = model_shape(args.model, lcfg.r, sorted(lcfg.target_modules))
     L = counts.num_layers

@@ -56,9 +56,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from devft_lab.core.tables import markdown_table
+from devft_lab.experiments.compute_matched import matched_rounds, model_shape
 from devft_lab.experiments.reproduce.cells import (_DEVFT, _FINAL_ONLY, _FULL, SCALES, Cell, Plan, ReproduceError,
                                                    V, Variant, cell_status, check_tag, seeds_of)
-from devft_lab.experiments.reproduce.tables import verdict
+from devft_lab.experiments.reproduce.cli import table_command, train_cells
+from devft_lab.experiments.reproduce.stats import collect, fmt, fmt_ci, headline, mean_std, paired_items, row_metrics
+from devft_lab.experiments.reproduce.tables import compute_dtype, verdict
 
 FACTORS = ("capacity", "transfer", "beta", "grouping", "schedule")
 HOME = "sweep"
@@ -130,26 +134,22 @@ def levels(factors: Sequence[str] = FACTORS) -> list[Level]:
 
 def schedule_of(plan: Plan, schedule: str) -> tuple[list[int], list[int]]:
     """(capacities, rounds per stage) of a sweep schedule at ``plan``'s scale."""
-    from devft_lab.runner.config import stage_rounds
+    from devft_lab.runner.config import stage_rounds  # optional/heavy: torch (devft_lab.runner.config)
 
     cfg = plan.config(Cell(_dev("probe", "", *SCHEDULES[schedule]), 0))
-    from devft_lab.experiments.compute_matched import model_shape
-
     counts = model_shape(cfg.model.name, cfg.lora.r, cfg.lora.target_modules)
     caps = cfg.devft.capacities or _default_caps(counts.num_layers, cfg)
     return caps, stage_rounds(cfg)
 
 
 def _default_caps(num_layers: int, cfg) -> list[int]:
-    from devft_lab.runner.config import validate_against_model
+    from devft_lab.runner.config import validate_against_model  # optional/heavy: torch (devft_lab.runner.config)
 
     return validate_against_model(cfg, num_layers)
 
 
 def fedit_variant(plan: Plan, schedule: str) -> Variant:
     """FedIT with the total client FLOPs of DevFT's ``schedule`` at ``plan``'s scale."""
-    from devft_lab.experiments.compute_matched import matched_rounds, model_shape
-
     cfg = plan.config(Cell(CENTER, 0))
     counts = model_shape(cfg.model.name, cfg.lora.r, cfg.lora.target_modules)
     caps, rounds = schedule_of(plan, schedule)
@@ -205,8 +205,6 @@ def sweep_cells(plan: Plan, rows: Sequence[Level], seeds: Sequence[int],
 # --------------------------------------------------------------------------- the report
 def _probe_gaps(summaries: dict[int, dict]) -> list[dict[str, Any]]:
     """Mean over seeds of the probe's sub - full loss gap per (stage, start|end)."""
-    from devft_lab.experiments.reproduce.stats import mean_std
-
     by: dict[tuple[int, str], list[dict]] = {}
     for s in summaries.values():
         for r in s.get("stage_probes", []):
@@ -219,9 +217,8 @@ def _probe_gaps(summaries: dict[int, dict]) -> list[dict[str, Any]]:
 def build_report(plan: Plan, rows: Sequence[Level], fedits: dict[str, Variant], seeds: Sequence[int],
                  command: str) -> dict[str, Any]:
     """The sweep's numbers from whatever cells are finished."""
-    from devft_lab.experiments.reproduce.stats import collect, headline, paired_items, row_metrics
-    from devft_lab.runner.config import config_hash
-    from devft_lab.runner.run import machine
+    from devft_lab.runner.config import config_hash  # optional/heavy: torch (devft_lab.runner.config)
+    from devft_lab.runner.run import machine  # optional/heavy: torch (devft_lab.runner.run)
 
     cells, _ = sweep_cells(plan, rows, seeds)
     fin = collect(plan, cells)
@@ -259,8 +256,6 @@ def build_report(plan: Plan, rows: Sequence[Level], fedits: dict[str, Variant], 
     data["machine"] = machine()
     data["run_machines"] = sorted({m.get("machine", "?") for f in fin.values() for m in f.metas.values()})
     data["config_hashes"] = {c.name: config_hash(plan.config(c)) for c in cells}
-    from devft_lab.experiments.reproduce.tables import compute_dtype
-
     data["compute_dtypes"] = sorted({compute_dtype(m) for f in fin.values() for m in f.metas.values()})
     data["probe_correlation"] = probe_correlation(out_rows)
     data["best"] = best_levels(out_rows)
@@ -282,7 +277,7 @@ def probe_correlation(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
            and any(p["at"] == "start" and p["gap"]["mean"] is not None for p in r["probe"])]
     rho = None
     if len(pts) >= MIN_CORRELATION_POINTS:
-        from scipy.stats import spearmanr
+        from scipy.stats import spearmanr  # optional/heavy: scipy
 
         rho = float(spearmanr([a for a, _, _ in pts], [b for _, b, _ in pts]).statistic)
     return {"rho": rho, "n": len(pts), "points": [{"key": k, "probe_gap": a, "gap": b} for a, b, k in pts]}
@@ -317,8 +312,6 @@ def _on_shared_seeds(rows: Sequence[dict[str, Any]]) -> tuple[Callable[[dict], f
 
 
 def _fmt_ms(ms: dict | None, digits: int = 1) -> str:
-    from devft_lab.experiments.reproduce.stats import fmt
-
     return fmt(ms, digits)
 
 
@@ -333,9 +326,6 @@ def _probe_cell(probe: list[dict[str, Any]]) -> str:
 
 
 def to_markdown(d: dict[str, Any]) -> str:
-    from devft_lab.core.tables import markdown_table
-    from devft_lab.experiments.reproduce.stats import fmt_ci
-
     out = [f"# Where does DevFT help? Sweep at scale {d['scale']}{' (' + d['tag'] + ')' if d['tag'] else ''}", "",
            f"Command: `{d['command']}`", "", f"Status: {d['status']}; runs in `{d['runs']}`.", "",
            f"Machine: {d['machine']}; runs trained on: {'; '.join(d['run_machines']) or '-'}", "",
@@ -390,19 +380,17 @@ def to_markdown(d: dict[str, Any]) -> str:
 
 def plot(d: dict[str, Any], path: Path) -> None:
     """Heatmap: one row per level (grouped by factor), colour = DevFT - matched FedIT, text = gap [CI]."""
-    import matplotlib
+    import matplotlib  # optional/heavy: matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # optional/heavy: matplotlib
+    import numpy as np  # optional/heavy: numpy
 
     rows = d["rows"]
     vals = np.array([[r["gap_vs_fedit"]["mean"] if r["gap_vs_fedit"]["mean"] is not None else np.nan] for r in rows])
     lim = float(np.nanmax(np.abs(vals))) if np.isfinite(vals).any() else 1.0
     fig, ax = plt.subplots(figsize=(5.2, 0.42 * len(rows) + 1.4))
     ax.imshow(np.ma.masked_invalid(vals), cmap="RdBu", vmin=-lim or -1, vmax=lim or 1, aspect="auto")
-    from devft_lab.experiments.reproduce.stats import fmt_ci
-
     for i, r in enumerate(rows):
         dark = np.isfinite(vals[i, 0]) and abs(vals[i, 0]) > 0.6 * lim
         ax.text(0, i, fmt_ci(r["gap_vs_fedit"]), ha="center", va="center", fontsize=8,
@@ -472,8 +460,6 @@ def run_args(args, argv: Sequence[str] | None = None, echo: Callable[[str], None
     plan = sweep_plan(args.scale, Path(args.results), args.tag, args.runs, args.extra)
     seeds = seeds_of(plan, args.seeds)
     cells, fedits = sweep_cells(plan, rows, seeds, args.only)
-    from devft_lab.experiments.reproduce.cli import table_command, train_cells
-
     command = table_command(list(argv if argv is not None else sys.argv[2:])).replace("reproduce", "sweep", 1)
     if args.dry_run:
         for c in cells:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from devft_lab.fl.accounting import (Ledger, RoundCost, cuda_peak_mb, num_params, peak_rss_mb, tensor_bytes,
                                      training_flops)
@@ -182,8 +183,6 @@ class Simulation:
     # ------------------------------------------------------------------ the run
     def run(self, until_round: int | None = None) -> dict[str, Any]:
         """Run (or continue) to the end, or until global round ``until_round`` (exclusive)."""
-        from tqdm.auto import tqdm
-
         st = self.state
         rounds = self.plan.stage_rounds()
         resumed = getattr(self, "_resumed_stage", False)

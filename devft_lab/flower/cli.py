@@ -17,13 +17,18 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import tomli_w
 import yaml
+
+from devft_lab.flower.deploy import LocalFederation, write_app_dir
+from devft_lab.flower.server_app import ServerOptions
+from devft_lab.flower.simulate import run_simulation
+from devft_lab.flower.workload import WorkloadSpec, build_workload
+from devft_lab.runner.config import load_config, to_dict
 
 
 def workload_spec(workload: str, config: str | None, overrides: Sequence[str]):
     """The :class:`WorkloadSpec` named on the command line."""
-    from devft_lab.flower.workload import WorkloadSpec
-
     if workload == "dummy":
         settings: dict[str, Any] = {}
         for item in overrides:
@@ -32,7 +37,6 @@ def workload_spec(workload: str, config: str | None, overrides: Sequence[str]):
                 raise ValueError(f"--set {item!r}: expected key=value")
             settings[key.strip()] = yaml.safe_load(value)
         return WorkloadSpec("dummy", settings)
-    from devft_lab.runner.config import load_config, to_dict
 
     cfg = load_config(config or "tiny", overrides=list(overrides))
     return WorkloadSpec(workload, {"config": to_dict(cfg)})
@@ -44,8 +48,6 @@ DEFAULTS = {"min_fit": 1, "round_timeout": 120.0}
 
 
 def _options(args: argparse.Namespace):
-    from devft_lab.flower.server_app import ServerOptions
-
     spec = workload_spec(args.workload, args.config, args.set or [])
     fed = spec.settings.get("config", {}).get("fed", {}) if spec.name == "devft" else {}
     pick = {k: getattr(args, k) if getattr(args, k) is not None else fed.get(k, v) for k, v in DEFAULTS.items()}
@@ -65,8 +67,6 @@ def _summary(report: dict[str, Any]) -> str:
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
-    from devft_lab.flower.simulate import run_simulation
-
     report = run_simulation(_options(args), num_supernodes=args.nodes, num_cpus=args.cpus, verbose=args.verbose)
     print(_summary(report))
     print(f"report: {Path(args.out) / 'run.json'}; final state: {Path(args.out) / 'final_state.safetensors'}")
@@ -74,8 +74,6 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _cmd_local(args: argparse.Namespace) -> int:
-    from devft_lab.flower.deploy import LocalFederation
-
     opts = _options(args)
     nodes = args.nodes or _num_clients(opts.spec)
     workdir = Path(args.out).resolve() / "federation"
@@ -87,22 +85,16 @@ def _cmd_local(args: argparse.Namespace) -> int:
 
 
 def _num_clients(spec) -> int:
-    from devft_lab.flower.workload import build_workload
-
     return build_workload(spec).num_clients
 
 
 def _cmd_app_dir(args: argparse.Namespace) -> int:
-    from devft_lab.flower.deploy import write_app_dir
-
     path = write_app_dir(args.dir)
     print(f"wrote {path / 'pyproject.toml'}; run it with: flwr run {path} <superlink> --run-config <file>")
     return 0
 
 
 def _cmd_run_config(args: argparse.Namespace) -> int:
-    import tomli_w
-
     text = tomli_w.dumps(_options(args).to_run_config())
     if args.output == "-":
         sys.stdout.write(text)

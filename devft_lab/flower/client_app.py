@@ -16,6 +16,7 @@ from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from devft_lab.flower.records import pack_config, records_to_state, state_to_records, unpack_config
+from devft_lab.flower.workload import WorkloadSpec, build_workload
 
 _LOCAL = "devft.local"          # context.state key of the client's kept tensors
 _LOCAL_DTYPES = "devft.local.dtypes"
@@ -26,8 +27,6 @@ app = ClientApp()
 
 def _workload(spec_json: str):
     """The workload a spec names (imports torch and the workload's code on first use)."""
-    from devft_lab.flower.workload import WorkloadSpec, build_workload
-
     if spec_json not in _cache:
         _cache.clear()
         _cache[spec_json] = build_workload(WorkloadSpec.from_json(spec_json))

@@ -26,7 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import tomli_w
+
 from devft_lab.flower.server_app import ServerOptions
+from devft_lab.flower.tls import make_loopback_tls
 
 APP_NAME = "devft-flower"
 CONNECTION = "devft-loopback"
@@ -38,8 +41,6 @@ def app_pyproject(defaults: Mapping[str, Any] | None = None) -> str:
     The FAB holds no Python: the SuperLink and SuperNodes import ``devft_lab.flower`` from
     their own environment, so what ``flwr run`` ships is configuration only.
     """
-    import tomli_w
-
     cfg = {"workload": "", "out-dir": "", "min-fit": 1, "round-timeout": 60.0,
            "node-timeout": 60.0, "num-nodes": 0, **(defaults or {})}
     doc = {"project": {"name": APP_NAME, "version": "0.1.0", "license": "Apache-2.0",
@@ -63,8 +64,6 @@ def write_app_dir(path: str | os.PathLike) -> Path:
 def connection_toml(name: str, address: str, insecure: bool = True,
                     root_certificates: str | None = None) -> str:
     """A Flower configuration (``$FLWR_HOME/config.toml``) naming one SuperLink connection."""
-    import tomli_w
-
     conn: dict[str, Any] = {"address": address}
     if insecure:
         conn["insecure"] = True
@@ -75,8 +74,8 @@ def connection_toml(name: str, address: str, insecure: bool = True,
 
 def node_key_pair(path: Path) -> tuple[Path, Path]:
     """An EC P-384 SuperNode key pair in OpenSSH format: ``path`` (private) and ``path.pub``."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives import serialization  # optional/heavy: cryptography (installed with flwr)
+    from cryptography.hazmat.primitives.asymmetric import ec  # optional/heavy: cryptography (installed with flwr)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP384R1())
@@ -112,7 +111,7 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
 
 def kill_tree(pids: Sequence[int], grace: float = 5.0) -> None:
     """SIGTERM ``pids`` and all their descendants, SIGKILL survivors after ``grace`` s."""
-    import psutil
+    import psutil  # optional/heavy: psutil (installed with flwr[simulation])
 
     procs: dict[int, psutil.Process] = {}
     for pid in pids:
@@ -204,8 +203,6 @@ class LocalFederation:
         self.link_port = free_port()
         link_security = ["--insecure"]
         if self.tls:
-            from devft_lab.flower.tls import make_loopback_tls
-
             t = make_loopback_tls(self.workdir / "tls")
             self.ca_cert = str(t.ca_cert)
             link_security = ["--ssl-ca-certfile", str(t.ca_cert), "--ssl-certfile", str(t.server_cert),
@@ -264,7 +261,7 @@ class LocalFederation:
 
     def kill_node(self, k: int) -> None:
         """Kill SuperNode ``k`` and everything it spawned (SIGKILL: no goodbye to the SuperLink)."""
-        import psutil
+        import psutil  # optional/heavy: psutil (installed with flwr[simulation])
 
         p = psutil.Process(self.nodes[k].popen.pid)
         victims = [p, *p.children(recursive=True)]
@@ -290,8 +287,6 @@ class LocalFederation:
     # ---- runs
     def submit(self, opts: ServerOptions) -> subprocess.Popen:
         """Start ``flwr run <app> <connection> --stream`` for ``opts`` (returns at once)."""
-        import tomli_w
-
         app = write_app_dir(self.workdir / "app")
         env = self._cli_env()
         overrides = self.workdir / "run-config.toml"

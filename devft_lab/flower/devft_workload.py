@@ -44,8 +44,13 @@ from typing import Any, Mapping
 
 import torch
 
+from devft_lab.core.train import scheduled_lr
+from devft_lab.fl.client import LocalTraining, client_update
+from devft_lab.fl.sampling import sample_clients
 from devft_lab.fl.stages import StageModel, end_stage, stage_eval_state, stage_start_state
 from devft_lab.flower.workload import ClientReply, State, Workload, register
+from devft_lab.runner.config import from_dict, stage_rounds
+from devft_lab.runner.run import build
 
 
 def _clone(state: Mapping[str, torch.Tensor]) -> State:
@@ -65,8 +70,6 @@ class DevFTWorkload(Workload):
 
     def __init__(self, settings: Mapping[str, Any]):
         super().__init__(settings)
-        from devft_lab.runner.config import from_dict, stage_rounds
-
         self.cfg = from_dict(self.settings["config"])
         self.rounds = stage_rounds(self.cfg)
         self.stage_of = [s for s, r in enumerate(self.rounds) for _ in range(r)]
@@ -87,8 +90,6 @@ class DevFTWorkload(Workload):
     @property
     def parts(self):
         if self._parts is None:
-            from devft_lab.runner.run import build
-
             self._parts = build(self.cfg, progress=False)
         return self._parts
 
@@ -101,8 +102,6 @@ class DevFTWorkload(Workload):
         return int(self.cfg.data.num_clients)
 
     def sample(self, rnd: int) -> list[int]:
-        from devft_lab.fl.sampling import sample_clients
-
         return sample_clients(self.num_clients, self.cfg.fed.clients_per_round, rnd, self.cfg.train.seed)
 
     # ------------------------------------------------------------------ server
@@ -126,8 +125,6 @@ class DevFTWorkload(Workload):
             self.delivered = set()
 
     def instruction(self, rnd: int, client: int) -> tuple[State, dict[str, Any]]:
-        from devft_lab.core.train import scheduled_lr
-
         self._goto_stage(self.stage_of[rnd])
         p, s = self.parts, self.parts.settings
         tensors = {f"down/{k}": v for k, v in p.strategy.downlink(self.global_state, client=client).items()}
@@ -190,8 +187,6 @@ class DevFTWorkload(Workload):
     # ------------------------------------------------------------------ client
     def train(self, client: int, rnd: int, state: State, config: Mapping[str, Any],
               local: State | None) -> ClientReply:
-        from devft_lab.fl.client import LocalTraining, client_update
-
         p = self.parts
         stage, infos = int(config["stage"]), list(config["infos"])
         local = dict(local or {})

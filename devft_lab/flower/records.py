@@ -25,7 +25,7 @@ _WIDE_DTYPES = ("torch.bfloat16",)  # numpy lacks these: sent as float32
 
 
 def _dtypes() -> dict[str, "torch.dtype"]:
-    import torch
+    import torch  # optional/heavy: torch (importing this module stays quick)
 
     return {str(d): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64,
                                 torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)}
@@ -33,7 +33,7 @@ def _dtypes() -> dict[str, "torch.dtype"]:
 
 def state_to_records(state: Mapping[str, "torch.Tensor"]) -> tuple[ArrayRecord, ConfigRecord]:
     """``(arrays, dtypes)``: the tensors (bfloat16 widened to float32) and their true dtypes."""
-    import torch
+    import torch  # optional/heavy: torch (importing this module stays quick)
 
     arrays: dict[str, torch.Tensor] = {}
     dtypes: dict[str, str] = {}

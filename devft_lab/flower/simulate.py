@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from devft_lab.flower.client_app import app as client_app
 from devft_lab.flower.server_app import ServerOptions, make_server_app
+from devft_lab.flower.workload import build_workload
 
 
 def run_simulation(opts: ServerOptions, num_supernodes: int | None = None, num_cpus: int = 1,
@@ -25,10 +27,7 @@ def run_simulation(opts: ServerOptions, num_supernodes: int | None = None, num_c
     """
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    import flwr.simulation
-
-    from devft_lab.flower.client_app import app as client_app
-    from devft_lab.flower.workload import build_workload
+    import flwr.simulation  # optional/heavy: flwr
 
     n = num_supernodes or build_workload(opts.spec).num_clients
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},

@@ -23,10 +23,10 @@ class TLSFiles:
 
 def make_loopback_tls(folder: str | Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> TLSFiles:
     """Write ``ca.crt``, ``server.pem`` and ``server.key`` for ``hosts`` into ``folder``."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography import x509  # optional/heavy: cryptography (installed with flwr)
+    from cryptography.hazmat.primitives import hashes, serialization  # optional/heavy: cryptography (installed with flwr)
+    from cryptography.hazmat.primitives.asymmetric import ec  # optional/heavy: cryptography (installed with flwr)
+    from cryptography.x509.oid import NameOID  # optional/heavy: cryptography (installed with flwr)
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

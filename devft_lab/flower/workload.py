@@ -209,7 +209,7 @@ def build_workload(spec: WorkloadSpec) -> Workload:
 def _load_builtin_workloads() -> None:
     """Import the modules that register the heavier workloads (lazily: they pull in torch models)."""
     try:
-        import devft_lab.flower.devft_workload  # noqa: F401  (registers "devft")
+        import devft_lab.flower.devft_workload  # noqa: F401  optional/heavy: devft_lab.flower.devft_workload (torch models; imported lazily to register "devft", it imports this module)
     except ImportError:
         pass
 

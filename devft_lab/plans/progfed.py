@@ -39,7 +39,7 @@ class ProgFedPlan:
         return list(self.rounds)
 
     def _prefix_model(self, k: int):
-        from peft import get_peft_model
+        from peft import get_peft_model  # optional/heavy: peft
 
         layers = [share_tensors_copy(layer) for layer in decoder_layers(self.full)[:k]]  # frozen: no copy
         types = layer_types(self.full)

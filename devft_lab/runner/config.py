@@ -61,8 +61,10 @@ from devft_lab.core.choices import ConfigError
 from devft_lab.core.device import AUTO as AUTO_DTYPE, DTYPES as TORCH_DTYPES
 from devft_lab.core.choices import closest as _closest
 from devft_lab.core.choices import not_one_of
-from devft_lab.core.train import LR_SCOPES
+from devft_lab.core.train import LR_SCOPES, scheduled_lr
+from devft_lab.data.lab import expand_suites, is_suite_file, read_user_items
 from devft_lab.data.partition import PARTITIONERS
+from devft_lab.data.records import DataError
 from devft_lab.data.templates import TEMPLATES
 from devft_lab.fl.strategies import STRATEGY_ALIASES, STRATEGY_PARAMS, canonical_strategy, get_strategy  # noqa: F401
 from devft_lab.method.fusion import ANCHOR_RULES, FUSION_METHODS
@@ -80,6 +82,7 @@ from devft_lab.plans import PLANS as PLAN_CLASSES
 SCHEDULES = ("cosine", "linear", "constant")  # devft_lab.core.train.round_lr
 PLANS = tuple(PLAN_CLASSES)
 PARTITIONER_NAMES = tuple(PARTITIONERS)  # devft_lab.data.partition
+TRANSFERS = tuple(TRANSFER_RULES)  # devft_lab.method.transfer: name -> rule
 DTYPES = (AUTO_DTYPE, *TORCH_DTYPES)
 QUANTIZATIONS = ("none", "int4", "int8")  # devft_lab.core.models
 ATTENTIONS = ("auto", *ATTENTION_KERNELS)
@@ -163,7 +166,7 @@ class DevFTConfig:
     affinity: Literal[AFFINITIES] = "clip"  # how negative similarities enter the graph: clip | shift
     fusion: Literal[FUSION_METHODS] = "dblf"  # dblf | r-one | sum | mean | laco
     anchor: Literal[ANCHOR_RULES] = "first"
-    transfer: Literal[tuple(TRANSFER_RULES)] = "copy"  # knowledge transfer: copy (paper) | copy-scaled | anchor-only | increment
+    transfer: Literal[TRANSFERS] = "copy"  # knowledge transfer: copy (paper) | copy-scaled | anchor-only | increment
     similarity: Literal[SIMILARITIES] = "parameters"  # DGLG's W: parameters (paper) | function (residual updates on a probe set)
     probe_loss: Flag = False  # record sub/full model loss on a probe set at each stage's start and end
     probe_examples: Count = 16  # size of that probe set (also the one similarity=function runs)
@@ -562,8 +565,6 @@ def stage_rounds(cfg: RunConfig) -> list[int]:
 
 def round_lrs(cfg: RunConfig) -> list[float]:
     """The learning rate of every round of the run, stage by stage (:func:`devft_lab.core.train.scheduled_lr`)."""
-    from devft_lab.core.train import scheduled_lr
-
     t, rounds = cfg.train, stage_rounds(cfg)
     total = sum(rounds)
     return [scheduled_lr(sum(rounds[:s]) + r, r, n, total, t.lr, t.lr_min, t.schedule, t.schedule_scope,
@@ -659,9 +660,6 @@ def validate_paths(cfg: RunConfig) -> None:
     """The files a config names, checked before a model loads or a run folder is written:
     ``eval.suites`` (lab names or JSONL files, every item read and checked, ``file:line``
     errors), a ``data.source`` file, and a ``model.name`` that is a path."""
-    from devft_lab.data.lab import expand_suites, is_suite_file, read_user_items  # no torch
-    from devft_lab.data.records import DataError
-
     suites = cfg.eval.suites
     try:
         for spec in expand_suites(suites):

@@ -126,11 +126,11 @@ def table(runs: Sequence[RunLog]) -> str:
 
 def plot(runs: Sequence[RunLog], out: str | Path | None = None, metric: str | None = None):
     """Metric vs wall time, vs paper bytes and vs full bytes, one line per run."""
-    import matplotlib
+    import matplotlib  # optional/heavy: matplotlib
 
     if out is not None:
         matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional/heavy: matplotlib
 
     metric = metric or metric_of(runs[0])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))

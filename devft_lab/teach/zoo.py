@@ -19,6 +19,7 @@ callback :func:`gap_view` is a plain function (tested in ``tests/test_zoo.py``).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 from matplotlib.figure import Figure
 
 from devft_lab.core.lora import delta
+from devft_lab.fl.client import client_update
 from devft_lab.fl.accounting import tensor_bytes
 from devft_lab.fl.strategies import (FedSALoRA, FLoRA, State, Strategy, get_strategy, is_lora_a,
                                      is_lora_b, lora_pairs, normalise_weights, stacked_delta)
@@ -258,8 +260,6 @@ def real_round(parts, strategy: Strategy, clients: Sequence[int] | None = None, 
     trained adapter (its upload together with what it keeps and what it did not train) and
     the sample counts.
     """
-    from devft_lab.fl.client import client_update
-
     sm = parts.plan.begin(stage)
     start = start_state(strategy, sm.start, round_idx) if start is None else dict(start)
     clients = list(range(min(4, len(parts.client_data)))) if clients is None else list(clients)
@@ -292,8 +292,6 @@ def gap_per_module(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequen
 
 def gap_by_layer_figure(gaps: Mapping[str, float], title: str = "") -> Figure:
     """Bars of :func:`gap_per_module` by decoder layer, one series per module type (q_proj, v_proj ...)."""
-    import re
-
     series: dict[str, dict[int, float]] = {}
     for m, v in gaps.items():
         hit = re.search(r"layers\.(\d+)\.(?:.*\.)?([^.]+)$", m)

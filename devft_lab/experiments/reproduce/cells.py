@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -151,7 +152,7 @@ class Plan:
                 f"name={d.name}", f"out_dir={d.parent}"]
 
     def config(self, cell: Cell):
-        from devft_lab.runner.config import load_config
+        from devft_lab.runner.config import load_config  # optional/heavy: torch (devft_lab.runner.config)
 
         return load_config(self.base, self.overrides(cell))
 
@@ -178,7 +179,7 @@ def check_table(name: str) -> str:
 
 def seeds_of(plan: Plan, n: int) -> list[int]:
     """``n`` seeds counting up from the base config's ``train.seed``."""
-    from devft_lab.runner.config import load_config
+    from devft_lab.runner.config import load_config  # optional/heavy: torch (devft_lab.runner.config)
 
     if n < 1:
         raise ReproduceError(f"--seeds {n}: need at least one seed.")
@@ -216,7 +217,7 @@ def _json(path: Path) -> dict:
 
 def cell_status(plan: Plan, cell: Cell) -> str:
     """``done``, ``stale`` (its saved config trains something else), ``partial`` (resumable) or ``missing``."""
-    from devft_lab.runner.config import ConfigError, config_hash, saved_config_hash
+    from devft_lab.runner.config import ConfigError, config_hash, saved_config_hash  # optional/heavy: torch (devft_lab.runner.config)
 
     d = plan.cell_dir(cell)
     if not (d / "config.yaml").exists():
@@ -256,7 +257,7 @@ def _cli(args: list[str]) -> list[str]:
 
 def run_cell(plan: Plan, cell: Cell, isolate: bool = True, quiet: bool = True, rerun_stale: bool = False) -> str:
     """Bring one cell to ``done``: skip, resume or start it. Returns what was done."""
-    from devft_lab.runner import run as runmod
+    from devft_lab.runner import run as runmod  # optional/heavy: torch (devft_lab.runner.run)
 
     status = cell_status(plan, cell)
     if status == "done":
@@ -296,9 +297,7 @@ def adopt(plan: Plan, cells: Sequence[Cell], run_dirs: Iterable[str | Path]) -> 
     section are the cell's; only finished runs are taken, and a cell that already has a folder is
     left alone.
     """
-    import shutil
-
-    from devft_lab.runner.config import ConfigError, config_hash, load_config, saved_config_hash
+    from devft_lab.runner.config import ConfigError, config_hash, load_config, saved_config_hash  # optional/heavy: torch (devft_lab.runner.config)
 
     by_hash = {config_hash(plan.config(c)): c for c in cells}
     notes = []

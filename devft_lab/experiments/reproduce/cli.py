@@ -16,7 +16,7 @@ from devft_lab.experiments.reproduce.tables import write_table
 
 # --------------------------------------------------------------------------- command line
 def _package_doc() -> str:
-    import devft_lab.experiments.reproduce as package  # the package's docstring describes the command
+    import devft_lab.experiments.reproduce as package  # optional/heavy: devft_lab.experiments.reproduce (import cycle: the package imports this module; its docstring describes the command)
 
     return package.__doc__ or ""
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from devft_lab.experiments.reproduce.cells import Cell, Plan, _json, cell_status
+from devft_lab.runner.report import read_run
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -49,7 +50,7 @@ def collect(plan: Plan, cells: Sequence[Cell]) -> dict[str, Finished]:
             f.summaries[c.seed] = _json(d / "summary.json")
             f.metas[c.seed] = _json(d / "meta.json")
             f.paths[c.seed] = d
-            from devft_lab.runner.run import read_items
+            from devft_lab.runner.run import read_items  # optional/heavy: torch (devft_lab.runner.run)
 
             rows = read_items(d / "final_items.jsonl")
             if rows:
@@ -95,9 +96,9 @@ def paired_items(a: dict[int, list[dict]], b: dict[int, list[dict]], n_boot: int
     ``ci95`` from averaging the seeds' paired-bootstrap replicates (items resampled within task;
     it measures the evaluation items' noise given the trained runs, not seed-to-seed training noise,
     which ``paired``'s std shows), ``half_width`` and ``per_seed`` gaps with their own intervals."""
-    import numpy as np
+    import numpy as np  # optional/heavy: numpy
 
-    from devft_lab.stats import bootstrap_gaps, summarise
+    from devft_lab.stats import bootstrap_gaps, summarise  # optional/heavy: numpy (devft_lab.stats)
 
     seeds = sorted(set(a) & set(b))
     if not seeds:
@@ -171,8 +172,6 @@ def stage_round_costs(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
 
 def efficiency(fin: dict[str, Finished], metric: str, higher: bool) -> dict[str, Any]:
     """Time/bytes to FedIT's final value (per seed), and DevFT's stage rounds vs a full-model round."""
-    from devft_lab.runner.report import read_run
-
     ref = fin.get("fedit", Finished())
     finals = {s: ref.summaries[s]["final"][metric] for s in ref.summaries if metric in ref.summaries[s].get("final", {})}
     initials = {s: ref.summaries[s].get("initial", {}).get(metric) for s in finals}

@@ -117,8 +117,8 @@ def dtype_mix(rows: Sequence[dict[str, Any]]) -> str:
 
 def build_table(plan: Plan, table: str, seeds: Sequence[int], command: str) -> dict[str, Any]:
     """The JSON of one table from the finished cells."""
-    from devft_lab.runner.config import config_hash
-    from devft_lab.runner.run import machine
+    from devft_lab.runner.config import config_hash  # optional/heavy: torch (devft_lab.runner.config)
+    from devft_lab.runner.run import machine  # optional/heavy: torch (devft_lab.runner.run)
 
     cells = cells_of([table], seeds)
     fin = collect(plan, cells)
