@@ -24,7 +24,8 @@ from typing import Any, Iterator
 
 import torch
 
-from devft_lab.core.packed_attention import ROWS
+from devft_lab.core.device import DTYPES
+from devft_lab.core.packed_attention import ROWS, _rows_attention, rows_bias, rows_layout
 
 KERNELS = ("sdpa", "eager")
 EAGER_MARGIN = 1.1  # eager must beat sdpa by this factor to be chosen (the probe is noisy)
@@ -86,8 +87,6 @@ def probe_attention(dtype: torch.dtype = torch.float32, device: str | torch.devi
     runs) on a flat micro-batch of ``rows`` rows of ``seq`` tokens, two examples a row, in
     ``dtype`` as autocast runs it; best of ``repeat`` interleaved timings. ``eager`` is chosen
     when it is at least :data:`EAGER_MARGIN` times faster."""
-    from devft_lab.core.packed_attention import _rows_attention, rows_bias, rows_layout
-
     device = torch.device(device)
     t0 = time.perf_counter()
     kv_heads = kv_heads or heads
@@ -121,8 +120,6 @@ def choose_attention(requested: str, dtype: str, model: torch.nn.Module,
     (the run's compute dtype); ``sdpa`` / ``eager`` are taken as they are.
     """
     if requested == "auto":
-        from devft_lab.core.device import DTYPES
-
         shape = attention_shape(model)
         if shape is None:  # no transformers config: attention_kernel leaves such a module alone
             return "sdpa", None

@@ -130,7 +130,7 @@ def _rows_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
 
 
 def _register() -> None:
-    from transformers import AttentionInterface
+    from transformers import AttentionInterface  # optional/heavy: transformers
 
     for kernel in ("eager", "sdpa"):
         def fn(*args: Any, _kernel: str = kernel, **kwargs: Any):

@@ -125,7 +125,6 @@ def mean_response_loss(model: torch.nn.Module, batches: Sequence[Mapping[str, to
         loss = sum_batches sum_tokens CE / #labelled tokens
 
     in eval mode (restored afterwards), under autocast in ``compute_dtype`` (None: as is)."""
-    from devft_lab.core.device import autocast_context
 
     was = model.training
     model.eval()
