@@ -41,6 +41,17 @@ class RunLog:
         return t, pb, fb, v
 
 
+
+def json_object(path: Path, fix: str, error: type[Exception] = ValueError) -> dict:
+    """The JSON object stored in ``path``, or ``error`` naming the file, what is wrong and ``fix``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise error(f"{path} is not valid JSON ({e}); {fix}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} should hold a JSON object, not {type(data).__name__}; {fix}")
+    return data
+
 def read_run(path: str | Path, require: Sequence[str] = ()) -> RunLog:
     """Load a run folder written by :mod:`devft_lab.runner.run` (rounds.jsonl is required).
 
@@ -62,16 +73,7 @@ def read_run(path: str | Path, require: Sequence[str] = ()) -> RunLog:
 
     def _json(name: str) -> dict:
         p = path / name
-        if not p.exists():
-            return {}
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{p} is not valid JSON ({e}); restore it or delete it (the report then "
-                             "leaves out what it held)") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{p} should hold a JSON object, not {type(data).__name__}; restore it or delete it")
-        return data
+        return json_object(p, "restore it or delete it (the report then leaves out what it held)") if p.exists() else {}
 
     return RunLog(path, path.name, rows, _json("initial_eval.json"), _json("summary.json"), _json("meta.json"))
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
+from devft_lab.runner.report import json_object
 from devft_lab.runner.config import (ConfigError, RunConfig, clients_per_round_count, config_hash, load_config,
                                     stage_rounds, to_yaml, validate_against_model)
 from devft_lab.fl.client import LocalTraining, get_lora_state
@@ -426,15 +427,8 @@ def resume(run_dir: str | os.PathLike, quiet: bool = False) -> dict[str, Any]:
 
 def read_json_record(path: Path) -> dict[str, Any]:
     """A JSON object a run folder keeps (meta.json, summary.json), or a :class:`RunError` naming it."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RunError(f"{path} is not valid JSON ({e}); it was edited or cut short. Restore it, or start "
-                       "the run again (devft-lab run CONFIG --force).") from None
-    if not isinstance(data, dict):
-        raise RunError(f"{path} should hold a JSON object, not {type(data).__name__}; restore it, or start "
-                       "the run again (devft-lab run CONFIG --force).")
-    return data
+    return json_object(path, "it was edited or cut short. Restore it, or start the run again "
+                             "(devft-lab run CONFIG --force).", RunError)
 
 
 def base_eval_cache(cfg: RunConfig, compute_dtype: str, fingerprint: str) -> Path:
