@@ -199,6 +199,7 @@ def test_run_keeps_its_scored_items_and_they_reproduce_its_accuracy(tmp_path, mo
         assert summarise(init)["avg"] == pytest.approx(s["initial"]["acc"])
         meta = json.loads((d / "meta.json").read_text())
         assert meta["wall_s"] == pytest.approx(s["wall_s"]) and s["wall_s"] > 0  # the measured run time is in meta.json
+        assert meta["cpu_s"] == pytest.approx(s["cpu_s"]) and s["cpu_s"] > 0  # and its CPU time
     assert read_items(a / "initial_items.jsonl") == read_items(b / "initial_items.jsonl")  # b read a's cache
     lo, hi = paired_bootstrap(read_items(a / "final_items.jsonl"), read_items(b / "final_items.jsonl"))
     assert lo <= s_b["final"]["acc"] - s_a["final"]["acc"] <= hi

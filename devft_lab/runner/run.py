@@ -448,7 +448,7 @@ def base_eval_cache(cfg: RunConfig, compute_dtype: str, fingerprint: str) -> Pat
 
 
 def _run(parts: Parts, run_dir: Path, quiet: bool, resume: bool) -> dict[str, Any]:
-    t_run = time.perf_counter()
+    t_run, t_cpu = time.perf_counter(), time.process_time()
     log = _logger(run_dir, quiet)
     make = Simulation.resume if resume else Simulation
     sim = make(parts.plan, parts.strategy, parts.client_data, parts.settings, run_dir, parts.evaluator, log)
@@ -498,12 +498,15 @@ def _run(parts: Parts, run_dir: Path, quiet: bool, resume: bool) -> dict[str, An
     if (run_dir / "initial_eval.json").exists():
         summary["initial"] = json.loads((run_dir / "initial_eval.json").read_text())
     summary["wall_s"] = round(time.perf_counter() - t_run, 1)  # this sitting (a resume counts from itself)
+    summary["cpu_s"] = round(time.process_time() - t_cpu, 1)  # CPU time of this sitting, all threads (loading excluded)
     dump_json(run_dir / "summary.json", summary)
     meta_path = run_dir / "meta.json"
     if meta_path.exists() and sim.state.done and not was_done:  # the measured run time, beside the machine it ran on
         meta = json.loads(meta_path.read_text())
         meta.setdefault("wall_s_sittings", []).append(summary["wall_s"])
         meta["wall_s"] = round(sum(meta["wall_s_sittings"]), 1)
+        meta.setdefault("cpu_s_sittings", []).append(summary["cpu_s"])
+        meta["cpu_s"] = round(sum(meta["cpu_s_sittings"]), 1)
         dump_json(meta_path, meta)
     log(f"done: {_fmt(last)} | {sim.ledger.summary()}")
     return summary
