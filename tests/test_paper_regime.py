@@ -62,6 +62,8 @@ def test_gains_comparisons_and_flips_pair_the_items(tmp_path):
     assert data["methods"]["fedit_flops"]["cpu_min"]["n"] == 0  # not measured: not invented
     md = pr.markdown(data, "cmd")
     assert "DevFT − FedIT, equal FLOPs" in md and "unseen: bbh + mmlu + heldout" in md
+    head = pr.headline(data).splitlines()
+    assert len(head) == 2 + 2 and pr.fmt_ci(gap) in head[-1] and head[2].endswith("| - |")  # DevFT vs itself: -
 
 
 def test_flips_refuse_different_items():

@@ -140,6 +140,19 @@ def markdown(data: dict[str, Any], command: str) -> str:
     return "\n".join(out)
 
 
+def headline(data: dict[str, Any]) -> str:
+    """One Markdown table: per method, its gain on the unseen suites and on ``indist``, and
+    DevFT minus it on the unseen suites (each with its 95 % interval)."""
+    rows = []
+    for method, m in data["methods"].items():
+        comp = data["comparisons"].get(method, {}).get("unseen")
+        rows.append([METHODS[method], ", ".join(map(str, m["seeds"])), fmt(m["rows"]["unseen"]["final"], 1),
+                     fmt_ci(m["rows"]["unseen"]["gain"]), fmt_ci(m["rows"].get("indist", {}).get("gain")),
+                     fmt_ci(comp) if comp else "-"])
+    return "\n".join(markdown_table(["method", "seeds", "unseen acc. (%)", "gain, unseen", "gain, indist",
+                                      "DevFT − it, unseen"], rows))
+
+
 def plot(data: dict[str, Any], out: str | Path | None = None):
     """Gain over the untrained model per suite and method, with 95 % intervals; a zero line."""
     import matplotlib  # optional/heavy: matplotlib
