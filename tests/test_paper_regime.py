@@ -39,7 +39,7 @@ def test_gains_comparisons_and_flips_pair_the_items(tmp_path):
     runs = pr.load_runs(tmp_path)
     assert set(runs) == {"devft", "fedit_flops"} and sorted(runs["devft"]) == [1, 2]
     data = pr.build(runs, n_boot=200)
-    assert set(data["comparisons"]) == {"fedit_flops"}
+    assert set(data["comparisons"]) == {"devft-fedit_flops"}
     for method in ("devft", "fedit_flops"):
         for group, suites in {"bbh": ("bbh",), "unseen": pr.UNSEEN}.items():
             row = data["methods"][method]["rows"][group]
@@ -53,7 +53,7 @@ def test_gains_comparisons_and_flips_pair_the_items(tmp_path):
                 init, final = pr.only(init, suites), pr.only(final, suites)
                 micro = 100.0 * (sum(r["correct"] for r in final) - sum(r["correct"] for r in init)) / len(init)
                 assert f["learned"] - f["forgotten"] == pytest.approx(micro) and f["items"] == len(init)
-    gap = data["comparisons"]["fedit_flops"]["unseen"]
+    gap = data["comparisons"]["devft-fedit_flops"]["unseen"]
     for s in (1, 2):
         want = (summarise(pr.only(made["devft", s][1], pr.UNSEEN))["avg"]
                 - summarise(pr.only(made["fedit_flops", s][1], pr.UNSEEN))["avg"])
@@ -61,9 +61,9 @@ def test_gains_comparisons_and_flips_pair_the_items(tmp_path):
     assert data["methods"]["devft"]["cpu_min"]["mean"] == pytest.approx(2.0)  # meta cpu_s, in minutes
     assert data["methods"]["fedit_flops"]["cpu_min"]["n"] == 0  # not measured: not invented
     md = pr.markdown(data, "cmd")
-    assert "DevFT − FedIT, equal FLOPs" in md and "unseen: bbh + mmlu + heldout" in md
+    assert "DevFT, 4 x 16 rounds − FedIT, equal FLOPs" in md and "unseen: bbh + mmlu + heldout" in md
     head = pr.headline(data).splitlines()
-    assert len(head) == 2 + 2 and pr.fmt_ci(gap) in head[-1] and head[2].endswith("| - |")  # DevFT vs itself: -
+    assert len(head) == (2 + 2) + 1 + (2 + 1) and head[-1].split(" | ")[1] == pr.fmt_ci(gap)
 
 
 def test_flips_refuse_different_items():

@@ -3,7 +3,8 @@
     python -m devft_lab.experiments.paper_regime [--runs results/repro/paper_regime] [--out results/paper_regime]
 
 Reads finished run folders of config ``paper_regime`` named ``paper_<method>_s<seed>``:
-``devft`` (4 stages of 16 rounds), ``fedit`` (FedIT for the same 64 rounds: equal rounds) and
+``devft`` (4 stages of 16 rounds, one learning-rate decay across the run as in the paper),
+``devft_stage`` (the same with the decay restarted at each stage, ``train.schedule_scope=stage``), ``fedit`` (FedIT for the same 64 rounds: equal rounds) and
 ``fedit_flops`` (FedIT for 37 rounds: equal client FLOPs). Each folder keeps every scored item
 before (``initial_items.jsonl``, the untrained model) and after (``final_items.jsonl``), so every
 number here pairs items: a method's *gain* on a suite is its final accuracy minus the untrained
@@ -28,11 +29,12 @@ from devft_lab.experiments.reproduce.stats import fmt, fmt_ci, mean_std, paired_
 from devft_lab.runner.run import read_items
 from devft_lab.stats import summarise
 
-METHODS = {"devft": "DevFT, 4 x 16 rounds", "fedit": "FedIT, equal rounds (64)",
-           "fedit_flops": "FedIT, equal FLOPs (37 rounds)"}
+METHODS = {"devft": "DevFT, 4 x 16 rounds", "devft_stage": "DevFT, decay restarted each stage",
+           "fedit": "FedIT, equal rounds (64)", "fedit_flops": "FedIT, equal FLOPs (37 rounds)"}
+DEVFT, FEDIT = ("devft", "devft_stage"), ("fedit", "fedit_flops")
 UNSEEN = ("bbh", "mmlu", "heldout")  # suites the general pool never trained on
 SUITES = UNSEEN + ("indist",)
-NAME = re.compile(r"^paper_(?P<method>devft|fedit|fedit_flops)_s(?P<seed>\d+)$")
+NAME = re.compile(r"^paper_(?P<method>devft|devft_stage|fedit|fedit_flops)_s(?P<seed>\d+)$")
 
 
 def load_runs(runs: str | Path) -> dict[str, dict[int, dict[str, Any]]]:
@@ -99,13 +101,12 @@ def build(runs: dict[str, dict[int, dict[str, Any]]], n_boot: int = 2000) -> dic
             "wall_min": mean_std([r["meta"].get("wall_s", r["summary"]["wall_s"]) / 60 for r in by_seed.values()]),
             "cpu_min": mean_std([c / 60 for c in map(cpu_s, by_seed.values()) if c is not None]),
             "machine": sorted({r["meta"].get("machine", "?") for r in by_seed.values()})}
-    if "devft" in runs:
-        for other in ("fedit", "fedit_flops"):
-            if other in runs:
-                data["comparisons"][other] = {
-                    g: paired_items({s: only(r["final"], su) for s, r in runs["devft"].items()},
-                                    {s: only(r["final"], su) for s, r in runs[other].items()}, n_boot)
-                    for g, su in groups.items()}
+    for d in (d for d in DEVFT if d in runs):
+        for f in (f for f in FEDIT if f in runs):  # DevFT - FedIT, keyed "devft-fedit_flops"
+            data["comparisons"][f"{d}-{f}"] = {
+                g: paired_items({s: only(r["final"], su) for s, r in runs[d].items()},
+                                {s: only(r["final"], su) for s, r in runs[f].items()}, n_boot)
+                for g, su in groups.items()}
     return data
 
 
@@ -127,8 +128,9 @@ def markdown(data: dict[str, Any], command: str) -> str:
                  f"{mean_std([f['forgotten'] for f in r['flips'].values()])['mean']:.1f}"]
                 for g, r in m["rows"].items()]
         out += [*markdown_table(["suite", "untrained", "final", "gain [95 % CI]", "learned", "forgotten"], rows), ""]
-    for other, comp in data["comparisons"].items():
-        out += [f"## DevFT − {METHODS[other]}", "",
+    for key, comp in data["comparisons"].items():
+        d, f = key.split("-")
+        out += [f"## {METHODS[d]} − {METHODS[f]}", "",
                 *markdown_table(["suite", "DevFT − FedIT [95 % CI]", "per seed"],
                                [[label[g], fmt_ci(c), ", ".join(f"s{s}: {v['gap']:+.1f}" for s, v in c["per_seed"].items())]
                                 for g, c in comp.items()]), ""]
@@ -141,16 +143,15 @@ def markdown(data: dict[str, Any], command: str) -> str:
 
 
 def headline(data: dict[str, Any]) -> str:
-    """One Markdown table: per method, its gain on the unseen suites and on ``indist``, and
-    DevFT minus it on the unseen suites (each with its 95 % interval)."""
-    rows = []
-    for method, m in data["methods"].items():
-        comp = data["comparisons"].get(method, {}).get("unseen")
-        rows.append([METHODS[method], ", ".join(map(str, m["seeds"])), fmt(m["rows"]["unseen"]["final"], 1),
-                     fmt_ci(m["rows"]["unseen"]["gain"]), fmt_ci(m["rows"].get("indist", {}).get("gain")),
-                     fmt_ci(comp) if comp else "-"])
-    return "\n".join(markdown_table(["method", "seeds", "unseen acc. (%)", "gain, unseen", "gain, indist",
-                                      "DevFT − it, unseen"], rows))
+    """Two Markdown tables: per method, its accuracy and gain on the unseen suites and its gain on
+    ``indist``; per (DevFT, FedIT) pair, DevFT minus FedIT on both (each with its 95 % interval)."""
+    rows = [[METHODS[k], ", ".join(map(str, m["seeds"])), fmt(m["rows"]["unseen"]["final"], 1),
+             fmt_ci(m["rows"]["unseen"]["gain"]), fmt_ci(m["rows"].get("indist", {}).get("gain"))]
+            for k, m in data["methods"].items()]
+    pairs = [[f"{METHODS[k.split('-')[0]]} − {METHODS[k.split('-')[1]]}", fmt_ci(c["unseen"]), fmt_ci(c.get("indist"))]
+             for k, c in data["comparisons"].items()]
+    return "\n".join([*markdown_table(["method", "seeds", "unseen acc. (%)", "gain, unseen", "gain, indist"], rows), "",
+                      *markdown_table(["comparison", "unseen", "indist"], pairs)])
 
 
 def plot(data: dict[str, Any], out: str | Path | None = None):
