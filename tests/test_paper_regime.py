@@ -12,7 +12,8 @@ TASKS = {"bbh": ["b1", "b2"], "mmlu": ["m1"], "heldout": ["h1", "h2", "h3"], "in
 
 
 def _items(p: float, rng: random.Random) -> list[dict]:
-    return [{"suite": s, "task": t, "id": f"{t}-{i}", "correct": (c := rng.random() < p), "correct_norm": c}
+    return [{"suite": s, "task": t, "id": f"{t}-{i}", "correct": (c := rng.random() < p), "correct_norm": c,
+             "answer_nll": rng.random()}
             for s, ts in TASKS.items() for t in ts for i in range(20)]
 
 
@@ -46,6 +47,8 @@ def test_gains_comparisons_and_flips_pair_the_items(tmp_path):
             per_seed = [summarise(pr.only(made[method, s][1], suites))["avg"]
                         - summarise(pr.only(made[method, s][0], suites))["avg"] for s in (1, 2)]
             assert row["gain"]["mean"] == pytest.approx(sum(per_seed) / 2)
+            nll = [summarise(pr.only(made[method, s][1], suites))["answer_nll"] for s in (1, 2)]
+            assert row["nll_final"]["mean"] == pytest.approx(sum(nll) / 2)
             lo, hi = row["gain"]["ci95"]
             assert lo <= row["gain"]["mean"] <= hi
             for s in (1, 2):  # learned - forgotten = the change of the item-level accuracy

@@ -90,6 +90,9 @@ def build(runs: dict[str, dict[int, dict[str, Any]]], n_boot: int = 2000) -> dic
                 continue
             rows[g] = {"untrained": mean_std([summarise(v)["avg"] for v in init.values()]),
                        "final": mean_std([summarise(v)["avg"] for v in final.values()]),
+                       # the correct answer's loss (nats per token, macro like avg): moves before accuracy does
+                       "nll_untrained": mean_std([summarise(v).get("answer_nll") for v in init.values()]),
+                       "nll_final": mean_std([summarise(v).get("answer_nll") for v in final.values()]),
                        "gain": paired_items(final, init, n_boot),
                        "flips": {s: flips(init[s], final[s]) for s in by_seed}}
         s = {seed: r["summary"] for seed, r in by_seed.items()}
@@ -120,14 +123,17 @@ def markdown(data: dict[str, Any], command: str) -> str:
            "Accuracy in percent (macro over tasks, then suites), mean ± std over seeds. Gain: final minus the "
            "untrained model on the same items (negative = forgetting), with a 95 % item-paired bootstrap "
            "interval pooled over seeds. Learned / forgotten: percent of items that went wrong → right / "
-           "right → wrong (mean over seeds).", ""]
+           "right → wrong (mean over seeds). Answer loss: the correct answer's loss in nats per token (macro "
+           "like the accuracy), untrained → final: it moves before accuracy does.", ""]
     for method, m in data["methods"].items():
         out += [f"## {METHODS[method]} (seeds {', '.join(map(str, m['seeds']))})", ""]
         rows = [[label[g], fmt(r["untrained"], 1), fmt(r["final"], 1), fmt_ci(r["gain"]),
                  f"{mean_std([f['learned'] for f in r['flips'].values()])['mean']:.1f}",
-                 f"{mean_std([f['forgotten'] for f in r['flips'].values()])['mean']:.1f}"]
+                 f"{mean_std([f['forgotten'] for f in r['flips'].values()])['mean']:.1f}",
+                 f"{fmt(r['nll_untrained'], 3)} → {fmt(r['nll_final'], 3)}"]
                 for g, r in m["rows"].items()]
-        out += [*markdown_table(["suite", "untrained", "final", "gain [95 % CI]", "learned", "forgotten"], rows), ""]
+        out += [*markdown_table(["suite", "untrained", "final", "gain [95 % CI]", "learned", "forgotten", "answer loss"],
+                                rows), ""]
     for key, comp in data["comparisons"].items():
         d, f = key.split("-")
         out += [f"## {METHODS[d]} − {METHODS[f]}", "",
