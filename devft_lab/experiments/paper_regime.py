@@ -126,7 +126,7 @@ def markdown(data: dict[str, Any], command: str) -> str:
            "right → wrong (mean over seeds). Answer loss: the correct answer's loss in nats per token (macro "
            "like the accuracy), untrained → final: it moves before accuracy does.", ""]
     for method, m in data["methods"].items():
-        out += [f"## {METHODS[method]} (seeds {', '.join(map(str, m['seeds']))})", ""]
+        out += [f"## {METHODS[method]} ({_seeds(m['seeds'])})", ""]
         rows = [[label[g], fmt(r["untrained"], 1), fmt(r["final"], 1), fmt_ci(r["gain"]),
                  f"{mean_std([f['learned'] for f in r['flips'].values()])['mean']:.1f}",
                  f"{mean_std([f['forgotten'] for f in r['flips'].values()])['mean']:.1f}",
@@ -160,6 +160,10 @@ def headline(data: dict[str, Any]) -> str:
                       *markdown_table(["comparison", "unseen", "indist"], pairs)])
 
 
+def _seeds(seeds: Sequence[int]) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
 def plot(data: dict[str, Any], out: str | Path | None = None):
     """Gain over the untrained model per suite and method, with 95 % intervals; a zero line."""
     import matplotlib  # optional/heavy: matplotlib
@@ -176,7 +180,7 @@ def plot(data: dict[str, Any], out: str | Path | None = None):
         g_ = [rows[g]["gain"] for g in groups if g in rows]
         ys = [g["mean"] for g in g_]
         err = [[y - g["ci95"][0] for y, g in zip(ys, g_)], [g["ci95"][1] - y for y, g in zip(ys, g_)]]
-        ax.bar(xs, ys, w, yerr=err, capsize=3, label=f"{METHODS[method]} (n={len(data['methods'][method]['seeds'])} seeds)")
+        ax.bar(xs, ys, w, yerr=err, capsize=3, label=f"{METHODS[method]} ({_seeds(data['methods'][method]['seeds'])})")
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel("gain over untrained (acc. points)")

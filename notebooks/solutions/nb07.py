@@ -80,3 +80,28 @@ def exercise_3():
     assert center[0] > 1, "the center's first submodel predicts worse than a uniform guess"
     assert all(end < 0.1 for _, end in out.values()), "every run's full model ends far below a uniform guess"
     return out
+
+
+def exercise_4():
+    """Learned and forgotten, by hand: in each paper-regime run of seed 42, count the unseen items
+    that went wrong -> right and right -> wrong. Their difference is the change of the item-level
+    accuracy, and the counts are ``paper_regime.flips``'s. Most runs move many more items than
+    their net gain suggests: a small net is a difference of two larger movements."""
+    from devft_lab.experiments import paper_regime
+    from devft_lab.runner.run import read_items
+
+    out = {}
+    for d in sorted((repo_root() / "results" / "repro" / "paper_regime").glob("paper_*_s42")):
+        init = paper_regime.only(read_items(d / "initial_items.jsonl"), paper_regime.UNSEEN)
+        final_rows = paper_regime.only(read_items(d / "final_items.jsonl"), paper_regime.UNSEEN)
+        final = {(r["suite"], r["id"]): bool(r["correct"]) for r in final_rows}
+        learned = sum(final[r["suite"], r["id"]] and not r["correct"] for r in init)
+        forgotten = sum(bool(r["correct"]) and not final[r["suite"], r["id"]] for r in init)
+        change = sum(final.values()) - sum(bool(r["correct"]) for r in init)
+        assert learned - forgotten == change, "learned - forgotten is the change in correct items"
+        f = paper_regime.flips(init, final_rows)
+        assert abs(f["learned"] - 100 * learned / len(init)) < 1e-9 and abs(f["forgotten"] - 100 * forgotten / len(init)) < 1e-9
+        out[d.name] = (learned, forgotten, len(init))
+        print(f"{d.name}: {learned} learned, {forgotten} forgotten of {len(init)} unseen items (net {change:+d})")
+    assert out, "no paper-regime runs of seed 42 under results/repro/paper_regime"
+    return out
