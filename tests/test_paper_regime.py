@@ -26,6 +26,7 @@ def _run(root, name, p_final, seed, done=True, cpu=None):
         (d / f).write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "summary.json").write_text(json.dumps({"done": done, "rounds": 64, "flops_estimate": 1e13,
                                                 "uplink_bytes": 2e6, "wall_s": 60.0}))
+    (d / "rounds.jsonl").write_text("")
     (d / "meta.json").write_text(json.dumps({"machine": "test", **({"cpu_s": cpu} if cpu else {})}))
     return init, final
 

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 from devft_lab.core.tables import markdown_table
 from devft_lab.experiments.reproduce.stats import fmt, fmt_ci, mean_std, paired_items
+from devft_lab.runner.report import json_object, read_run
 from devft_lab.runner.run import read_items
 from devft_lab.stats import summarise
 
@@ -42,15 +43,17 @@ def load_runs(runs: str | Path) -> dict[str, dict[int, dict[str, Any]]]:
     a run holds its ``initial`` and ``final`` items, ``summary`` and ``meta``."""
     out: dict[str, dict[int, dict[str, Any]]] = {}
     for d in sorted(Path(runs).glob("paper_*")):
-        m, summary = NAME.match(d.name), d / "summary.json"
-        if not m or not summary.exists() or not json.loads(summary.read_text()).get("done"):
+        m = NAME.match(d.name)
+        if not m or not (d / "rounds.jsonl").exists():
             continue
-        meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
+        run = read_run(d)
+        if not run.summary.get("done"):
+            continue
         res = d / "resources.json"  # CPU time measured outside the run (/usr/bin/time), for runs without meta cpu_s
         out.setdefault(m["method"], {})[int(m["seed"])] = {
             "initial": read_items(d / "initial_items.jsonl"), "final": read_items(d / "final_items.jsonl"),
-            "summary": json.loads(summary.read_text()), "meta": meta,
-            "resources": json.loads(res.read_text()) if res.exists() else {}}
+            "summary": run.summary, "meta": run.meta,
+            "resources": json_object(res, "restore it or delete it (the CPU time is then not reported)") if res.exists() else {}}
     return out
 
 
