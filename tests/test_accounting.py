@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from devft_lab.fl.accounting import (
-    Ledger, RoundCost, Timer, cuda_peak_mb, forward_flops, num_params, peak_rss_mb, tensor_bytes,
-    training_flops,
+    Ledger, RoundCost, Timer, cuda_peak_mb, forward_flops, num_params, peak_rss_mb, release_free_memory, rss_mb,
+    tensor_bytes, training_flops,
 )
 
 
@@ -121,3 +121,28 @@ def test_a_round_log_with_rounds_missing_in_the_middle_is_refused(tmp_path):
     (tmp_path / "rounds.jsonl").write_text("".join(lines[:2] + lines[3:]) + "\n" * len(lines[2]))  # same size
     with pytest.raises(LogError, match=r"rounds.jsonl holds 4 rounds but the checkpoint was saved after 5"):
         Ledger.resume(tmp_path / "rounds.jsonl", tmp_path / "rounds.csv", pos)
+
+
+def test_release_free_memory_returns_a_fragmented_heap_to_the_os():
+    """Free 200 MB of small heap blocks while the last one stays live (so glibc cannot shrink the
+    heap from the top): the pages stay resident until release_free_memory hands them back."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim
+    except (OSError, AttributeError):
+        pytest.skip("not glibc: release_free_memory does nothing here")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    size, n = 100_000, 2000  # below glibc's 128 kB mmap threshold: heap blocks, not mappings
+    before = rss_mb()
+    blocks = [libc.malloc(size) for _ in range(n)]
+    for b in blocks:
+        ctypes.memset(b, 1, size)  # touch every page: resident
+    for b in blocks[:-1]:
+        libc.free(b)
+    held = rss_mb() - before
+    assert release_free_memory() is True
+    after = rss_mb() - before
+    libc.free(blocks[-1])
+    assert held > 150 and after < held / 4, (held, after)

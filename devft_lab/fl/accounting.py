@@ -22,7 +22,9 @@ Attention-score FLOPs (``~ 4 * layers * seq * d`` per token) are not included.
 from __future__ import annotations
 
 import csv
+import ctypes
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -32,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -87,6 +89,43 @@ def peak_rss_mb() -> float:
         pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, in MiB (Linux ``VmRSS``; elsewhere the peak)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return peak_rss_mb()
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> bool:
+    """Give the C heap's free pages back to the operating system (glibc ``malloc_trim(0)``).
+
+    On a CPU, torch takes tensor memory from the C allocator. A training step's activations are
+    freed when it ends, but glibc keeps the freed space in its heap, where it fragments: over a
+    long run the resident memory climbs while the live tensors do not
+    (``docs/performance.md#memory-over-a-long-run``). Trimming returns every whole free page, so
+    between rounds the resident memory is close to what is live. Costs a fraction of a second.
+    Returns False where there is no glibc (macOS, musl): nothing is done.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def cuda_peak_mb(reset: bool = False) -> float:

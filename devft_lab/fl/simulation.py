@@ -27,8 +27,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from devft_lab.fl.accounting import (Ledger, RoundCost, cuda_peak_mb, num_params, peak_rss_mb, tensor_bytes,
-                                     training_flops)
+from devft_lab.fl.accounting import (Ledger, RoundCost, cuda_peak_mb, num_params, peak_rss_mb, release_free_memory,
+                                     rss_mb, tensor_bytes, training_flops)
 from devft_lab.fl.checkpoint import CheckpointError, load_newest, save_checkpoint
 from devft_lab.fl.client import LocalTraining, client_update
 from devft_lab.fl.sampling import sample_clients
@@ -236,6 +236,7 @@ class Simulation:
             st.samples[c] = res.num_samples
             if res.keep:
                 st.kept[c] = res.keep
+        release_free_memory()  # the steps' freed activations back to the OS (glibc keeps them, fragmented)
         cost.train_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         st.global_state = strategy.aggregate(st.global_state, uploads, weights, clients=clients)
@@ -259,6 +260,7 @@ class Simulation:
             cost.extra.update(self.evaluate())
             cost.eval_s = time.perf_counter() - t2
         cost.peak_rss_mb = peak_rss_mb()
+        cost.extra["rss_mb"] = round(rss_mb())  # resident now; the peak above is the high-water mark
         cost.cuda_peak_mb = cuda_peak_mb()
         self.ledger.record(cost)
         if not last_of_stage and self.s.checkpoint_every and st.round % self.s.checkpoint_every == 0:
