@@ -70,6 +70,17 @@ def test_gains_comparisons_and_flips_pair_the_items(tmp_path):
     assert len(head) == (2 + 2) + 1 + (2 + 1) and head[-1].split(" | ")[1] == pr.fmt_ci(gap)
 
 
+def test_a_run_with_an_unrecorded_sitting_reports_no_cpu_or_wall_time(tmp_path):
+    """meta.json's cpu_s sums only the sittings that recorded it; a resources.json marked partial
+    says one did not, so the run's CPU time is unknown: left out of the mean, not understated."""
+    _run(tmp_path, "paper_devft_s1", 0.6, 1, cpu=120.0)
+    _run(tmp_path, "paper_devft_s2", 0.6, 2, cpu=60.0)
+    (tmp_path / "paper_devft_s2" / "resources.json").write_text(json.dumps({"cpu_s": 60.0, "partial": True}))
+    m = pr.build(pr.load_runs(tmp_path), n_boot=50)["methods"]["devft"]
+    assert m["cpu_min"]["n"] == 1 and m["cpu_min"]["mean"] == pytest.approx(2.0)
+    assert m["wall_min"]["n"] == 1  # the wall time too
+
+
 def test_flips_refuse_different_items():
     a = _items(0.5, random.Random(0))
     with pytest.raises(ValueError, match="different items"):

@@ -75,8 +75,19 @@ def flips(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]) -> 
 
 
 def cpu_s(run: dict[str, Any]) -> float | None:
-    """The run's CPU time in seconds: ``meta.json``'s (summed over sittings) or ``resources.json``'s."""
+    """The run's CPU time in seconds: ``meta.json``'s (summed over sittings) or ``resources.json``'s;
+    None when ``resources.json`` says a sitting went unrecorded (``"partial": true``): a run stopped
+    before it wrote its totals and then resumed."""
+    if run["resources"].get("partial"):
+        return None
     return run["meta"].get("cpu_s", run["resources"].get("cpu_s"))
+
+
+def wall_s(run: dict[str, Any]) -> float | None:
+    """The run's wall time in seconds, summed over sittings; None when a sitting went unrecorded."""
+    if run["resources"].get("partial"):
+        return None
+    return run["meta"].get("wall_s", run["summary"].get("wall_s"))
 
 
 def build(runs: dict[str, dict[int, dict[str, Any]]], n_boot: int = 2000) -> dict[str, Any]:
@@ -104,7 +115,7 @@ def build(runs: dict[str, dict[int, dict[str, Any]]], n_boot: int = 2000) -> dic
             "rounds": mean_std([v["rounds"] for v in s.values()]),
             "flops": mean_std([v["flops_estimate"] for v in s.values()]),
             "uplink_mb": mean_std([v["uplink_bytes"] / 1e6 for v in s.values()]),
-            "wall_min": mean_std([r["meta"].get("wall_s", r["summary"]["wall_s"]) / 60 for r in by_seed.values()]),
+            "wall_min": mean_std([w / 60 for w in map(wall_s, by_seed.values()) if w is not None]),
             "cpu_min": mean_std([c / 60 for c in map(cpu_s, by_seed.values()) if c is not None]),
             "machine": sorted({r["meta"].get("machine", "?") for r in by_seed.values()})}
     for d in (d for d in DEVFT if d in runs):
@@ -146,7 +157,9 @@ def markdown(data: dict[str, Any], command: str) -> str:
     out += ["## Cost (per run, mean ± std over seeds)", "",
             *markdown_table(["method", "rounds", "client FLOPs", "LoRA uplink (MB)", "CPU time (min)", "wall time (min)"],
                            [[METHODS[k], fmt(m["rounds"], 0), f"{m['flops']['mean']:.3g}", fmt(m["uplink_mb"], 0),
-                             fmt(m["cpu_min"], 0), fmt(m["wall_min"], 0)] for k, m in data["methods"].items()]), "",
+                             _of(m["cpu_min"], m["seeds"]), _of(m["wall_min"], m["seeds"])]
+                            for k, m in data["methods"].items()]), "",
+            "A time marked *n of m runs* leaves out runs that were stopped before they recorded it, then resumed.", "",
             "Machines: " + "; ".join(sorted({x for m in data["methods"].values() for x in m["machine"]})) + ".", ""]
     return "\n".join(out)
 
@@ -161,6 +174,12 @@ def headline(data: dict[str, Any]) -> str:
              for k, c in data["comparisons"].items()]
     return "\n".join([*markdown_table(["method", "seeds", "unseen acc. (%)", "gain, unseen", "gain, indist"], rows), "",
                       *markdown_table(["comparison", "unseen", "indist"], pairs)])
+
+
+def _of(v: dict[str, Any], seeds: Sequence[int]) -> str:
+    """``fmt(v)``, with "(n of m runs)" when fewer runs than seeds recorded it."""
+    n = v.get("n", 0)
+    return fmt(v, 0) + (f" ({n} of {len(seeds)} runs)" if n and n < len(seeds) else "")
 
 
 def _seeds(seeds: Sequence[int]) -> str:
