@@ -187,7 +187,8 @@ def _seeds(seeds: Sequence[int]) -> str:
 
 
 def plot(data: dict[str, Any], out: str | Path | None = None):
-    """Gain over the untrained model per suite and method, with 95 % intervals; a zero line."""
+    """Gain over the untrained model per suite and method, with 95 % intervals, each seed's gain as
+    a dot (where a method has several), and a zero line."""
     import matplotlib  # optional/heavy: matplotlib
     if out is not None:
         matplotlib.use("Agg")
@@ -203,10 +204,15 @@ def plot(data: dict[str, Any], out: str | Path | None = None):
         ys = [g["mean"] for g in g_]
         err = [[y - g["ci95"][0] for y, g in zip(ys, g_)], [g["ci95"][1] - y for y, g in zip(ys, g_)]]
         ax.bar(xs, ys, w, yerr=err, capsize=3, label=f"{METHODS[method]} ({_seeds(data['methods'][method]['seeds'])})")
+        for x, g in zip(xs, g_):  # each seed's own gain: the spread between training runs
+            per = [v["gap"] for v in g["per_seed"].values()]
+            if len(per) > 1:
+                ax.scatter([x] * len(per), per, s=16, facecolors="white", edgecolors="k", linewidths=0.8, zorder=4)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel("gain over untrained (acc. points)")
-    ax.set_title("Paper regime, SmolLM2-135M: gain (> 0) or forgetting (< 0), 95 % item-paired CI", fontsize=10)
+    ax.set_title("Paper regime, SmolLM2-135M: gain (> 0) or forgetting (< 0), 95 % item-paired CI; dots: seeds",
+                 fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     if out is not None:
