@@ -80,27 +80,29 @@ def peak_rss_mb() -> float:
     Linux: ``VmHWM`` of ``/proc/self/status``, the high-water mark of this process's own memory
     (``getrusage``'s ``ru_maxrss`` survives ``fork`` + ``exec``, so a fresh child started by a
     large parent reports the parent's peak). Elsewhere ``getrusage`` (bytes on macOS)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
+    hwm = _proc_status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
 
 
 def rss_mb() -> float:
     """Resident memory of this process now, in MiB (Linux ``VmRSS``; elsewhere the peak)."""
+    rss = _proc_status_mb("VmRSS")
+    return rss if rss is not None else peak_rss_mb()
+
+
+def _proc_status_mb(key: str) -> float | None:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MiB; None off Linux."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024  # kB
     except OSError:
         pass
-    return peak_rss_mb()
+    return None
 
 
 @functools.lru_cache(maxsize=1)
