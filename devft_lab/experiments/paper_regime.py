@@ -75,19 +75,22 @@ def flips(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]) -> 
 
 
 def cpu_s(run: dict[str, Any]) -> float | None:
-    """The run's CPU time in seconds: ``meta.json``'s (summed over sittings) or ``resources.json``'s;
-    None when ``resources.json`` says a sitting went unrecorded (``"partial": true``): a run stopped
-    before it wrote its totals and then resumed."""
-    if run["resources"].get("partial"):
-        return None
-    return run["meta"].get("cpu_s", run["resources"].get("cpu_s"))
+    """The run's CPU time in seconds (see :func:`recorded`)."""
+    return recorded(run, "cpu_s")
 
 
 def wall_s(run: dict[str, Any]) -> float | None:
-    """The run's wall time in seconds, summed over sittings; None when a sitting went unrecorded."""
+    """The run's wall time in seconds (see :func:`recorded`)."""
+    return recorded(run, "wall_s")
+
+
+def recorded(run: dict[str, Any], key: str) -> float | None:
+    """``meta.json``'s ``key`` (summed over sittings), else ``resources.json``'s (``/usr/bin/time``), else
+    ``summary.json``'s; None when ``resources.json`` says a sitting went unrecorded (``"partial": true``:
+    a run stopped before it wrote its totals, then resumed)."""
     if run["resources"].get("partial"):
         return None
-    return run["meta"].get("wall_s", run["summary"].get("wall_s"))
+    return run["meta"].get(key, run["resources"].get(key, run["summary"].get(key)))
 
 
 def build(runs: dict[str, dict[int, dict[str, Any]]], n_boot: int = 2000) -> dict[str, Any]:

@@ -236,8 +236,8 @@ class Simulation:
             st.samples[c] = res.num_samples
             if res.keep:
                 st.kept[c] = res.keep
-        release_free_memory()  # the steps' freed activations back to the OS (glibc keeps them, fragmented)
         cost.train_s = time.perf_counter() - t0
+        release_free_memory()  # the steps' freed activations back to the OS (glibc keeps them, fragmented)
         t1 = time.perf_counter()
         st.global_state = strategy.aggregate(st.global_state, uploads, weights, clients=clients)
         if strategy.requires_merge:
